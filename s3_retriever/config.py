@@ -1,0 +1,75 @@
+"""The retriever's full configuration: one typed record per component.
+
+The saved manifest stores this record, so an index is always read back with the settings that
+built it, and the CLI documents the same fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+from s3_retriever.fusion import HybridConfig
+from s3_retriever.lexical import LexicalConfig
+from s3_retriever.scan import ScanConfig
+from s3_retriever.scoring import ScoringConfig
+from s3_retriever.segment import SegmentConfig
+from s3_retriever.spans import SpanConfig
+
+
+@dataclass(frozen=True)
+class RetrieverConfig:
+    """Every setting of an :class:`~s3_retriever.S3Retriever`."""
+
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    """Chunking and batching of the model scan."""
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    """How documents are cut into units (sentences and lines)."""
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    """Which scorer turns a question into position scores."""
+    spans: SpanConfig = field(default_factory=SpanConfig)
+    """Smoothing, peak picking and span growth."""
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    """Fusion of S3 and BM25 under the budget."""
+    lexical: LexicalConfig = field(default_factory=LexicalConfig)
+    """BM25 parameters."""
+    retrieval_heads: tuple[tuple[int, int], ...] | None = None
+    """(layer, query head) pairs that score; ``None`` takes the SAE bundle's measured choice."""
+    store_keys: bool = True
+    """Keep int8 keys of the retrieval heads' KV heads (needed by the ``exact`` scorer)."""
+    store_postings: bool = True
+    """Keep SAE postings (needed by the ``aligned`` and ``coactivation`` scorers)."""
+    query_template: str = "{question}"
+    """How a question is written before the model reads it."""
+
+    def __post_init__(self) -> None:
+        if not self.store_keys and not self.store_postings:
+            raise ValueError("store_keys and store_postings cannot both be False")
+        if "{question}" not in self.query_template:
+            raise ValueError("query_template must contain '{question}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetrieverConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are refused so typos do not pass silently."""
+        kwargs: dict[str, Any] = {}
+        known = {f.name: f for f in fields(cls)}
+        for name, value in data.items():
+            if name not in known:
+                raise ValueError(f"unknown retriever setting {name!r}")
+            default = getattr(cls(), name)
+            if is_dataclass(default) and isinstance(value, dict):
+                kwargs[name] = type(default)(**value)
+            elif name == "retrieval_heads" and value is not None:
+                kwargs[name] = tuple((int(a), int(b)) for a, b in value)
+            else:
+                kwargs[name] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> RetrieverConfig:
+        """A copy with some top-level fields changed."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(changes)
+        return RetrieverConfig(**data)

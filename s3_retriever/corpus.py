@@ -1,0 +1,128 @@
+"""The document store: texts, ids, metadata, units and the token table, as flat arrays.
+
+Every indexed token has a global position. Positions of one document are contiguous, documents
+follow each other in insertion order, and deleting a document compacts positions, so all
+position-keyed arrays (postings, stored keys) are remapped with one vectorised pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Corpus:
+    """Documents with their units and token spans, addressable by global token position."""
+
+    doc_ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    metadatas: list[dict[str, Any]] = field(default_factory=list)
+    doc_token_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """First global position of each document."""
+    doc_token_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    unit_doc: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Row of the document each unit belongs to."""
+    unit_chars: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    """[start, end) character offsets of each unit in its document."""
+    unit_tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    """[first, last + 1) global token positions of each unit (empty when no token ends in it)."""
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.doc_token_count.sum())
+
+    @property
+    def n_units(self) -> int:
+        return int(self.unit_doc.shape[0])
+
+    def row_of(self) -> dict[str, int]:
+        return {doc_id: row for row, doc_id in enumerate(self.doc_ids)}
+
+    def append(
+        self,
+        doc_id: str,
+        text: str,
+        metadata: dict[str, Any],
+        token_ends: np.ndarray,
+        units: np.ndarray,
+    ) -> None:
+        """Add one document whose tokens end at ``token_ends`` and whose units are ``units``."""
+        row = len(self.doc_ids)
+        first = self.n_positions
+        self.doc_ids.append(doc_id)
+        self.texts.append(text)
+        self.metadatas.append(metadata)
+        self.doc_token_start = np.append(self.doc_token_start, first)
+        self.doc_token_count = np.append(self.doc_token_count, len(token_ends))
+        # A token belongs to the unit holding its last character: a leading space is part of
+        # the word it precedes, and whitespace-only tokens fall to the unit before them.
+        last_char = np.maximum(token_ends - 1, 0)
+        owner = np.searchsorted(units[:, 0], last_char, side="right") - 1
+        owner = np.clip(owner, 0, max(len(units) - 1, 0))
+        lo = np.searchsorted(owner, np.arange(len(units)), side="left")
+        hi = np.searchsorted(owner, np.arange(len(units)), side="right")
+        self.unit_doc = np.concatenate([self.unit_doc, np.full(len(units), row, np.int64)])
+        self.unit_chars = np.concatenate([self.unit_chars, units.reshape(-1, 2)])
+        self.unit_tokens = np.concatenate(
+            [self.unit_tokens, np.stack([lo + first, hi + first], axis=1).reshape(-1, 2)]
+        )
+
+    def delete_rows(self, rows: set[int]) -> np.ndarray:
+        """Drop documents; returns the boolean keep-mask over old global positions."""
+        keep_pos = np.ones(self.n_positions, dtype=bool)
+        for row in rows:
+            start = int(self.doc_token_start[row])
+            keep_pos[start : start + int(self.doc_token_count[row])] = False
+        keep_rows = np.array([r not in rows for r in range(len(self.doc_ids))], dtype=bool)
+        new_row = np.cumsum(keep_rows) - 1
+        keep_units = keep_rows[self.unit_doc] if self.n_units else np.zeros(0, bool)
+        old_starts = self.doc_token_start[keep_rows]
+        self.doc_ids = [d for r, d in enumerate(self.doc_ids) if keep_rows[r]]
+        self.texts = [t for r, t in enumerate(self.texts) if keep_rows[r]]
+        self.metadatas = [m for r, m in enumerate(self.metadatas) if keep_rows[r]]
+        self.doc_token_count = self.doc_token_count[keep_rows]
+        self.doc_token_start = np.concatenate(
+            [[0], np.cumsum(self.doc_token_count)[:-1]]
+        ).astype(np.int64)[: len(self.doc_ids)]
+        # A kept document's positions all move down by the same amount.
+        shift = old_starts - self.doc_token_start
+        kept_unit_rows = new_row[self.unit_doc[keep_units]]
+        self.unit_tokens = self.unit_tokens[keep_units] - shift[kept_unit_rows][:, None]
+        self.unit_doc = kept_unit_rows.astype(np.int64)
+        self.unit_chars = self.unit_chars[keep_units]
+        return keep_pos
+
+    def position_doc_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """For every position: the first and one-past-last position of its document."""
+        starts = np.repeat(self.doc_token_start, self.doc_token_count)
+        return starts, starts + np.repeat(self.doc_token_count, self.doc_token_count)
+
+    def unit_text(self, unit: int) -> str:
+        start, end = self.unit_chars[unit]
+        return self.texts[int(self.unit_doc[unit])][start:end]
+
+    def unit_token_counts(self) -> np.ndarray:
+        return (self.unit_tokens[:, 1] - self.unit_tokens[:, 0]).astype(np.int64)
+
+
+def check_metadata(metadata: Any, doc_id: str) -> dict[str, Any]:
+    """Metadata must be a JSON-serialisable dict: it is saved as JSON, never pickled."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata for document {doc_id!r} must be a dict, got {type(metadata)}")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"metadata for document {doc_id!r} is not JSON-serialisable ({exc}); "
+            f"convert values to str, int, float, bool, list or dict."
+        ) from exc
+    return dict(metadata)

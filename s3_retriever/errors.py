@@ -1,0 +1,19 @@
+"""Exceptions raised by s3-retriever. Each message says what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class S3RetrieverError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ModelError(S3RetrieverError):
+    """The model cannot be found, verified, loaded or instrumented."""
+
+
+class SAEError(S3RetrieverError):
+    """SAE weights are missing, damaged or do not fit the model."""
+
+
+class IndexLoadError(S3RetrieverError):
+    """A saved index is damaged, from an unknown format version, or does not match its model."""

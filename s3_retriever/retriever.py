@@ -1,0 +1,482 @@
+"""``S3Retriever``: the public entry point that ties scan, index, scoring and fusion together."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from s3_retriever.config import RetrieverConfig
+from s3_retriever.corpus import Corpus, check_metadata
+from s3_retriever.errors import SAEError
+from s3_retriever.filters import Filters, document_mask
+from s3_retriever.fusion import fuse, rank_order
+from s3_retriever.index import Field, KeyStore, Postings
+from s3_retriever.lexical import BM25Index
+from s3_retriever.models import LoadedModel, attention_shape, load_model
+from s3_retriever.sae import SAEBundle, shipped_bundle_dir
+from s3_retriever.scan import Scanner, TokenizedText, tokenize
+from s3_retriever.scoring import score_positions
+from s3_retriever.segment import segment
+from s3_retriever.spans import grow, merge_adjacent, pack, peak_units, smooth, unit_scores
+
+Mode = Literal["hybrid", "s3", "bm25"]
+MODES: tuple[str, ...] = ("hybrid", "s3", "bm25")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One evidence span. ``text == source[start_char:end_char]`` exactly."""
+
+    doc_id: str
+    """Id of the document the span comes from."""
+    start_char: int
+    """Start offset in the document's text."""
+    end_char: int
+    """End offset (exclusive) in the document's text."""
+    text: str
+    """The span's text."""
+    score: float
+    """The score that ranked it (fused score in hybrid mode)."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """The document's metadata."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """Component scores: ``s3`` and/or ``bm25``."""
+
+    @property
+    def id(self) -> str:
+        """Deterministic span id ``doc_id:start:end``, unique within one result list."""
+        return f"{self.doc_id}:{self.start_char}:{self.end_char}"
+
+
+class S3Retriever:
+    """Retrieve evidence spans from long documents with a language model's own attention.
+
+    Build one with :meth:`from_pretrained`, add texts with :meth:`add_documents`, then call
+    :meth:`retrieve`. Reads and writes are serialised by a lock, so one instance may be shared
+    between threads.
+    """
+
+    def __init__(
+        self, loaded: LoadedModel, bundle: SAEBundle, config: RetrieverConfig | None = None
+    ) -> None:
+        self.loaded = loaded
+        self.bundle = bundle
+        self.config = config or RetrieverConfig()
+        n_layers, n_heads, n_kv, head_dim = attention_shape(loaded.model)
+        bundle.check_fits(n_layers, n_heads, head_dim)
+        self.kv_group = n_heads // n_kv
+        heads = self.config.retrieval_heads or bundle.retrieval_heads or _fallback_heads(
+            n_layers, n_heads
+        )
+        for layer, head in heads:
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise ValueError(
+                    f"retrieval head ({layer}, {head}) does not exist: the model has {n_layers} "
+                    f"layers of {n_heads} query heads"
+                )
+        self.heads: tuple[tuple[int, int], ...] = tuple(heads)
+        self.fields: tuple[Field, ...] = tuple(
+            sorted({(layer, head // self.kv_group) for layer, head in self.heads})
+        )
+        layers = sorted({layer for layer, _ in self.heads})
+        if self.config.store_postings:
+            missing = [layer for layer in layers if layer not in bundle.saes]
+            if missing:
+                raise SAEError(
+                    f"No SAE for retrieval layer(s) {missing}; the bundle has layers "
+                    f"{list(bundle.layers)}. Train SAEs for them (`s3-retriever train-sae`) or "
+                    f"set store_postings=False to use the exact scorer only."
+                )
+        self.scanner = Scanner(
+            loaded.model, layers, layers, self.config.scan,
+            bos_token_id=loaded.tokenizer.bos_token_id,
+        )
+        self.corpus = Corpus()
+        self.key_stores: dict[Field, KeyStore] = {
+            f: KeyStore(head_dim) for f in self.fields if self.config.store_keys
+        }
+        self.postings: dict[Field, Postings] = {
+            f: Postings(bundle.saes[f[0]].config.n_latents)
+            for f in self.fields
+            if self.config.store_postings
+        }
+        self.bm25 = BM25Index(self.config.lexical)
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str | os.PathLike[str] | None = None,
+        sae_path: str | os.PathLike[str] | None = None,
+        config: RetrieverConfig | None = None,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+    ) -> S3Retriever:
+        """Load a model and its SAE bundle.
+
+        Args:
+            model_path: ``None`` for the bundled SmolLM2-135M-Instruct, else a model folder or
+                hub id.
+            sae_path: SAE bundle folder; ``None`` takes the bundle shipped for the model.
+            config: retriever settings; defaults are the measured ones.
+            device: torch device for the scan.
+            dtype: ``auto`` (bf16), ``bfloat16``, ``float16`` or ``float32``.
+        """
+        loaded = load_model(model_path, dtype=dtype, device=device)
+        if sae_path is None:
+            shipped = shipped_bundle_dir(loaded.model_id)
+            if not (shipped / "config.json").is_file():
+                raise SAEError(
+                    f"No SAE bundle ships for {loaded.model_id!r}. Train one with "
+                    f"`s3-retriever train-sae --model {model_path} --out DIR` and pass "
+                    f"sae_path=DIR."
+                )
+            sae_path = shipped
+        return cls(loaded, SAEBundle.load(sae_path), config)
+
+    # ------------------------------------------------------------------ writing
+    def add_documents(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Scan and index ``texts``; returns their ids (new UUIDs where ``ids`` is None).
+
+        Nothing is committed unless every document was scanned, so an interrupted call leaves
+        the index as it was.
+        """
+        texts, ids_list, metas = self._validate_new(texts, ids, metadatas)
+        if not texts:
+            return []
+        tokenized = [tokenize(self.loaded.tokenizer, text) for text in texts]
+        with self._lock:
+            base = self.corpus.n_positions
+            doc_base = base + np.concatenate(
+                [[0], np.cumsum([len(t) for t in tokenized])[:-1]]
+            ).astype(np.int64)
+            new_keys: dict[Field, list[tuple[np.ndarray, np.ndarray]]] = {f: [] for f in self.fields}
+            new_codes: dict[Field, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+                f: [] for f in self.fields
+            }
+            for capture in self.scanner.scan(tokenized):
+                first = doc_base[capture.doc_index] + capture.token_start
+                self._encode_capture(capture.keys, first, new_keys, new_codes)
+            self._commit(texts, ids_list, metas, tokenized, new_keys, new_codes)
+        return ids_list
+
+    def _encode_capture(
+        self,
+        keys: Mapping[int, torch.Tensor],
+        first_position: int,
+        new_keys: dict[Field, list[tuple[np.ndarray, np.ndarray]]],
+        new_codes: dict[Field, list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    ) -> None:
+        for layer in sorted({f[0] for f in self.fields}):
+            kv_heads = [kv for lay, kv in self.fields if lay == layer]
+            layer_keys = keys[layer][:, kv_heads, :]  # (tokens, used kv heads, dim)
+            positions = first_position + np.arange(layer_keys.shape[0], dtype=np.int64)
+            if self.config.store_postings:
+                # One matmul + top-k for every KV head of the layer (shared dictionary).
+                with torch.no_grad():
+                    ids, acts = self.bundle.saes[layer].encode(layer_keys)
+                for slot, kv in enumerate(kv_heads):
+                    new_codes[(layer, kv)].append(
+                        (positions, ids[:, slot].numpy(), acts[:, slot].numpy())
+                    )
+            if self.config.store_keys:
+                for slot, kv in enumerate(kv_heads):
+                    new_keys[(layer, kv)].append((positions, layer_keys[:, slot].numpy()))
+
+    def _commit(
+        self,
+        texts: list[str],
+        ids: list[str],
+        metas: list[dict[str, Any]],
+        tokenized: list[TokenizedText],
+        new_keys: dict[Field, list[tuple[np.ndarray, np.ndarray]]],
+        new_codes: dict[Field, list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    ) -> None:
+        for text, doc_id, meta, tokens in zip(texts, ids, metas, tokenized, strict=True):
+            units = segment(text, tokens.starts, self.config.segment)
+            self.corpus.append(doc_id, text, meta, tokens.ends, units)
+        n_positions = self.corpus.n_positions
+        for f, store in self.key_stores.items():
+            for positions, vectors in new_keys[f]:
+                store.append(positions, vectors)
+            store.flush(n_positions)
+        for f, postings in self.postings.items():
+            for positions, latent_ids, acts in new_codes[f]:
+                postings.append(positions, latent_ids, acts)
+            postings.flush()
+        self.bm25.invalidate()
+
+    def _validate_new(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str] | None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None,
+    ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+        if isinstance(texts, str):
+            raise TypeError("add_documents takes a list of texts; wrap a single text in [ ]")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        if ids is None:
+            ids_list = [uuid.uuid4().hex for _ in texts]
+        else:
+            ids_list = [str(i) for i in ids]
+            if len(ids_list) != len(texts):
+                raise ValueError(f"got {len(texts)} texts but {len(ids_list)} ids")
+        if len(set(ids_list)) != len(ids_list):
+            raise ValueError("ids contain duplicates; every document needs its own id")
+        existing = set(self.corpus.doc_ids)
+        clash = [i for i in ids_list if i in existing]
+        if clash:
+            raise ValueError(
+                f"ids already indexed: {clash[:5]}; delete them first to replace those documents"
+            )
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(metadatas)} metadatas")
+        metas = [
+            check_metadata(m, doc_id)
+            for m, doc_id in zip(metadatas or [None] * len(texts), ids_list, strict=True)
+        ]
+        return texts, ids_list, metas
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove documents by id; returns how many were removed (unknown ids are ignored)."""
+        if isinstance(ids, str):
+            ids = [ids]
+        with self._lock:
+            rows_by_id = self.corpus.row_of()
+            rows = {rows_by_id[i] for i in ids if i in rows_by_id}
+            if not rows:
+                return 0
+            keep = self.corpus.delete_rows(rows)
+            for store in self.key_stores.values():
+                store.keep(keep)
+            for postings in self.postings.values():
+                postings.keep(keep)
+            self.bm25.invalidate()
+            return len(rows)
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return list(self.corpus.doc_ids)
+
+    def retrieve(
+        self,
+        query: str,
+        top_k: int | None = None,
+        token_budget: int = 1024,
+        mode: Mode = "hybrid",
+        filters: Filters | None = None,
+    ) -> list[Hit]:
+        """Evidence spans for ``query`` within ``token_budget`` model tokens, in document order.
+
+        Args:
+            query: the question. Empty or whitespace-only gives ``[]``.
+            top_k: keep at most this many spans (the best-scoring ones); ``None`` keeps all that
+                fit the budget. Values above the number of spans are clamped.
+            token_budget: total model tokens of the returned spans.
+            mode: ``hybrid`` (S3 + BM25), ``s3`` (S3-Pure) or ``bm25``.
+            filters: metadata filters (see :mod:`s3_retriever.filters`), applied before ranking.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if top_k is not None and top_k < 0:
+            raise ValueError(f"top_k must be None or >= 0, got {top_k}")
+        if token_budget < 1:
+            raise ValueError(f"token_budget must be at least 1, got {token_budget}")
+        if not query.strip() or top_k == 0:
+            return []
+        with self._lock:
+            if self.corpus.n_units == 0:
+                return []
+            doc_mask = document_mask(self.corpus.metadatas, self.corpus.doc_ids, filters)
+            unit_mask = doc_mask[self.corpus.unit_doc]
+            if not unit_mask.any():
+                return []
+            components = self._component_scores(query, mode, doc_mask)
+            ranking, ranked_score = self._rank(components, mode, unit_mask)
+            return self._pack_hits(ranking, ranked_score, components, token_budget, top_k)
+
+    def score_positions(self, query: str, doc_mask: np.ndarray | None = None) -> np.ndarray:
+        """Raw S3 score of every indexed token position for ``query`` (before smoothing)."""
+        with self._lock:
+            allowed = None
+            if doc_mask is not None and not doc_mask.all():
+                allowed = np.repeat(doc_mask, self.corpus.doc_token_count)
+            head_queries = self.question_vectors(query)
+            return score_positions(
+                head_queries, self.config.scoring, self.corpus.n_positions, self.kv_group,
+                self.key_stores, self.postings, self.bundle.saes, self.bundle.query_means,
+                allowed,
+            )
+
+    def question_vectors(self, query: str) -> dict[tuple[int, int], np.ndarray]:
+        """Pre-RoPE query vectors of the question for every retrieval head."""
+        text = self.config.query_template.format(question=query)
+        tokens = tokenize(self.loaded.tokenizer, text)
+        if len(tokens) == 0:
+            return {}
+        per_layer = self.scanner.project_queries(tokens.input_ids)
+        return {
+            (layer, head): per_layer[layer][:, head, :].numpy() for layer, head in self.heads
+        }
+
+    def _component_scores(
+        self, query: str, mode: str, doc_mask: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        components: dict[str, np.ndarray] = {}
+        if mode in ("s3", "hybrid"):
+            self._require_scorer_data()
+            raw = self.score_positions(query, doc_mask)
+            smoothed = smooth(raw, self.corpus, self.config.spans.smooth_width)
+            components["s3_positions"] = smoothed
+            components["s3"] = unit_scores(smoothed, self.corpus)
+        if mode in ("bm25", "hybrid"):
+            if not self.bm25.ready:
+                self.bm25.build([self.corpus.unit_text(u) for u in range(self.corpus.n_units)])
+            components["bm25"] = self.bm25.scores(query)
+        return components
+
+    def _require_scorer_data(self) -> None:
+        scorer = self.config.scoring.scorer
+        if scorer == "exact" and not self.config.store_keys:
+            raise ValueError("the exact scorer needs store_keys=True when indexing")
+        if scorer != "exact" and not self.config.store_postings:
+            raise ValueError(f"the {scorer} scorer needs store_postings=True when indexing")
+
+    def _rank(
+        self, components: dict[str, np.ndarray], mode: str, unit_mask: np.ndarray
+    ) -> tuple[list[list[int]], np.ndarray]:
+        """Ranked groups of units (each group one grown span) and the score that ranked them."""
+        min_tokens = self.config.spans.min_span_tokens
+        if mode == "s3":
+            scores = components["s3"]
+            # Filtered-out positions already scored zero; peaks there are dropped below.
+            peaks = peak_units(
+                components["s3_positions"], self.corpus, self.config.spans, limit=4096
+            )
+            peaks = [u for u in peaks if unit_mask[u]]
+            order = np.asarray(peaks, dtype=np.int64)
+        elif mode == "bm25":
+            scores = components["bm25"]
+            order = rank_order(scores, unit_mask)
+        else:
+            order, scores = fuse(components["s3"], components["bm25"], self.config.hybrid, unit_mask)
+        lead = self._lead_tail_groups(unit_mask)
+        groups = lead + [grow(int(u), self.corpus, scores, min_tokens) for u in order[:4096]]
+        return groups, scores
+
+    def _lead_tail_groups(self, unit_mask: np.ndarray) -> list[list[int]]:
+        hybrid = self.config.hybrid
+        if hybrid.lead_tokens == 0 and hybrid.tail_tokens == 0:
+            return []
+        counts = self.corpus.unit_token_counts()
+        groups: list[list[int]] = []
+        for row in range(len(self.corpus)):
+            units = np.flatnonzero((self.corpus.unit_doc == row) & unit_mask)
+            for budget, seq in ((hybrid.lead_tokens, units), (hybrid.tail_tokens, units[::-1])):
+                taken, used = [], 0
+                for u in seq.tolist():
+                    if used + counts[u] > budget:
+                        break
+                    taken.append(u)
+                    used += int(counts[u])
+                if taken:
+                    groups.append(sorted(taken))
+        return groups
+
+    def _pack_hits(
+        self,
+        groups: list[list[int]],
+        ranked_score: np.ndarray,
+        components: dict[str, np.ndarray],
+        token_budget: int,
+        top_k: int | None,
+    ) -> list[Hit]:
+        counts = self.corpus.unit_token_counts()
+        chosen = pack(groups, counts, token_budget)
+        runs = merge_adjacent(chosen, self.corpus)
+        if top_k is not None and len(runs) > top_k:
+            best = sorted(runs, key=lambda run: -float(ranked_score[run].max()))[:top_k]
+            runs = sorted(best, key=lambda run: run[0])
+        hits = []
+        for run in runs:
+            row = int(self.corpus.unit_doc[run[0]])
+            start = int(self.corpus.unit_chars[run[0], 0])
+            end = int(self.corpus.unit_chars[run[-1], 1])
+            parts = {
+                name: float(values[run].max())
+                for name, values in components.items()
+                if name in ("s3", "bm25")
+            }
+            hits.append(
+                Hit(
+                    doc_id=self.corpus.doc_ids[row],
+                    start_char=start,
+                    end_char=end,
+                    text=self.corpus.texts[row][start:end],
+                    score=float(ranked_score[run].max()),
+                    metadata=dict(self.corpus.metadatas[row]),
+                    scores=parts,
+                )
+            )
+        return hits
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index to a versioned directory, atomically (see :mod:`persistence`)."""
+        from s3_retriever.persistence import save_index
+
+        with self._lock:
+            save_index(self, Path(path))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        device: str = "cpu",
+    ) -> S3Retriever:
+        """Load an index saved by :meth:`save`; refuses one built by another model or SAEs."""
+        from s3_retriever.persistence import load_index
+
+        return load_index(Path(path), model_path=model_path, device=device)
+
+    def index_nbytes(self) -> dict[str, int]:
+        """Bytes held by each store: postings, keys and the token/unit tables."""
+        corpus = self.corpus
+        return {
+            "postings": sum(p.nbytes for p in self.postings.values()),
+            "keys": sum(s.nbytes for s in self.key_stores.values()),
+            "tables": int(corpus.unit_tokens.nbytes + corpus.unit_chars.nbytes + corpus.unit_doc.nbytes),
+        }
+
+
+def _fallback_heads(n_layers: int, n_heads: int) -> tuple[tuple[int, int], ...]:
+    # With no measured choice for a model, every query head of one early layer: METHOD.md found
+    # retrieval concentrated in the first third of the network.
+    layer = max(1, n_layers // 6)
+    return tuple((layer, head) for head in range(n_heads))

@@ -1,0 +1,156 @@
+"""From position scores to evidence spans (S3 step 5) and from ranked units to a token budget.
+
+Scores are smoothed with a box filter inside each document, peaks are picked with non-maximum
+suppression, and each peak grows to the unit (sentence or line) that holds it, then to its
+neighbours while the span is shorter than ``min_span_tokens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from s3_retriever.corpus import Corpus
+
+
+@dataclass(frozen=True)
+class SpanConfig:
+    """Smoothing, peak picking and span growth."""
+
+    smooth_width: int = 5
+    """Box-filter width in tokens (odd); 1 disables smoothing."""
+    nms_radius: int = 16
+    """A peak suppresses other peaks within this many tokens of it."""
+    min_span_tokens: int = 24
+    """A span grows into neighbouring units of its document until it has this many tokens."""
+
+    def __post_init__(self) -> None:
+        if self.smooth_width < 1:
+            raise ValueError("smooth_width must be at least 1")
+        if self.nms_radius < 0 or self.min_span_tokens < 0:
+            raise ValueError("nms_radius and min_span_tokens must not be negative")
+
+
+def smooth(scores: np.ndarray, corpus: Corpus, width: int) -> np.ndarray:
+    """Box-filter mean over ``width`` tokens, never mixing two documents."""
+    if width <= 1 or len(scores) == 0:
+        return scores.astype(np.float32)
+    half = width // 2
+    doc_start, doc_end = corpus.position_doc_bounds()
+    cumulative = np.concatenate([[0.0], np.cumsum(scores, dtype=np.float64)])
+    positions = np.arange(len(scores))
+    lo = np.maximum(positions - half, doc_start)
+    hi = np.minimum(positions + half + 1, doc_end)
+    return ((cumulative[hi] - cumulative[lo]) / (hi - lo)).astype(np.float32)
+
+
+def unit_scores(position_scores: np.ndarray, corpus: Corpus) -> np.ndarray:
+    """Each unit's score: the highest (smoothed) position score inside it; 0 for empty units."""
+    out = np.zeros(corpus.n_units, np.float32)
+    tokens = corpus.unit_tokens
+    nonempty = np.flatnonzero(tokens[:, 1] > tokens[:, 0])
+    if len(nonempty) and len(position_scores):
+        # Positions no unit owns (whitespace-only documents) must not leak into a neighbour.
+        owned = np.where(position_units(corpus) >= 0, position_scores, -np.inf)
+        out[nonempty] = np.maximum.reduceat(owned, tokens[nonempty, 0])
+    return out
+
+
+def peak_units(
+    smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: int
+) -> list[int]:
+    """Units holding the strongest peaks, best first, after non-maximum suppression."""
+    if len(smoothed) == 0:
+        return []
+    # Only the best positions can become peaks; a bounded candidate set keeps this O(n).
+    n_candidates = min(len(smoothed), max(limit * (2 * config.nms_radius + 1), 1024))
+    candidates = np.argpartition(-smoothed, n_candidates - 1)[:n_candidates]
+    candidates = candidates[np.lexsort((candidates, -smoothed[candidates]))]
+    owner = position_units(corpus)
+    taken_positions: list[int] = []
+    units: list[int] = []
+    seen: set[int] = set()
+    for position in candidates.tolist():
+        if any(abs(position - p) <= config.nms_radius for p in taken_positions[-64:]):
+            continue
+        unit = int(owner[position])
+        taken_positions.append(position)
+        if unit < 0 or unit in seen:
+            continue
+        seen.add(unit)
+        units.append(unit)
+        if len(units) >= limit:
+            break
+    return units
+
+
+def position_units(corpus: Corpus) -> np.ndarray:
+    """Unit of every global position (-1 where no unit owns it)."""
+    owner = np.full(corpus.n_positions, -1, np.int64)
+    starts = corpus.unit_tokens[:, 0]
+    lengths = corpus.unit_tokens[:, 1] - starts
+    total = int(lengths.sum())
+    if total:
+        run_offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        owner[np.repeat(starts, lengths) + run_offsets] = np.repeat(
+            np.arange(corpus.n_units), lengths
+        )
+    return owner
+
+
+def grow(unit: int, corpus: Corpus, scores: np.ndarray, min_tokens: int) -> list[int]:
+    """The unit plus its better-scoring neighbours in the same document, up to ``min_tokens``."""
+    counts = corpus.unit_token_counts()
+    doc = corpus.unit_doc[unit]
+    chosen = [unit]
+    size = int(counts[unit])
+    left, right = unit - 1, unit + 1
+    while size < min_tokens:
+        options = [
+            u for u in (left, right) if 0 <= u < corpus.n_units and corpus.unit_doc[u] == doc
+        ]
+        if not options:
+            break
+        best = max(options, key=lambda u: (scores[u], -u))
+        chosen.append(best)
+        size += int(counts[best])
+        if best == left:
+            left -= 1
+        else:
+            right += 1
+    return sorted(chosen)
+
+
+def pack(
+    ranked_groups: list[list[int]], counts: np.ndarray, budget: int
+) -> list[int]:
+    """Take groups of units in rank order while they fit ``budget`` tokens; skip those that don't.
+
+    A group is all-or-nothing (a grown span is not cut in half). Returns the chosen unit ids.
+    """
+    chosen: set[int] = set()
+    used = 0
+    for group in ranked_groups:
+        new = [u for u in group if u not in chosen]
+        cost = int(counts[new].sum()) if new else 0
+        if not new or used + cost > budget:
+            continue
+        chosen.update(new)
+        used += cost
+        if used >= budget:
+            break
+    return sorted(chosen)
+
+
+def merge_adjacent(units: list[int], corpus: Corpus) -> list[list[int]]:
+    """Group sorted unit ids into runs of consecutive units of one document."""
+    runs: list[list[int]] = []
+    for unit in units:
+        if runs and unit == runs[-1][-1] + 1 and corpus.unit_doc[unit] == corpus.unit_doc[
+            runs[-1][-1]
+        ]:
+            runs[-1].append(unit)
+        else:
+            runs.append([unit])
+    return runs
