@@ -61,7 +61,8 @@ class RetrieverConfig:
                 raise ValueError(f"unknown retriever setting {name!r}")
             default = getattr(cls(), name)
             if is_dataclass(default) and isinstance(value, dict):
-                kwargs[name] = type(default)(**value)
+                component: Any = type(default)
+                kwargs[name] = component(**value)
             elif name == "retrieval_heads" and value is not None:
                 kwargs[name] = tuple((int(a), int(b)) for a, b in value)
             else:

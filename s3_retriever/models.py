@@ -100,7 +100,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     _strip_quantizer_marks(model)
     # bf16 halves the cache; keys in bf16 match fp32 to cosine >= 0.997 on this model.
-    model = model.to(torch.bfloat16)
+    model = model.to(dtype=torch.bfloat16)  # type: ignore[call-arg]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:

@@ -29,7 +29,6 @@ import numpy as np
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.corpus import Corpus
 from s3_retriever.errors import IndexLoadError
-from s3_retriever.index import KeyStore, Postings
 
 if TYPE_CHECKING:
     from s3_retriever.retriever import S3Retriever

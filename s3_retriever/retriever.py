@@ -142,7 +142,7 @@ class S3Retriever:
                     f"sae_path=DIR."
                 )
             sae_path = shipped
-        return cls(loaded, SAEBundle.load(sae_path), config)
+        return cls(loaded, SAEBundle.load(Path(sae_path)), config)
 
     # ------------------------------------------------------------------ writing
     def add_documents(

@@ -186,8 +186,8 @@ class Scanner:
         batch = torch.zeros((len(pieces), width), dtype=torch.long)
         mask = torch.zeros((len(pieces), width), dtype=torch.long)
         for row, piece in enumerate(pieces):
-            if offset:
-                batch[row, 0] = self.bos_token_id
+            if self.bos_token_id is not None:
+                batch[row, 0] = int(self.bos_token_id)
             batch[row, offset : offset + len(piece)] = torch.from_numpy(piece)
             mask[row, : offset + len(piece)] = 1
         return batch.to(self._device), mask.to(self._device), offset

@@ -20,7 +20,7 @@ import torch
 
 from s3_retriever.eval.data import load_hotpotqa_haystacks
 from s3_retriever.models import attention_shape, load_model
-from s3_retriever.scan import Scanner, ScanConfig, tokenize
+from s3_retriever.scan import ScanConfig, Scanner, tokenize
 
 _PASSAGE = re.compile(r"Passage \d+:\n")
 

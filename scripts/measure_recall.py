@@ -1,0 +1,113 @@
+"""Evidence recall of every engine method on HotpotQA haystacks, at matched token budgets.
+
+Each haystack (one question's paragraphs padded with other questions' paragraphs to about
+``--words`` words) is indexed once; every method then retrieves at each budget and the share of
+gold-passage characters covered is recorded.
+
+    python scripts/measure_recall.py --data ../shared/data --n 60 --words 3000 \
+        --budgets 256,512,1024 --out docs/results/recall_hotpotqa_3k.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from s3_retriever import S3Retriever, ScoringConfig
+from s3_retriever.eval.data import load_hotpotqa_haystacks
+from s3_retriever.eval.metrics import evidence_recall, full_support
+
+METHODS = {
+    "s3:exact": ("s3", "exact"),
+    "s3:aligned": ("s3", "aligned"),
+    "s3:coactivation": ("s3", "coactivation"),
+    "hybrid:exact": ("hybrid", "exact"),
+    "hybrid:aligned": ("hybrid", "aligned"),
+    "hybrid:coactivation": ("hybrid", "coactivation"),
+    "bm25": ("bm25", "exact"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--skip", type=int, default=0)
+    parser.add_argument("--words", type=int, default=3000)
+    parser.add_argument("--budgets", default="256,512,1024")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", default="runs/recall.json")
+    args = parser.parse_args()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    methods = args.methods.split(",")
+    retriever = S3Retriever.from_pretrained()
+    retriever.config = retriever.config.replace(
+        scan=type(retriever.config.scan)(
+            **{**retriever.config.scan.__dict__, "show_progress": False}
+        )
+    )
+    examples = load_hotpotqa_haystacks(
+        args.data, n_questions=args.n, target_words=args.words, skip=args.skip
+    )
+    recall: dict[str, dict[int, list[float]]] = {m: {b: [] for b in budgets} for m in methods}
+    support: dict[str, dict[int, list[float]]] = {m: {b: [] for b in budgets} for m in methods}
+    latency: dict[str, list[float]] = {m: [] for m in methods}
+    index_seconds, n_tokens = [], []
+    base_config = retriever.config
+    for example in examples:
+        retriever.delete(retriever.doc_ids)
+        started = time.perf_counter()
+        retriever.add_documents(example.documents, ids=example.doc_ids)
+        index_seconds.append(time.perf_counter() - started)
+        n_tokens.append(retriever.corpus.n_positions)
+        for method in methods:
+            mode, scorer = METHODS[method]
+            retriever.config = base_config.replace(scoring=ScoringConfig(scorer=scorer))
+            for budget in budgets:
+                started = time.perf_counter()
+                hits = retriever.retrieve(example.question, token_budget=budget, mode=mode)
+                latency[method].append(time.perf_counter() - started)
+                rows = {doc_id: i for i, doc_id in enumerate(example.doc_ids)}
+                ranges = [(rows[h.doc_id], h.start_char, h.end_char) for h in hits]
+                recall[method][budget].append(evidence_recall(ranges, example.gold))
+                support[method][budget].append(float(full_support(ranges, example.gold)))
+        retriever.config = base_config
+    table = {
+        m: {
+            str(b): {
+                "evidence_recall": float(np.mean(recall[m][b])),
+                "full_support": float(np.mean(support[m][b])),
+            }
+            for b in budgets
+        }
+        for m in methods
+    }
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "command": "python scripts/measure_recall.py " + " ".join(
+            f"--{k} {v}" for k, v in vars(args).items()
+        ),
+        "model": retriever.loaded.model_id,
+        "heads": [list(h) for h in retriever.heads],
+        "n_questions": len(examples),
+        "mean_tokens_per_haystack": float(np.mean(n_tokens)),
+        "index_seconds_per_haystack": float(np.mean(index_seconds)),
+        "query_seconds": {m: float(np.mean(v)) for m, v in latency.items()},
+        "results": table,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"{len(examples)} haystacks, {np.mean(n_tokens):.0f} tokens each")
+    print("method".ljust(22) + "".join(f"R@{b}".rjust(9) for b in budgets) + "  full@max")
+    for m in methods:
+        cells = "".join(f"{table[m][str(b)]['evidence_recall']:9.3f}" for b in budgets)
+        print(m.ljust(22) + cells + f"{table[m][str(budgets[-1])]['full_support']:9.3f}")
+
+
+if __name__ == "__main__":
+    main()

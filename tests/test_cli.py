@@ -1,0 +1,162 @@
+"""The command line: one-line errors and an offline index/query round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3_retriever import S3Retriever
+from s3_retriever.cli import main
+from tests.conftest import RetrieverFactory
+
+
+@pytest.fixture()
+def tiny_from_pretrained(monkeypatch: pytest.MonkeyPatch, make_retriever: RetrieverFactory) -> list[Any]:
+    """Make S3Retriever.from_pretrained build the tiny retriever; records its arguments."""
+    calls: list[Any] = []
+
+    def fake(cls: type[S3Retriever], *args: Any, **kwargs: Any) -> S3Retriever:
+        calls.append((args, kwargs))
+        return make_retriever()
+
+    monkeypatch.setattr(S3Retriever, "from_pretrained", classmethod(fake))
+    return calls
+
+
+@pytest.fixture()
+def files(tmp_path: Path, corpus: dict[str, str]) -> list[Path]:
+    paths = []
+    for name in ("trains", "hospital", "unicode"):
+        path = tmp_path / f"{name}.txt"
+        path.write_text(corpus[name], encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("s3-retriever: error:")
+    return lines[0]
+
+
+def test_non_utf8_file_is_one_line_error(
+    tmp_path: Path, tiny_from_pretrained: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Latin-1 file fails with exit status 2 and a single error line naming it; nothing is written."""
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1"))
+    status = main(["index", str(bad), "--out", str(tmp_path / "index")])
+    out = capsys.readouterr()
+    assert status != 0
+    line = _one_error_line(out.err)
+    assert "latin1.txt" in line and "UTF-8" in line
+    assert not (tmp_path / "index").exists()
+
+
+def test_missing_file_is_one_line_error(
+    tmp_path: Path, files: list[Path], tiny_from_pretrained: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing input fails with exit status 2 and a single error line naming it."""
+    status = main(["index", str(files[0]), str(tmp_path / "absent.txt"), "--out", str(tmp_path / "i")])
+    out = capsys.readouterr()
+    assert status != 0
+    assert "absent.txt" in _one_error_line(out.err)
+    assert not tiny_from_pretrained
+    assert not (tmp_path / "i").exists()
+
+
+def test_query_of_missing_index_is_one_line_error(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Querying a folder that holds no index fails with a single error line."""
+    status = main(["query", str(tmp_path / "none"), "question", "--model", str(model_dir)])
+    assert status != 0
+    assert "manifest.json" in _one_error_line(capsys.readouterr().err)
+
+
+def test_index_and_query_round_trip(
+    tmp_path: Path,
+    files: list[Path],
+    model_dir: Path,
+    corpus: dict[str, str],
+    tiny_from_pretrained: list[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """index writes a loadable index of the files; query prints spans with their source files."""
+    index = tmp_path / "index"
+    status = main(["index", str(files[0]), str(files[1]), "--out", str(index), "--model", str(model_dir)])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert out.out.startswith("indexed 2 file(s)")
+    assert (index / "manifest.json").is_file()
+    assert len(tiny_from_pretrained) == 1
+
+    status = main(["query", str(index), "When does the train leave?", "--model", str(model_dir), "--json"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    rows = json.loads(out.out)
+    assert rows
+    sources = {str(p): p.read_text(encoding="utf-8") for p in files[:2]}
+    for row in rows:
+        assert row["doc_id"] in sources
+        assert row["text"] == sources[row["doc_id"]][row["start_char"] : row["end_char"]]
+        assert row["id"] == f"{row['doc_id']}:{row['start_char']}:{row['end_char']}"
+
+    status = main(
+        ["query", str(index), "How many nurses?", "--model", str(model_dir), "--budget", "60", "--mode", "bm25"]
+    )
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    headers = [line for line in out.out.splitlines() if line.startswith("[")]
+    assert headers
+    for header in headers:
+        source, span = header[1:].split("]")[0].rsplit(" ", 1)
+        start, end = (int(x) for x in span.split(":"))
+        assert source in sources
+        assert " score=" in header
+        body = sources[source][start:end].replace("\n", "\n    ")
+        assert "    " + body in out.out
+
+
+def test_index_refuses_existing_then_appends(
+    tmp_path: Path,
+    files: list[Path],
+    model_dir: Path,
+    tiny_from_pretrained: list[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Indexing into an existing index needs --append; with it the new file joins the index."""
+    index = tmp_path / "index"
+    assert main(["index", str(files[0]), "--out", str(index)]) == 0
+    capsys.readouterr()
+    status = main(["index", str(files[2]), "--out", str(index)])
+    assert status != 0
+    assert "--append" in _one_error_line(capsys.readouterr().err)
+    status = main(["index", str(files[2]), "--out", str(index), "--append", "--model", str(model_dir)])
+    assert status == 0, capsys.readouterr().err
+    restored = S3Retriever.load(index, model_path=model_dir)
+    assert restored.doc_ids == [str(files[0]), str(files[2])]
+    assert restored.corpus.metadatas[1] == {"source": str(files[2])}
+
+
+def test_query_with_bad_budget_reports_error(
+    tmp_path: Path,
+    files: list[Path],
+    model_dir: Path,
+    tiny_from_pretrained: list[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A budget below one is reported as an error line, not a traceback."""
+    index = tmp_path / "index"
+    assert main(["index", str(files[0]), "--out", str(index)]) == 0
+    capsys.readouterr()
+    status = main(["query", str(index), "train", "--model", str(model_dir), "--budget", "0"])
+    err = capsys.readouterr().err
+    assert status != 0
+    errors = [line for line in err.splitlines() if line.startswith("s3-retriever: error:")]
+    assert len(errors) == 1 and "token_budget" in errors[0]
+    assert "Traceback" not in err

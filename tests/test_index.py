@@ -1,0 +1,193 @@
+"""CSR postings and int8 key stores against plain Python references."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from s3_retriever.index import KeyStore, Postings
+
+N_LATENTS = 40
+K = 3
+
+
+def _codes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.stack([rng.choice(N_LATENTS, size=K, replace=False) for _ in range(n)])
+    acts = rng.random((n, K)).astype(np.float32) * 4
+    return ids, acts
+
+
+def _batches(seed: int, n_positions: int, n_batches: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_positions)
+    out = []
+    for part in np.array_split(order, n_batches):
+        ids, acts = _codes(rng, len(part))
+        out.append((part.astype(np.int64), ids, acts))
+    return out
+
+
+def _reference(
+    batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> dict[int, list[tuple[int, float]]]:
+    ref: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for positions, ids, acts in batches:
+        for pos, row_ids, row_acts in zip(positions.tolist(), ids, acts, strict=True):
+            for j, a in zip(row_ids.tolist(), row_acts.tolist(), strict=True):
+                ref[j].append((pos, float(np.float16(a))))
+    return {j: sorted(v) for j, v in ref.items()}
+
+
+def _as_dict(postings: Postings) -> dict[int, list[tuple[int, float]]]:
+    out: dict[int, list[tuple[int, float]]] = {}
+    for j in range(postings.n_latents):
+        pos, acts, owner = postings.gather(np.array([j]))
+        assert np.all(owner == 0)
+        if len(pos):
+            out[j] = list(zip(pos.tolist(), acts.tolist(), strict=True))
+    return out
+
+
+def _build(batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], flush_every: int = 0) -> Postings:
+    postings = Postings(N_LATENTS)
+    for i, (positions, ids, acts) in enumerate(batches):
+        postings.append(positions, ids, acts)
+        if flush_every and i % flush_every == 0:
+            postings.flush()
+    postings.flush()
+    return postings
+
+
+@pytest.mark.parametrize("flush_every", [0, 1, 2])
+def test_postings_match_dict_of_lists(flush_every: int) -> None:
+    """Every latent's list holds exactly its (position, float16 activation) pairs, position-sorted."""
+    batches = _batches(0, 120, 5)
+    postings = _build(batches, flush_every)
+    assert _as_dict(postings) == _reference(batches)
+    for j in range(N_LATENTS):
+        lo, hi = postings.indptr[j], postings.indptr[j + 1]
+        assert np.all(np.diff(postings.positions[lo:hi]) > 0)
+    assert postings.positions.dtype == np.int32
+    assert postings.activations.dtype == np.float16
+    assert postings.indptr[-1] == 120 * K
+
+
+def test_postings_doc_freq() -> None:
+    """doc_freq counts the postings of each latent."""
+    batches = _batches(1, 50, 3)
+    postings = _build(batches)
+    ref = _reference(batches)
+    assert postings.doc_freq().tolist() == [len(ref.get(j, [])) for j in range(N_LATENTS)]
+
+
+def test_postings_gather_many_latents_with_repeats() -> None:
+    """gather() of several latents (repeats allowed) concatenates their lists with owner indices."""
+    batches = _batches(2, 60, 2)
+    postings = _build(batches)
+    ref = _reference(batches)
+    latents = np.array([5, 0, 5, 39, 17, 3])
+    positions, acts, owner = postings.gather(latents)
+    got: dict[int, list[list[tuple[int, float]]]] = defaultdict(list)
+    for slot, latent in enumerate(latents.tolist()):
+        sel = owner == slot
+        got[latent].append(list(zip(positions[sel].tolist(), acts[sel].tolist(), strict=True)))
+    for latent in set(latents.tolist()):
+        for listing in got[latent]:
+            assert listing == ref.get(latent, [])
+    assert len(got[5]) == 2
+    assert len(positions) == sum(len(ref.get(j, [])) for j in latents.tolist())
+
+
+def test_postings_gather_empty() -> None:
+    """gather() on an empty index or of unused latents returns empty arrays."""
+    postings = Postings(N_LATENTS)
+    positions, acts, owner = postings.gather(np.array([1, 2]))
+    assert positions.shape == acts.shape == owner.shape == (0,)
+
+
+def test_postings_independent_of_append_order() -> None:
+    """Appending the same postings in different orders gives byte-identical CSR arrays."""
+    batches = _batches(3, 90, 6)
+    forward = _build(batches)
+    backward = _build(batches[::-1], flush_every=2)
+    shuffled = _build([batches[i] for i in (2, 0, 5, 1, 4, 3)], flush_every=1)
+    for other in (backward, shuffled):
+        assert np.array_equal(forward.indptr, other.indptr)
+        assert np.array_equal(forward.positions, other.positions)
+        assert np.array_equal(forward.activations, other.activations)
+
+
+def test_postings_keep_drops_and_renumbers() -> None:
+    """keep(mask) removes postings of dropped positions and renumbers the survivors densely."""
+    n = 100
+    batches = _batches(4, n, 4)
+    postings = _build(batches)
+    rng = np.random.default_rng(5)
+    keep = rng.random(n) < 0.6
+    new_index = {old: new for new, old in enumerate(np.flatnonzero(keep).tolist())}
+    expected = {}
+    for j, items in _reference(batches).items():
+        kept = [(new_index[p], a) for p, a in items if keep[p]]
+        if kept:
+            expected[j] = kept
+    postings.keep(keep)
+    assert _as_dict(postings) == expected
+    assert postings.indptr[-1] == len(postings.positions) == int(keep.sum()) * K
+
+
+def test_postings_keep_flushes_pending() -> None:
+    """Buffered postings are merged before keep() renumbers positions."""
+    batches = _batches(6, 30, 2)
+    postings = Postings(N_LATENTS)
+    for positions, ids, acts in batches:
+        postings.append(positions, ids, acts)
+    keep = np.ones(30, bool)
+    keep[:10] = False
+    postings.keep(keep)
+    assert postings.indptr[-1] == 20 * K
+    assert int(postings.positions.max()) == 19
+
+
+def test_keystore_round_trip_error_small() -> None:
+    """int8 absmax quantisation keeps every key within 2% relative (L2) error."""
+    rng = np.random.default_rng(0)
+    keys = (rng.standard_normal((200, 16)) * rng.uniform(0.01, 50, size=(200, 1))).astype(np.float32)
+    store = KeyStore(16)
+    order = rng.permutation(200)
+    store.append(order[:120].astype(np.int64), keys[order[:120]])
+    store.append(order[120:].astype(np.int64), keys[order[120:]])
+    store.flush(200)
+    restored = store.dequantize(0, 200)
+    error = np.linalg.norm(restored - keys, axis=1) / np.linalg.norm(keys, axis=1)
+    assert error.max() < 0.02
+    assert store.codes.dtype == np.int8
+    assert store.nbytes == 200 * 16 + 200 * 4
+    np.testing.assert_allclose(store.dequantize(50, 60), restored[50:60])
+
+
+def test_keystore_zero_key_and_flush_growth() -> None:
+    """An all-zero key round-trips to zeros; later flushes keep earlier keys in place."""
+    store = KeyStore(4)
+    store.append(np.array([0, 1]), np.array([[0, 0, 0, 0], [1, -2, 3, -4]], np.float32))
+    store.flush(2)
+    store.append(np.array([2]), np.array([[5, 5, 5, 5]], np.float32))
+    store.flush(3)
+    restored = store.dequantize(0, 3)
+    assert np.all(restored[0] == 0)
+    np.testing.assert_allclose(restored[1], [1, -2, 3, -4], rtol=0.02)
+    np.testing.assert_allclose(restored[2], [5, 5, 5, 5], rtol=1e-6)
+
+
+def test_keystore_keep() -> None:
+    """keep(mask) keeps the rows of surviving positions in order."""
+    rng = np.random.default_rng(1)
+    keys = rng.standard_normal((10, 8)).astype(np.float32)
+    store = KeyStore(8)
+    store.append(np.arange(10), keys)
+    store.flush(10)
+    before = store.dequantize(0, 10)
+    mask = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1], bool)
+    store.keep(mask)
+    np.testing.assert_array_equal(store.dequantize(0, int(mask.sum())), before[mask])
