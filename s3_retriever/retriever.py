@@ -189,7 +189,8 @@ class S3Retriever:
             if self.config.store_postings:
                 # One matmul + top-k for every KV head of the layer (shared dictionary).
                 with torch.no_grad():
-                    ids, acts = self.bundle.saes[layer].encode(layer_keys)
+                    mapped = self.bundle.map_keys(layer, layer_keys)
+                    ids, acts = self.bundle.saes[layer].encode(mapped)
                 for slot, kv in enumerate(kv_heads):
                     new_codes[(layer, kv)].append(
                         (positions, ids[:, slot].numpy(), acts[:, slot].numpy())
@@ -328,8 +329,7 @@ class S3Retriever:
             head_queries = self.question_vectors(query)
             return score_positions(
                 head_queries, self.config.scoring, self.corpus.n_positions, self.kv_group,
-                self.key_stores, self.postings, self.bundle.saes, self.bundle.query_means,
-                allowed,
+                self.key_stores, self.postings, self.bundle, allowed,
             )
 
     def question_vectors(self, query: str) -> dict[tuple[int, int], np.ndarray]:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -104,6 +105,22 @@ class SAEBundle:
     """Training settings and fidelity numbers, stored verbatim in config.json."""
     checksum: str = ""
     """sha256 over the bundle files, set by :meth:`load` and :meth:`save`."""
+    key_maps: dict[int, torch.Tensor] = field(default_factory=dict)
+    """layer -> symmetric (head_dim, head_dim) map ``A`` applied to keys before encoding; queries
+    get ``A^-1``, so ``q.k`` is unchanged while the SAE's squared error is measured in the metric
+    that queries see. Absent layers use the identity (plain reconstruction)."""
+
+    def map_keys(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
+        """Keys in the space the layer's SAE was trained in."""
+        key_map = self.key_maps.get(layer)
+        return keys if key_map is None else keys.float() @ key_map
+
+    def map_queries(self, layer: int, queries: np.ndarray) -> np.ndarray:
+        """Queries in the dual space: ``(A^-1 q) . (A k) = q . k`` for symmetric ``A``."""
+        key_map = self.key_maps.get(layer)
+        if key_map is None:
+            return queries
+        return np.asarray(queries @ np.linalg.inv(key_map.double().numpy()), dtype=np.float32)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -120,6 +137,9 @@ class SAEBundle:
             layers_cfg[str(layer)] = asdict(sae.config)
         means = {f"layer_{layer:02d}": m.float().contiguous() for layer, m in self.query_means.items()}
         save_file(means, str(folder / "query_means.safetensors"))
+        if self.key_maps:
+            maps = {f"layer_{layer:02d}": m.float().contiguous() for layer, m in self.key_maps.items()}
+            save_file(maps, str(folder / "key_maps.safetensors"))
         config = {
             "format": BUNDLE_FORMAT,
             "model_id": self.model_id,
@@ -169,7 +189,12 @@ class SAEBundle:
         query_means: dict[int, torch.Tensor] = {}
         if means_path.is_file():
             query_means = {int(n.split("_")[1]): t for n, t in load_file(str(means_path)).items()}
+        maps_path = folder / "key_maps.safetensors"
+        key_maps: dict[int, torch.Tensor] = {}
+        if maps_path.is_file():
+            key_maps = {int(n.split("_")[1]): t for n, t in load_file(str(maps_path)).items()}
         return cls(
+            key_maps=key_maps,
             model_id=config["model_id"],
             saes=saes,
             query_means=query_means,

@@ -219,19 +219,44 @@ def train_bundle(
     held_out: float = 0.1,
     retrieval_heads: Sequence[tuple[int, int]] = (),
     question_texts: Sequence[str] = (),
+    metric: str = "reconstruction",
 ) -> tuple[Any, list[LayerReport]]:
     """Collect keys from ``texts``, train one SAE per layer, and package an :class:`SAEBundle`.
 
     Query means (the centres subtracted from question vectors) are the mean pre-RoPE query of
     ``question_texts`` when given, else of the corpus tokens.
+
+    ``metric="attention"`` trains each SAE on keys mapped by ``A = C^(1/2)``, where ``C`` is the
+    second moment of the retrieval heads' centred question queries: the SAE's squared error then
+    equals the expected squared error of the attention logits ``q.k`` (needs ``question_texts``
+    and ``retrieval_heads``).
     """
+    if metric not in ("reconstruction", "attention"):
+        raise ValueError(f"metric must be 'reconstruction' or 'attention', got {metric!r}")
+    if metric == "attention" and not (question_texts and retrieval_heads):
+        raise ValueError("metric='attention' needs question_texts and retrieval_heads")
     from s3_retriever.sae import SAEBundle
 
     captured = collect_vectors(loaded_model, tokenizer, texts, layers, max_tokens)
+    question_queries = _question_queries(loaded_model, tokenizer, question_texts, layers)
+    if question_queries:
+        query_means = {layer: q.mean(dim=0) for layer, q in question_queries.items()}
+    else:
+        query_means = {layer: q.mean(dim=0) for layer, q in captured.queries.items()}
+    key_maps: dict[int, torch.Tensor] = {}
+    if metric == "attention":
+        for layer in layers:
+            heads = [h for lay, h in retrieval_heads if lay == layer]
+            if heads:
+                centred = question_queries[layer][:, heads] - query_means[layer][heads]
+                key_maps[layer] = attention_metric(centred.reshape(-1, centred.shape[-1]))
     saes: dict[int, TopKSAE] = {}
     reports: list[LayerReport] = []
     for layer in layers:
-        train, test = split_held_out(captured.keys[layer], held_out)
+        keys = captured.keys[layer]
+        if layer in key_maps:
+            keys = keys @ key_maps[layer]
+        train, test = split_held_out(keys, held_out)
         result = train_topk_sae(train, sae_config, train_config, show_progress=True)
         saes[layer] = result.sae
         reports.append(
@@ -243,26 +268,43 @@ def train_bundle(
                 n_vectors=int(train.shape[0]),
             )
         )
-    if question_texts:
-        scanner = Scanner(loaded_model, (), layers, bos_token_id=tokenizer.bos_token_id)
-        sums = {layer: torch.zeros_like(captured.queries[layer][0], dtype=torch.float64)
-                for layer in layers}
-        count = 0
-        for question in question_texts:
-            ids = tokenize(tokenizer, question).input_ids
-            if len(ids) == 0:
-                continue
-            projected = scanner.project_queries(ids)
-            for layer in layers:
-                sums[layer] += projected[layer].double().sum(dim=0)
-            count += len(ids)
-        query_means = {layer: (s / max(count, 1)).float() for layer, s in sums.items()}
-    else:
-        query_means = {layer: q.mean(dim=0) for layer, q in captured.queries.items()}
     bundle = SAEBundle(
         model_id=model_id,
         saes=saes,
         query_means=query_means,
         retrieval_heads=tuple(retrieval_heads),
+        key_maps=key_maps,
     )
     return bundle, reports
+
+
+def _question_queries(
+    model: Any, tokenizer: Any, questions: Sequence[str], layers: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """layer -> (question tokens, query heads, head_dim) pre-RoPE queries of ``questions``."""
+    if not questions:
+        return {}
+    scanner = Scanner(model, (), layers, bos_token_id=tokenizer.bos_token_id)
+    parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for question in questions:
+        ids = tokenize(tokenizer, question).input_ids
+        if len(ids) == 0:
+            continue
+        projected = scanner.project_queries(ids)
+        for layer in layers:
+            parts[layer].append(projected[layer])
+    return {layer: torch.cat(p) for layer, p in parts.items()}
+
+
+def attention_metric(queries: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """Symmetric ``A = C^(1/2)`` for ``C = E[q q^T]`` (+ a small ridge), scaled to mean eigenvalue 1.
+
+    Training on ``A k`` makes squared reconstruction error equal the expected squared error of
+    ``q.k`` over these queries, since ``(A^-1 q).(A k) = q.k``.
+    """
+    q = queries.double()
+    second = q.T @ q / max(q.shape[0], 1)
+    second += ridge * torch.trace(second) / second.shape[0] * torch.eye(second.shape[0], dtype=q.dtype)
+    values, vectors = torch.linalg.eigh(second)
+    root = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+    return (root / values.clamp_min(0).sqrt().mean()).float()

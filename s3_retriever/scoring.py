@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from s3_retriever.index import Field, KeyStore, Postings
-from s3_retriever.sae import TopKSAE
+from s3_retriever.sae import SAEBundle, TopKSAE
 
 ScorerName = Literal["exact", "aligned", "coactivation"]
 SCORERS: tuple[str, ...] = ("exact", "aligned", "coactivation")
@@ -167,8 +167,7 @@ def score_positions(
     kv_group: int,
     key_stores: Mapping[Field, KeyStore],
     postings: Mapping[Field, Postings],
-    saes: Mapping[int, TopKSAE],
-    query_means: Mapping[int, torch.Tensor],
+    bundle: SAEBundle,
     allowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Score every position for one question.
@@ -178,6 +177,7 @@ def score_positions(
         kv_group: query heads per KV head (GQA); query head h reads KV head ``h // kv_group``.
         allowed: optional mask of candidate positions (metadata filters), applied before ranking.
     """
+    query_means = bundle.query_means
     total = np.zeros(n_positions, np.float32)
     if n_positions == 0 or not head_queries:
         return total
@@ -190,9 +190,12 @@ def score_positions(
             total += exact_scores(q, key_stores[field_key], n_positions, allowed, config.temperature)
         elif config.scorer == "aligned":
             total += aligned_scores(
-                q, saes[layer], postings[field_key], n_positions, config.atoms_per_query,
+                bundle.map_queries(layer, q), bundle.saes[layer], postings[field_key], n_positions, config.atoms_per_query,
                 allowed, config.temperature,
             )
         else:
-            total += coactivation_scores(q, saes[layer], postings[field_key], n_positions, allowed)
+            total += coactivation_scores(
+                bundle.map_queries(layer, q), bundle.saes[layer], postings[field_key],
+                n_positions, allowed,
+            )
     return total / len(head_queries)

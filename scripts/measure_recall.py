@@ -42,10 +42,12 @@ def main() -> None:
     parser.add_argument("--budgets", default="256,512,1024")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default="runs/recall.json")
+    parser.add_argument("--sae", default=None, help="SAE bundle (default: the shipped one)")
+    parser.add_argument("--atoms", type=int, default=None, help="aligned: atoms per query token")
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     methods = args.methods.split(",")
-    retriever = S3Retriever.from_pretrained()
+    retriever = S3Retriever.from_pretrained(sae_path=args.sae)
     retriever.config = retriever.config.replace(
         scan=type(retriever.config.scan)(
             **{**retriever.config.scan.__dict__, "show_progress": False}
@@ -67,7 +69,10 @@ def main() -> None:
         n_tokens.append(retriever.corpus.n_positions)
         for method in methods:
             mode, scorer = METHODS[method]
-            retriever.config = base_config.replace(scoring=ScoringConfig(scorer=scorer))
+            scoring = ScoringConfig(scorer=scorer)
+            if args.atoms:
+                scoring = ScoringConfig(scorer=scorer, atoms_per_query=args.atoms)
+            retriever.config = base_config.replace(scoring=scoring)
             for budget in budgets:
                 started = time.perf_counter()
                 hits = retriever.retrieve(example.question, token_budget=budget, mode=mode)

@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=200_000)
+    parser.add_argument("--metric", choices=("reconstruction", "attention"), default="attention")
     args = parser.parse_args()
 
     heads = [tuple(int(v) for v in h.split(":")) for h in args.heads.split(",")]
@@ -56,6 +57,7 @@ def main() -> None:
         SAEConfig(d_in=head_dim, n_latents=args.latents, k=args.k),
         TrainConfig(steps=args.steps, batch_size=args.batch_size), max_tokens=args.max_tokens,
         retrieval_heads=[(a, b) for a, b in heads], question_texts=questions,
+        metric=args.metric,
     )
     bundle.info = {
         "training_text": "HotpotQA dev (IRCoT subsample) questions 380-499: paragraphs; "
