@@ -172,13 +172,33 @@ def _folder_fingerprint(folder: Path) -> str:
         path = folder / name
         if path.is_file():
             digest.update(path.read_bytes())
-    single = folder / "model.safetensors"
-    if single.is_file():
-        # Size + header are cheap and change with any retrain; hashing 500 MB on every load is not.
-        digest.update(str(single.stat().st_size).encode())
-        with open(single, "rb") as handle:
-            digest.update(handle.read(1 << 16))
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(weights.name.encode())
+        digest.update(_cached_sha256(weights).encode())
     return digest.hexdigest()
+
+
+def _cached_sha256(path: Path) -> str:
+    """Full sha256 of a weight file, remembered per (path, size, mtime) so reloads stay fast."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    store = cache_dir() / "fingerprints.json"
+    try:
+        known = json.loads(store.read_text()) if store.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        known = {}
+    if key in known:
+        return str(known[key])
+    value = sha256_file(path)
+    known[key] = value
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        staging = store.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_text(json.dumps(known))
+        os.replace(staging, store)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return value
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:

@@ -98,6 +98,7 @@ def _write_contents(retriever: S3Retriever, folder: Path) -> None:
         "format_version": FORMAT_VERSION,
         "model_id": retriever.loaded.model_id,
         "model_fingerprint": retriever.loaded.fingerprint,
+        "dtype": str(next(retriever.loaded.model.parameters()).dtype).removeprefix("torch."),
         "tokenizer_fingerprint": retriever.loaded.tokenizer_fingerprint,
         "sae_checksum": retriever.bundle.checksum,
         "config": retriever.config.to_dict(),
@@ -166,11 +167,20 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise IndexLoadError(f"{path} is not a plain numeric .npy array ({exc}); refused.") from exc
+    if not isinstance(array, np.ndarray) or array.dtype.hasobject:
+        raise IndexLoadError(f"{path} does not hold a numeric array; refused.")
+    return array
 
 
 def load_index(
-    path: Path, model_path: str | os.PathLike[str] | None = None, device: str = "cpu"
+    path: Path,
+    model_path: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
 ) -> S3Retriever:
     """Load an index; refuse it if the model, tokenizer or SAEs differ from those that built it."""
     from s3_retriever.models import DEFAULT_MODEL_NAME, load_model
@@ -182,7 +192,8 @@ def load_index(
         raise IndexLoadError(
             f"This index was built with {manifest['model_id']!r}; pass model_path= to load it."
         )
-    loaded = load_model(model_path, device=device)
+    # Question vectors must come from the same precision the keys were stored from.
+    loaded = load_model(model_path, device=device, dtype=dtype or manifest.get("dtype", "auto"))
     if loaded.fingerprint != manifest["model_fingerprint"]:
         raise IndexLoadError(
             f"Model mismatch: the index was built with {manifest['model_id']!r} "

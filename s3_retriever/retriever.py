@@ -161,6 +161,8 @@ class S3Retriever:
             return []
         tokenized = [tokenize(self.loaded.tokenizer, text) for text in texts]
         with self._lock:
+            # Checked again under the lock: another thread may have added these ids meanwhile.
+            self._check_ids_free(ids_list)
             base = self.corpus.n_positions
             doc_base = base + np.concatenate(
                 [[0], np.cumsum([len(t) for t in tokenized])[:-1]]
@@ -234,6 +236,8 @@ class S3Retriever:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        if isinstance(ids, str):
+            raise TypeError("ids must be a list of strings; wrap a single id in [ ]")
         if ids is None:
             ids_list = [uuid.uuid4().hex for _ in texts]
         else:
@@ -242,12 +246,7 @@ class S3Retriever:
                 raise ValueError(f"got {len(texts)} texts but {len(ids_list)} ids")
         if len(set(ids_list)) != len(ids_list):
             raise ValueError("ids contain duplicates; every document needs its own id")
-        existing = set(self.corpus.doc_ids)
-        clash = [i for i in ids_list if i in existing]
-        if clash:
-            raise ValueError(
-                f"ids already indexed: {clash[:5]}; delete them first to replace those documents"
-            )
+        self._check_ids_free(ids_list)
         if metadatas is not None and len(metadatas) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(metadatas)} metadatas")
         metas = [
@@ -255,6 +254,14 @@ class S3Retriever:
             for m, doc_id in zip(metadatas or [None] * len(texts), ids_list, strict=True)
         ]
         return texts, ids_list, metas
+
+    def _check_ids_free(self, ids: Sequence[str]) -> None:
+        existing = set(self.corpus.doc_ids)
+        clash = [i for i in ids if i in existing]
+        if clash:
+            raise ValueError(
+                f"ids already indexed: {clash[:5]}; delete them first to replace those documents"
+            )
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove documents by id; returns how many were removed (unknown ids are ignored)."""
@@ -381,7 +388,8 @@ class S3Retriever:
             order = np.asarray(peaks, dtype=np.int64)
         elif mode == "bm25":
             scores = components["bm25"]
-            order = rank_order(scores, unit_mask)
+            # Units sharing no term with the query are not evidence; they would only pad.
+            order = rank_order(scores, unit_mask & (scores > 0))
         else:
             order, scores = fuse(components["s3"], components["bm25"], self.config.hybrid, unit_mask)
         lead = self._lead_tail_groups(unit_mask)
@@ -416,11 +424,8 @@ class S3Retriever:
         top_k: int | None,
     ) -> list[Hit]:
         counts = self.corpus.unit_token_counts()
-        chosen = pack(groups, counts, token_budget)
+        chosen = pack(groups, counts, token_budget, self.corpus, max_spans=top_k)
         runs = merge_adjacent(chosen, self.corpus)
-        if top_k is not None and len(runs) > top_k:
-            best = sorted(runs, key=lambda run: -float(ranked_score[run].max()))[:top_k]
-            runs = sorted(best, key=lambda run: run[0])
         hits = []
         for run in runs:
             row = int(self.corpus.unit_doc[run[0]])
@@ -459,11 +464,15 @@ class S3Retriever:
         model_path: str | os.PathLike[str] | None = None,
         *,
         device: str = "cpu",
+        dtype: str | None = None,
     ) -> S3Retriever:
-        """Load an index saved by :meth:`save`; refuses one built by another model or SAEs."""
+        """Load an index saved by :meth:`save`; refuses one built by another model or SAEs.
+
+        ``dtype`` defaults to the precision the index was built with.
+        """
         from s3_retriever.persistence import load_index
 
-        return load_index(Path(path), model_path=model_path, device=device)
+        return load_index(Path(path), model_path=model_path, device=device, dtype=dtype)
 
     def index_nbytes(self) -> dict[str, int]:
         """Bytes held by each store: postings, keys and the token/unit tables."""

@@ -130,6 +130,9 @@ class SAEBundle:
         """Write the bundle (safetensors + JSON, no pickle); returns its checksum."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        # Files of an earlier bundle in this folder would count in the checksum and be loaded.
+        for stale in folder.glob("*.safetensors"):
+            stale.unlink()
         layers_cfg = {}
         for layer, sae in sorted(self.saes.items()):
             tensors = {n: p.detach().float().contiguous().cpu() for n, p in sae.named_parameters()}

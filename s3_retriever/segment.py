@@ -7,6 +7,7 @@ BM25 ranks units), so all methods compare on the same chunking. Offsets are exac
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import numpy as np
 
 # A sentence ends at . ! ? (optionally followed by closing quotes/brackets) before whitespace;
 # a line break always ends a unit, so lists, transcripts and code split on their own lines.
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+|\n\s*")
+_BOUNDARY = re.compile(r"(?<=[.!?])([\"'”’)\]]*)\s+|\n\s*")
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
@@ -37,11 +38,15 @@ class SegmentConfig:
 
 def _raw_pieces(text: str) -> list[tuple[int, int, bool]]:
     """(start, end, ends_paragraph) for every sentence/line piece, whitespace-trimmed."""
-    paragraph_ends = {m.start() for m in _BLANK_LINE.finditer(text)}
+    blank_lines = [m.start() for m in _BLANK_LINE.finditer(text)]
     pieces: list[tuple[int, int, bool]] = []
     start = 0
     for match in _BOUNDARY.finditer(text):
-        _append_trimmed(text, start, match.start(), pieces, match.start() in paragraph_ends)
+        # Closing quotes and brackets belong to the sentence they close.
+        cut = match.start() + len(match.group(1) or "")
+        next_blank = bisect.bisect_left(blank_lines, cut)
+        ends_paragraph = next_blank < len(blank_lines) and blank_lines[next_blank] < match.end()
+        _append_trimmed(text, start, cut, pieces, ends_paragraph)
         start = match.end()
     _append_trimmed(text, start, len(text), pieces, True)
     return pieces
@@ -99,6 +104,10 @@ def _cap(
         cut = max(text.rfind(" ", start + 1, limit), text.rfind("\n", start + 1, limit))
         if cut <= start:
             cut = limit
+        if cut <= start:
+            # Many tokens can share one start offset (NFKC expansions); step past it.
+            later = token_starts[token_starts > start]
+            cut = min(int(later[0]), end) if len(later) else end
         piece = text[start:cut].rstrip()
         if piece:
             out.append((start, start + len(piece)))

@@ -123,11 +123,17 @@ def grow(unit: int, corpus: Corpus, scores: np.ndarray, min_tokens: int) -> list
 
 
 def pack(
-    ranked_groups: list[list[int]], counts: np.ndarray, budget: int
+    ranked_groups: list[list[int]],
+    counts: np.ndarray,
+    budget: int,
+    corpus: Corpus,
+    max_spans: int | None = None,
 ) -> list[int]:
     """Take groups of units in rank order while they fit ``budget`` tokens; skip those that don't.
 
-    A group is all-or-nothing (a grown span is not cut in half). Returns the chosen unit ids.
+    A group is all-or-nothing (a grown span is not cut in half). With ``max_spans``, a group that
+    would open one span too many is skipped, while groups that extend a chosen span still join.
+    Returns the chosen unit ids.
     """
     chosen: set[int] = set()
     used = 0
@@ -136,6 +142,10 @@ def pack(
         cost = int(counts[new].sum()) if new else 0
         if not new or used + cost > budget:
             continue
+        if max_spans is not None:
+            candidate = sorted(chosen.union(new))
+            if len(merge_adjacent(candidate, corpus)) > max_spans:
+                continue
         chosen.update(new)
         used += cost
         if used >= budget:

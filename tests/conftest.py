@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,6 @@ os.environ.setdefault(
     "HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "s3-retriever-hypothesis")
 )
 
-# Intra-op threads cost more than they save on matrices this small.
-torch.set_num_threads(1)
 
 HIDDEN = 64
 N_HEADS = 4
@@ -89,6 +88,30 @@ CORPUS: dict[str, str] = {
 }
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread: on matrices this small, more threads only add waiting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+_UNIT_TEST_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_unit_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Unit tests in this folder run single-threaded; subfolders keep their own settings."""
+    if Path(str(request.node.path)).resolve().parent != _UNIT_TEST_DIR:
+        yield
+        return
+    with one_thread():
+        yield
+
+
 def _train_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -125,11 +148,12 @@ def save_tiny_model(folder: Path, tokenizer: Any, seed: int) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    with one_thread():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -147,7 +171,9 @@ def make_bundle(model_id: str, seed: int = 0) -> SAEBundle:
             sae.b_dec.copy_(torch.randn(HEAD_DIM, generator=generator) * 0.1)
         sae.eval().requires_grad_(False)
         saes[layer] = sae
-    means = {layer: torch.randn(N_HEADS, HEAD_DIM, generator=generator) * 0.1 for layer in SAE_LAYERS}
+    means = {
+        layer: torch.randn(N_HEADS, HEAD_DIM, generator=generator) * 0.1 for layer in SAE_LAYERS
+    }
     return SAEBundle(
         model_id=model_id, saes=saes, query_means=means, retrieval_heads=RETRIEVAL_HEADS
     )
@@ -175,7 +201,8 @@ def other_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) ->
 @pytest.fixture(scope="session")
 def loaded(model_dir: Path) -> LoadedModel:
     """The tiny model read back through the package's own loader, in float32."""
-    return load_model(model_dir, dtype="float32")
+    with one_thread():
+        return load_model(model_dir, dtype="float32")
 
 
 @pytest.fixture(scope="session")
@@ -235,7 +262,10 @@ def indexed(
     """A retriever (exact scorer) holding the whole corpus. Tests must not modify it."""
     retriever = make_retriever()
     ids = list(corpus)
-    retriever.add_documents([corpus[i] for i in ids], ids=ids, metadatas=[corpus_metadata[i] for i in ids])
+    with one_thread():
+        retriever.add_documents(
+            [corpus[i] for i in ids], ids=ids, metadatas=[corpus_metadata[i] for i in ids]
+        )
     return retriever
 
 

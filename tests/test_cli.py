@@ -14,7 +14,9 @@ from tests.conftest import RetrieverFactory
 
 
 @pytest.fixture()
-def tiny_from_pretrained(monkeypatch: pytest.MonkeyPatch, make_retriever: RetrieverFactory) -> list[Any]:
+def tiny_from_pretrained(
+    monkeypatch: pytest.MonkeyPatch, make_retriever: RetrieverFactory
+) -> list[Any]:
     """Make S3Retriever.from_pretrained build the tiny retriever; records its arguments."""
     calls: list[Any] = []
 
@@ -46,7 +48,7 @@ def _one_error_line(err: str) -> str:
 def test_non_utf8_file_is_one_line_error(
     tmp_path: Path, tiny_from_pretrained: list[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A Latin-1 file fails with exit status 2 and a single error line naming it; nothing is written."""
+    """A Latin-1 file fails with status 2 and one error line naming it; nothing is written."""
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("Caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1"))
     status = main(["index", str(bad), "--out", str(tmp_path / "index")])
@@ -58,10 +60,15 @@ def test_non_utf8_file_is_one_line_error(
 
 
 def test_missing_file_is_one_line_error(
-    tmp_path: Path, files: list[Path], tiny_from_pretrained: list[Any], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    files: list[Path],
+    tiny_from_pretrained: list[Any],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A missing input fails with exit status 2 and a single error line naming it."""
-    status = main(["index", str(files[0]), str(tmp_path / "absent.txt"), "--out", str(tmp_path / "i")])
+    status = main(
+        ["index", str(files[0]), str(tmp_path / "absent.txt"), "--out", str(tmp_path / "i")]
+    )
     out = capsys.readouterr()
     assert status != 0
     assert "absent.txt" in _one_error_line(out.err)
@@ -88,14 +95,18 @@ def test_index_and_query_round_trip(
 ) -> None:
     """index writes a loadable index of the files; query prints spans with their source files."""
     index = tmp_path / "index"
-    status = main(["index", str(files[0]), str(files[1]), "--out", str(index), "--model", str(model_dir)])
+    status = main(
+        ["index", str(files[0]), str(files[1]), "--out", str(index), "--model", str(model_dir)]
+    )
     out = capsys.readouterr()
     assert status == 0, out.err
     assert out.out.startswith("indexed 2 file(s)")
     assert (index / "manifest.json").is_file()
     assert len(tiny_from_pretrained) == 1
 
-    status = main(["query", str(index), "When does the train leave?", "--model", str(model_dir), "--json"])
+    status = main(
+        ["query", str(index), "When does the train leave?", "--model", str(model_dir), "--json"]
+    )
     out = capsys.readouterr()
     assert status == 0, out.err
     rows = json.loads(out.out)
@@ -107,7 +118,17 @@ def test_index_and_query_round_trip(
         assert row["id"] == f"{row['doc_id']}:{row['start_char']}:{row['end_char']}"
 
     status = main(
-        ["query", str(index), "How many nurses?", "--model", str(model_dir), "--budget", "60", "--mode", "bm25"]
+        [
+            "query",
+            str(index),
+            "How many nurses?",
+            "--model",
+            str(model_dir),
+            "--budget",
+            "60",
+            "--mode",
+            "bm25",
+        ]
     )
     out = capsys.readouterr()
     assert status == 0, out.err
@@ -136,7 +157,9 @@ def test_index_refuses_existing_then_appends(
     status = main(["index", str(files[2]), "--out", str(index)])
     assert status != 0
     assert "--append" in _one_error_line(capsys.readouterr().err)
-    status = main(["index", str(files[2]), "--out", str(index), "--append", "--model", str(model_dir)])
+    status = main(
+        ["index", str(files[2]), "--out", str(index), "--append", "--model", str(model_dir)]
+    )
     assert status == 0, capsys.readouterr().err
     restored = S3Retriever.load(index, model_path=model_dir)
     assert restored.doc_ids == [str(files[0]), str(files[2])]

@@ -19,7 +19,9 @@ def _codes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, acts
 
 
-def _batches(seed: int, n_positions: int, n_batches: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _batches(
+    seed: int, n_positions: int, n_batches: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_positions)
     out = []
@@ -50,7 +52,9 @@ def _as_dict(postings: Postings) -> dict[int, list[tuple[int, float]]]:
     return out
 
 
-def _build(batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], flush_every: int = 0) -> Postings:
+def _build(
+    batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], flush_every: int = 0
+) -> Postings:
     postings = Postings(N_LATENTS)
     for i, (positions, ids, acts) in enumerate(batches):
         postings.append(positions, ids, acts)
@@ -62,7 +66,7 @@ def _build(batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], flush_every
 
 @pytest.mark.parametrize("flush_every", [0, 1, 2])
 def test_postings_match_dict_of_lists(flush_every: int) -> None:
-    """Every latent's list holds exactly its (position, float16 activation) pairs, position-sorted."""
+    """Each latent lists exactly its (position, float16 activation) pairs, position-sorted."""
     batches = _batches(0, 120, 5)
     postings = _build(batches, flush_every)
     assert _as_dict(postings) == _reference(batches)
@@ -153,7 +157,9 @@ def test_postings_keep_flushes_pending() -> None:
 def test_keystore_round_trip_error_small() -> None:
     """int8 absmax quantisation keeps every key within 2% relative (L2) error."""
     rng = np.random.default_rng(0)
-    keys = (rng.standard_normal((200, 16)) * rng.uniform(0.01, 50, size=(200, 1))).astype(np.float32)
+    keys = (rng.standard_normal((200, 16)) * rng.uniform(0.01, 50, size=(200, 1))).astype(
+        np.float32
+    )
     store = KeyStore(16)
     order = rng.permutation(200)
     store.append(order[:120].astype(np.int64), keys[order[:120]])

@@ -12,9 +12,11 @@ import pytest
 
 from s3_retriever import IndexLoadError, S3Retriever, ScoringConfig
 from s3_retriever.persistence import _sha256
-from tests.conftest import tiny_config
+from s3_retriever.retriever import Mode
+from s3_retriever.scoring import ScorerName
+from tests.conftest import one_thread, tiny_config
 
-MODES = ("hybrid", "s3", "bm25")
+MODES: tuple[Mode, ...] = ("hybrid", "s3", "bm25")
 QUESTIONS = (
     "When does the train leave the mountain station?",
     "How many nurses will the hospital hire?",
@@ -26,15 +28,19 @@ def _build(
     model_dir: Path, bundle_dir: Path, corpus: dict[str, str], meta: dict[str, Any], **config: Any
 ) -> S3Retriever:
     """A retriever built the way users build one: from_pretrained with the default dtype."""
-    retriever = S3Retriever.from_pretrained(model_dir, sae_path=bundle_dir, config=tiny_config(**config))
+    retriever = S3Retriever.from_pretrained(
+        model_dir, sae_path=bundle_dir, config=tiny_config(**config)
+    )
     order = list(corpus)
-    retriever.add_documents([corpus[i] for i in order], ids=order, metadatas=[meta[i] for i in order])
+    retriever.add_documents(
+        [corpus[i] for i in order], ids=order, metadatas=[meta[i] for i in order]
+    )
     return retriever
 
 
 def _results(retriever: S3Retriever) -> list[Any]:
     return [
-        retriever.retrieve(q, token_budget=b, mode=m)  # type: ignore[arg-type]
+        retriever.retrieve(q, token_budget=b, mode=m)
         for q in QUESTIONS
         for m in MODES
         for b in (30, 200)
@@ -45,7 +51,8 @@ def _results(retriever: S3Retriever) -> list[Any]:
 def built(
     model_dir: Path, bundle_dir: Path, corpus: dict[str, str], corpus_metadata: dict[str, Any]
 ) -> S3Retriever:
-    return _build(model_dir, bundle_dir, corpus, corpus_metadata)
+    with one_thread():
+        return _build(model_dir, bundle_dir, corpus, corpus_metadata)
 
 
 @pytest.fixture()
@@ -75,7 +82,7 @@ def test_round_trip_gives_identical_results(
     corpus: dict[str, str],
     corpus_metadata: dict[str, Any],
     tmp_path: Path,
-    scorer: str,
+    scorer: ScorerName,
 ) -> None:
     """save() then load() returns the same hits, scores, documents and settings in every mode."""
     original = _build(
@@ -93,11 +100,6 @@ def test_round_trip_gives_identical_results(
     assert restored.index_nbytes() == original.index_nbytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="persistence.load_index calls load_model(model_path, device=device) without a dtype, "
-    "so an index built in float32 is queried with a bfloat16 model after loading",
-)
 def test_round_trip_keeps_model_dtype(
     indexed: S3Retriever, model_dir: Path, tmp_path: Path
 ) -> None:
@@ -119,13 +121,18 @@ def test_loaded_index_accepts_updates(
     """A loaded index can delete and add documents like one built in memory."""
     restored = S3Retriever.load(saved, model_path=model_dir)
     restored.delete(["rivers"])
-    restored.add_documents([corpus["rivers"]], ids=["rivers"], metadatas=[corpus_metadata["rivers"]])
+    restored.add_documents(
+        [corpus["rivers"]], ids=["rivers"], metadatas=[corpus_metadata["rivers"]]
+    )
     order = [d for d in corpus if d != "rivers"] + ["rivers"]
     reference = _build(model_dir, bundle_dir, {d: corpus[d] for d in order}, corpus_metadata)
     assert restored.doc_ids == reference.doc_ids
     for question in QUESTIONS:
         np.testing.assert_allclose(
-            restored.score_positions(question), reference.score_positions(question), rtol=1e-3, atol=1e-6
+            restored.score_positions(question),
+            reference.score_positions(question),
+            rtol=1e-3,
+            atol=1e-6,
         )
 
 
@@ -178,7 +185,12 @@ def test_model_path_is_required_for_other_models(saved: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["keys/L1_H0_codes.npy", "postings/L2_H1_positions.npy", "corpus/unit_chars.npy", "documents.json"],
+    [
+        "keys/L1_H0_codes.npy",
+        "postings/L2_H1_positions.npy",
+        "corpus/unit_chars.npy",
+        "documents.json",
+    ],
 )
 def test_damaged_file_is_refused(saved: Path, model_dir: Path, name: str) -> None:
     """Flipping one byte of any file is detected and the message names the file."""
@@ -214,10 +226,10 @@ def test_bad_manifest_is_refused(saved: Path, model_dir: Path) -> None:
         S3Retriever.load(saved, model_path=model_dir)
 
 
-@pytest.mark.parametrize("entry", ["../x", "../../x", "/etc/hostname", "keys/../../x", "keys/../../index/../x"])
-def test_manifest_path_outside_folder_is_refused(
-    saved: Path, model_dir: Path, entry: str
-) -> None:
+@pytest.mark.parametrize(
+    "entry", ["../x", "../../x", "/etc/hostname", "keys/../../x", "keys/../../index/../x"]
+)
+def test_manifest_path_outside_folder_is_refused(saved: Path, model_dir: Path, entry: str) -> None:
     """Manifest entries that resolve outside the index folder are refused, even if they exist."""
     (saved.parent / "x").write_text("x")
     _rewrite_manifest(saved, lambda m: m["files"].__setitem__(entry, "0" * 64))
@@ -235,11 +247,31 @@ def test_symlink_out_of_the_folder_is_refused(saved: Path, model_dir: Path, tmp_
         S3Retriever.load(saved, model_path=model_dir)
 
 
-def test_other_model_weights_are_refused(saved: Path, other_model_dir: Path, model_dir: Path) -> None:
+def test_other_model_weights_are_refused(
+    saved: Path, other_model_dir: Path, model_dir: Path
+) -> None:
     """Same architecture, same folder name, different weights: model mismatch."""
     assert other_model_dir.name == model_dir.name
     with pytest.raises(IndexLoadError, match="Model mismatch"):
         S3Retriever.load(saved, model_path=other_model_dir)
+
+
+def test_model_with_other_key_projection_is_refused(
+    saved: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Same file layout, but a retrieval layer's k_proj changed: the index's keys are stale."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "models" / model_dir.name
+    shutil.copytree(model_dir, copy)
+    tensors = load_file(str(copy / "model.safetensors"))
+    tensors["model.layers.1.self_attn.k_proj.weight"] *= 2.0
+    save_file(tensors, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    assert (copy / "model.safetensors").stat().st_size == (
+        model_dir / "model.safetensors"
+    ).stat().st_size
+    with pytest.raises(IndexLoadError, match="Model mismatch"):
+        S3Retriever.load(saved, model_path=copy)
 
 
 def test_other_tokenizer_is_refused(saved: Path, model_dir: Path, tmp_path: Path) -> None:
@@ -304,11 +336,6 @@ def test_object_array_is_never_unpickled(saved: Path, model_dir: Path, tmp_path:
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="persistence._load_npy lets numpy's ValueError for object arrays escape instead of "
-    "raising IndexLoadError",
-)
 def test_object_array_raises_index_load_error(saved: Path, model_dir: Path, tmp_path: Path) -> None:
     """A crafted object array is reported as a damaged index, naming the file."""
     _plant_object_array(saved, "postings/L1_H0_indptr.npy", tmp_path / "unpickled")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,15 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import HEAD_DIM, N_HEADS, RetrieverFactory, hit_tokens, tiny_config
 from s3_retriever import Hit, S3Retriever, SAEError, ScanConfig, ScoringConfig
 from s3_retriever.fusion import HybridConfig
 from s3_retriever.models import LoadedModel, decoder_layers
+from s3_retriever.retriever import Mode
 from s3_retriever.scan import Scanner, tokenize
-from s3_retriever.scoring import coactivation_scores
+from s3_retriever.scoring import ScorerName, coactivation_scores
+from tests.conftest import (
+    HEAD_DIM,
+    N_HEADS,
+    RetrieverFactory,
+    hit_tokens,
+    one_thread,
+    tiny_config,
+)
 
-MODES = ("hybrid", "s3", "bm25")
-SCORERS = ("exact", "aligned", "coactivation")
+MODES: tuple[Mode, ...] = ("hybrid", "s3", "bm25")
+SCORERS: tuple[ScorerName, ...] = ("exact", "aligned", "coactivation")
 QUESTIONS = (
     "When does the train leave the mountain station?",
     "How many nurses will the hospital hire?",
@@ -26,7 +35,9 @@ QUESTIONS = (
 )
 
 
-def _add(retriever: S3Retriever, corpus: dict[str, str], order: list[str], meta: Any = None) -> None:
+def _add(
+    retriever: S3Retriever, corpus: dict[str, str], order: list[str], meta: Any = None
+) -> None:
     retriever.add_documents(
         [corpus[i] for i in order],
         ids=order,
@@ -49,7 +60,7 @@ def _assert_same_hits(a: list[Hit], b: list[Hit], tol: float = 1e-5) -> None:
 
 
 def check_hits(
-    retriever: S3Retriever, hits: list[Hit], source: dict[str, str], budget: int, mode: str
+    retriever: S3Retriever, hits: list[Hit], source: dict[str, str], budget: int, mode: Mode
 ) -> None:
     """Invariants every result list must satisfy."""
     order = retriever.corpus.doc_ids
@@ -76,10 +87,11 @@ def by_scorer(
     corpus_metadata: dict[str, dict[str, Any]],
 ) -> dict[str, S3Retriever]:
     """One indexed retriever per scorer over the whole corpus."""
-    out = {}
+    out: dict[str, S3Retriever] = {}
     for scorer in SCORERS:
         retriever = make_retriever(scoring=ScoringConfig(scorer=scorer, atoms_per_query=8))
-        _add(retriever, corpus, list(corpus), corpus_metadata)
+        with one_thread():
+            _add(retriever, corpus, list(corpus), corpus_metadata)
         out[scorer] = retriever
     return out
 
@@ -95,18 +107,24 @@ MODE_SCORERS = [(mode, scorer) for mode in ("hybrid", "s3") for scorer in SCORER
 @pytest.mark.parametrize(("mode", "scorer"), MODE_SCORERS)
 @pytest.mark.parametrize("budget", [1, 9, 40, 150, 100_000])
 def test_hits_are_exact_ordered_and_within_budget(
-    by_scorer: dict[str, S3Retriever], corpus: dict[str, str], scorer: str, mode: str, budget: int
+    by_scorer: dict[str, S3Retriever],
+    corpus: dict[str, str],
+    scorer: ScorerName,
+    mode: Mode,
+    budget: int,
 ) -> None:
     """Every hit is source[start:end], hits are in document order, unique, and fit the budget."""
     retriever = by_scorer[scorer]
     for question in QUESTIONS:
-        hits = retriever.retrieve(question, token_budget=budget, mode=mode)  # type: ignore[arg-type]
+        hits = retriever.retrieve(question, token_budget=budget, mode=mode)
         check_hits(retriever, hits, corpus, budget, mode)
         if budget >= 40:
             assert hits, (mode, question)
 
 
-def test_hits_carry_document_metadata(indexed: S3Retriever, corpus_metadata: dict[str, Any]) -> None:
+def test_hits_carry_document_metadata(
+    indexed: S3Retriever, corpus_metadata: dict[str, Any]
+) -> None:
     """Each hit carries a copy of its document's metadata."""
     hits = indexed.retrieve(QUESTIONS[0], token_budget=300)
     assert hits
@@ -118,7 +136,9 @@ def test_hits_carry_document_metadata(indexed: S3Retriever, corpus_metadata: dic
 
 def test_bm25_mode_ranks_the_matching_sentence(indexed: S3Retriever) -> None:
     """With a budget for one span, BM25 picks the sentence sharing the question's rare words."""
-    hits = indexed.retrieve("Which plan adds forty beds to the emergency ward?", token_budget=100, mode="bm25")
+    hits = indexed.retrieve(
+        "Which plan adds forty beds to the emergency ward?", token_budget=100, mode="bm25"
+    )
     best = max(hits, key=lambda h: h.score)
     assert best.doc_id == "hospital"
     assert "forty beds" in best.text
@@ -128,24 +148,26 @@ def test_bm25_mode_ranks_the_matching_sentence(indexed: S3Retriever) -> None:
 def test_retrieve_is_deterministic(indexed: S3Retriever) -> None:
     """The same question twice gives identical hits."""
     for mode in MODES:
-        first = indexed.retrieve(QUESTIONS[1], token_budget=120, mode=mode)  # type: ignore[arg-type]
-        second = indexed.retrieve(QUESTIONS[1], token_budget=120, mode=mode)  # type: ignore[arg-type]
+        first = indexed.retrieve(QUESTIONS[1], token_budget=120, mode=mode)
+        second = indexed.retrieve(QUESTIONS[1], token_budget=120, mode=mode)
         assert first == second
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_top_k_keeps_best_spans(indexed: S3Retriever, mode: str) -> None:
-    """top_k keeps the best-scoring spans of the unrestricted result, still in document order."""
-    full = indexed.retrieve(QUESTIONS[2], token_budget=150, mode=mode)  # type: ignore[arg-type]
+def test_top_k_limits_spans(indexed: S3Retriever, corpus: dict[str, str], mode: Mode) -> None:
+    """top_k caps the number of spans, keeps the best one, and a huge top_k changes nothing."""
+    full = indexed.retrieve(QUESTIONS[2], token_budget=150, mode=mode)
     assert len(full) >= 2
+    best = max(h.score for h in full)
     for k in range(1, len(full)):
-        top = indexed.retrieve(QUESTIONS[2], token_budget=150, mode=mode, top_k=k)  # type: ignore[arg-type]
-        assert len(top) == k
-        assert {h.id for h in top} <= {h.id for h in full}
-        best = sorted((h.score for h in full), reverse=True)[:k]
-        assert sorted((h.score for h in top), reverse=True) == pytest.approx(best)
-    huge = indexed.retrieve(QUESTIONS[2], token_budget=150, mode=mode, top_k=10**9)  # type: ignore[arg-type]
+        top = indexed.retrieve(QUESTIONS[2], token_budget=150, mode=mode, top_k=k)
+        assert 1 <= len(top) <= k
+        check_hits(indexed, top, corpus, 150, mode)
+        assert max(h.score for h in top) == pytest.approx(best)
+    huge = indexed.retrieve(QUESTIONS[2], token_budget=150, mode=mode, top_k=10**9)
     assert huge == full
+    exact = indexed.retrieve(QUESTIONS[2], token_budget=150, mode=mode, top_k=len(full))
+    assert exact == full
 
 
 def test_top_k_zero_and_negative(indexed: S3Retriever) -> None:
@@ -166,7 +188,7 @@ def test_token_budget_below_one_is_refused(indexed: S3Retriever, budget: int) ->
 def test_empty_query_gives_no_hits(indexed: S3Retriever, query: str) -> None:
     """Empty or whitespace-only questions give []."""
     for mode in MODES:
-        assert indexed.retrieve(query, mode=mode) == []  # type: ignore[arg-type]
+        assert indexed.retrieve(query, mode=mode) == []
 
 
 def test_bad_query_and_mode_are_refused(indexed: S3Retriever) -> None:
@@ -181,22 +203,24 @@ def test_empty_corpus_gives_no_hits(make_retriever: RetrieverFactory) -> None:
     """A retriever with no documents (or only blank ones) returns [] in every mode."""
     retriever = make_retriever()
     for mode in MODES:
-        assert retriever.retrieve(QUESTIONS[0], mode=mode) == []  # type: ignore[arg-type]
+        assert retriever.retrieve(QUESTIONS[0], mode=mode) == []
     assert retriever.add_documents([]) == []
     retriever.add_documents(["", "   \n\t "], ids=["empty", "blank"])
     assert len(retriever) == 2
     for mode in MODES:
-        assert retriever.retrieve(QUESTIONS[0], mode=mode) == []  # type: ignore[arg-type]
+        assert retriever.retrieve(QUESTIONS[0], mode=mode) == []
 
 
-def test_blank_documents_beside_real_ones(make_retriever: RetrieverFactory, corpus: dict[str, str]) -> None:
+def test_blank_documents_beside_real_ones(
+    make_retriever: RetrieverFactory, corpus: dict[str, str]
+) -> None:
     """Blank documents between real ones never produce hits and do not break scoring."""
     retriever = make_retriever()
     retriever.add_documents(
         ["", corpus["trains"], "  \n\n  ", corpus["rivers"]], ids=["e", "trains", "b", "rivers"]
     )
     for mode in MODES:
-        hits = retriever.retrieve(QUESTIONS[0], token_budget=200, mode=mode)  # type: ignore[arg-type]
+        hits = retriever.retrieve(QUESTIONS[0], token_budget=200, mode=mode)
         assert hits
         assert {h.doc_id for h in hits} <= {"trains", "rivers"}
         check_hits(retriever, hits, {**corpus, "e": "", "b": "  \n\n  "}, 200, mode)
@@ -255,12 +279,10 @@ def test_add_documents_assigns_unique_ids(small: S3Retriever) -> None:
     ids = small.add_documents(["one sentence.", "two sentences here."])
     assert len(ids) == 2 and len(set(ids)) == 2
     assert small.doc_ids[-2:] == ids
-    assert small.add_documents(["third."], ids=[7]) == ["7"]
+    assert small.add_documents(["third."], ids=[7]) == ["7"]  # type: ignore[list-item]
 
 
-def test_failed_scan_commits_nothing(
-    small: S3Retriever, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_scan_commits_nothing(small: S3Retriever, monkeypatch: pytest.MonkeyPatch) -> None:
     """A scan interrupted part-way leaves documents, keys and postings as they were."""
     before_keys = {f: s.codes.copy() for f, s in small.key_stores.items()}
     real_scan = small.scanner.scan
@@ -282,12 +304,53 @@ def test_failed_scan_commits_nothing(
         assert postings.indptr[-1] == small.corpus.n_positions * postings_k(small)
 
 
+def test_concurrent_adds_of_one_id_keep_ids_unique(
+    small: S3Retriever, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads adding the same id: one succeeds, the other is refused; ids stay unique."""
+    import s3_retriever.retriever as retriever_module
+
+    real_tokenize = retriever_module.tokenize
+    first_inside = threading.Event()
+    second_done = threading.Event()
+    first_thread: list[threading.Thread] = []
+
+    def slow_tokenize(tokenizer: Any, text: str) -> Any:
+        if first_thread and threading.current_thread() is first_thread[0]:
+            first_inside.set()
+            second_done.wait(timeout=10)
+        return real_tokenize(tokenizer, text)
+
+    monkeypatch.setattr(retriever_module, "tokenize", slow_tokenize)
+    errors: list[BaseException] = []
+
+    def add_first() -> None:
+        try:
+            small.add_documents(["First writer's text."], ids=["same"])
+        except ValueError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=add_first)
+    first_thread.append(thread)
+    thread.start()
+    assert first_inside.wait(timeout=10)
+    try:
+        small.add_documents(["Second writer's text."], ids=["same"])
+    except ValueError as exc:
+        errors.append(exc)
+    finally:
+        second_done.set()
+        thread.join(timeout=10)
+    assert len(errors) == 1
+    assert small.doc_ids.count("same") == 1
+
+
 def postings_k(retriever: S3Retriever) -> int:
     return next(iter(retriever.bundle.saes.values())).config.k
 
 
 def test_constructor_checks_heads(loaded: LoadedModel, bundle: Any) -> None:
-    """Nonexistent heads raise ValueError; heads on layers without SAEs need store_postings=False."""
+    """Unknown heads raise ValueError; heads on layers without SAEs need store_postings=False."""
     with pytest.raises(ValueError, match="does not exist"):
         S3Retriever(loaded, bundle, tiny_config(retrieval_heads=((9, 0),)))
     with pytest.raises(ValueError, match="does not exist"):
@@ -325,12 +388,12 @@ def test_filters_restrict_hits(by_scorer: dict[str, S3Retriever]) -> None:
     ]
     for filters, allowed in cases:
         for mode in MODES:
-            hits = retriever.retrieve(QUESTIONS[1], token_budget=500, mode=mode, filters=filters)  # type: ignore[arg-type]
+            hits = retriever.retrieve(QUESTIONS[1], token_budget=500, mode=mode, filters=filters)
             assert hits, (filters, mode)
             assert {h.doc_id for h in hits} <= allowed
     for mode in MODES:
-        assert retriever.retrieve(QUESTIONS[1], mode=mode, filters={"topic": "none"}) == []  # type: ignore[arg-type]
-        assert retriever.retrieve(QUESTIONS[1], mode=mode, filters={"missing": 1}) == []  # type: ignore[arg-type]
+        assert retriever.retrieve(QUESTIONS[1], mode=mode, filters={"topic": "none"}) == []
+        assert retriever.retrieve(QUESTIONS[1], mode=mode, filters={"missing": 1}) == []
     with pytest.raises(TypeError):
         retriever.retrieve(QUESTIONS[1], filters=[("topic", "city")])  # type: ignore[arg-type]
 
@@ -341,7 +404,7 @@ def test_filters_apply_before_ranking(
     by_scorer: dict[str, S3Retriever],
     corpus: dict[str, str],
     corpus_metadata: dict[str, Any],
-    scorer: str,
+    scorer: ScorerName,
 ) -> None:
     """A filtered query scores as if only the matching documents were indexed (S3 mode)."""
     full = by_scorer[scorer]
@@ -366,7 +429,9 @@ def test_filters_apply_before_ranking(
         expected /= len(full.heads)
         np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-8)
         return
-    np.testing.assert_allclose(scores[allowed], subset.score_positions(question), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        scores[allowed], subset.score_positions(question), rtol=1e-4, atol=1e-7
+    )
     _assert_same_hits(
         full.retrieve(question, token_budget=150, mode="s3", filters={"topic": "city"}),
         subset.retrieve(question, token_budget=150, mode="s3"),
@@ -381,7 +446,7 @@ def test_delete_equals_fresh_index(
     make_retriever: RetrieverFactory,
     corpus: dict[str, str],
     corpus_metadata: dict[str, Any],
-    scorer: str,
+    scorer: ScorerName,
 ) -> None:
     """delete(ids) then retrieve gives the hits and scores of an index built without them."""
     config = {"scoring": ScoringConfig(scorer=scorer, atoms_per_query=8)}
@@ -402,8 +467,8 @@ def test_delete_equals_fresh_index(
         )
         for mode in MODES:
             _assert_same_hits(
-                edited.retrieve(question, token_budget=120, mode=mode),  # type: ignore[arg-type]
-                fresh.retrieve(question, token_budget=120, mode=mode),  # type: ignore[arg-type]
+                edited.retrieve(question, token_budget=120, mode=mode),
+                fresh.retrieve(question, token_budget=120, mode=mode),
             )
 
 
@@ -433,13 +498,16 @@ def test_incremental_adds_equal_one_batch(
     np.testing.assert_array_equal(apart.corpus.unit_tokens, together.corpus.unit_tokens)
     for question in QUESTIONS:
         np.testing.assert_allclose(
-            apart.score_positions(question), together.score_positions(question), rtol=1e-4, atol=1e-7
+            apart.score_positions(question),
+            together.score_positions(question),
+            rtol=1e-4,
+            atol=1e-7,
         )
 
 
 @pytest.mark.parametrize("scorer", SCORERS)
 def test_results_independent_of_insertion_order(
-    make_retriever: RetrieverFactory, corpus: dict[str, str], scorer: str
+    make_retriever: RetrieverFactory, corpus: dict[str, str], scorer: ScorerName
 ) -> None:
     """Per-document position scores, unit scores and S3 hits do not depend on document order."""
     config = {"scoring": ScoringConfig(scorer=scorer, atoms_per_query=8)}
@@ -465,13 +533,67 @@ def test_results_independent_of_insertion_order(
         )
         bm25 = {
             forward.corpus.unit_text(u): s
-            for u, s in enumerate(forward._component_scores(question, "bm25", np.ones(4, bool))["bm25"])
+            for u, s in enumerate(
+                forward._component_scores(question, "bm25", np.ones(4, bool))["bm25"]
+            )
         }
         bm25_back = {
             backward.corpus.unit_text(u): s
-            for u, s in enumerate(backward._component_scores(question, "bm25", np.ones(4, bool))["bm25"])
+            for u, s in enumerate(
+                backward._component_scores(question, "bm25", np.ones(4, bool))["bm25"]
+            )
         }
         assert bm25 == pytest.approx(bm25_back, abs=1e-5)
+
+
+def _scanned_keys(retriever: S3Retriever, texts: list[str]) -> dict[int, np.ndarray]:
+    """Float keys of every indexed position, layer -> (positions, kv heads, head_dim)."""
+    docs = [tokenize(retriever.loaded.tokenizer, t) for t in texts]
+    bases = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+    out = {layer: np.zeros((int(bases[-1]), 2, HEAD_DIM), np.float32) for layer in (1, 2)}
+    for capture in retriever.scanner.scan(docs):
+        first = int(bases[capture.doc_index]) + capture.token_start
+        for layer, keys in capture.keys.items():
+            out[layer][first : first + keys.shape[0]] = keys.numpy()
+    return out
+
+
+def test_key_maps_are_applied_to_indexed_keys(loaded: LoadedModel, corpus: dict[str, str]) -> None:
+    """With SAE key maps, aligned scores equal attention of A^-1 q on reconstructions of A k."""
+    from tests.conftest import make_bundle
+
+    bundle = make_bundle(loaded.model_id, seed=9)
+    maps = {}
+    for layer in (1, 2):
+        m = torch.randn(HEAD_DIM, HEAD_DIM, generator=torch.Generator().manual_seed(layer))
+        maps[layer] = (m @ m.T / HEAD_DIM + 0.5 * torch.eye(HEAD_DIM)).float()
+    bundle.key_maps = maps
+    n_latents = bundle.saes[1].config.n_latents
+    retriever = S3Retriever(
+        loaded,
+        bundle,
+        tiny_config(
+            scoring=ScoringConfig(scorer="aligned", atoms_per_query=n_latents, center_queries=False)
+        ),
+    )
+    texts = [corpus["trains"], corpus["rivers"]]
+    retriever.add_documents(texts, ids=["trains", "rivers"])
+    keys = _scanned_keys(retriever, texts)
+    question = QUESTIONS[0]
+    expected = np.zeros(retriever.corpus.n_positions)
+    for (layer, head), q in retriever.question_vectors(question).items():
+        sae = bundle.saes[layer]
+        mapped = keys[layer][:, head // retriever.kv_group] @ maps[layer].numpy()
+        with torch.no_grad():
+            ids, acts = sae.encode(torch.from_numpy(mapped))
+            acts16 = acts.numpy().astype(np.float16).astype(np.float32)
+            recon = sae.decode(ids, torch.from_numpy(acts16)) - sae.b_dec
+        dual = q.astype(np.float64) @ np.linalg.inv(maps[layer].double().numpy())
+        logits = dual @ recon.double().numpy().T / np.sqrt(HEAD_DIM)
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        expected += (weights / weights.sum(axis=1, keepdims=True)).mean(axis=0)
+    expected /= len(retriever.heads)
+    np.testing.assert_allclose(retriever.score_positions(question), expected, rtol=1e-3, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------- scanning
@@ -541,12 +663,21 @@ def _reference_keys(loaded: LoadedModel, ids: np.ndarray, bos: int, layer: int) 
     return captured["k"][0, 1:].reshape(len(ids), -1, HEAD_DIM).float()
 
 
-def test_scan_chunks_are_independent_and_unpadded(loaded: LoadedModel, corpus: dict[str, str]) -> None:
-    """Each chunk's keys equal a lone forward pass of BOS + that chunk, whatever it is batched with."""
+def test_scan_chunks_are_independent_and_unpadded(
+    loaded: LoadedModel, corpus: dict[str, str]
+) -> None:
+    """Each chunk's keys equal a lone forward pass of BOS + that chunk, whatever its batch."""
     tok = loaded.tokenizer
-    docs = [tokenize(tok, corpus["trains"]), tokenize(tok, corpus["unicode"]), tokenize(tok, "Short one.")]
+    docs = [
+        tokenize(tok, corpus["trains"]),
+        tokenize(tok, corpus["unicode"]),
+        tokenize(tok, "Short one."),
+    ]
     scanner = Scanner(
-        loaded.model, [1, 2], [], ScanConfig(chunk_size=24, batch_size=3, show_progress=False),
+        loaded.model,
+        [1, 2],
+        [],
+        ScanConfig(chunk_size=24, batch_size=3, show_progress=False),
         bos_token_id=tok.bos_token_id,
     )
     seen = {d: 0 for d in range(len(docs))}
@@ -566,7 +697,9 @@ def test_chunk_size_keeps_every_token(
     make_retriever: RetrieverFactory, corpus: dict[str, str], chunk_size: int
 ) -> None:
     """Any chunk size scans every token once: same token count, every key and posting filled."""
-    retriever = make_retriever(scan=ScanConfig(chunk_size=chunk_size, batch_size=2, show_progress=False))
+    retriever = make_retriever(
+        scan=ScanConfig(chunk_size=chunk_size, batch_size=2, show_progress=False)
+    )
     _add(retriever, corpus, list(corpus))
     expected = sum(len(tokenize(retriever.loaded.tokenizer, t)) for t in corpus.values())
     assert retriever.corpus.n_positions == expected
@@ -582,7 +715,10 @@ def test_chunk_size_keeps_every_token(
 def test_project_queries_shape(loaded: LoadedModel, tokenizer: Any) -> None:
     """project_queries returns (tokens, query heads, head_dim) per query layer, last chunk only."""
     scanner = Scanner(
-        loaded.model, [1], [1, 2], ScanConfig(chunk_size=8, show_progress=False),
+        loaded.model,
+        [1],
+        [1, 2],
+        ScanConfig(chunk_size=8, show_progress=False),
         bos_token_id=tokenizer.bos_token_id,
     )
     short = tokenize(tokenizer, "Where?").input_ids

@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import HEAD_DIM, N_HEADS, N_LATENTS, N_LAYERS, SAE_K, make_bundle
 from s3_retriever import SAEBundle, SAEConfig, SAEError, TopKSAE
 from s3_retriever.sae import bundle_checksum, fraction_of_variance_unexplained
 from s3_retriever.sae_training import TrainConfig, train_topk_sae
+from tests.conftest import HEAD_DIM, N_HEADS, N_LATENTS, N_LAYERS, SAE_K, make_bundle
 
 
-def _random_sae(seed: int = 0, d_in: int = HEAD_DIM, n_latents: int = N_LATENTS, k: int = SAE_K) -> TopKSAE:
+def _random_sae(
+    seed: int = 0, d_in: int = HEAD_DIM, n_latents: int = N_LATENTS, k: int = SAE_K
+) -> TopKSAE:
     generator = torch.Generator().manual_seed(seed)
     sae = TopKSAE(SAEConfig(d_in=d_in, n_latents=n_latents, k=k))
     with torch.no_grad():
@@ -126,7 +128,9 @@ def test_bundle_load_refuses_missing_and_misshapen(tmp_path: Path) -> None:
     bundle = make_bundle("tiny")
     bundle.save(tmp_path / "c")
     config = (tmp_path / "c" / "config.json").read_text()
-    (tmp_path / "c" / "config.json").write_text(config.replace('"n_latents": 64', '"n_latents": 32'))
+    (tmp_path / "c" / "config.json").write_text(
+        config.replace('"n_latents": 64', '"n_latents": 32')
+    )
     with pytest.raises(SAEError, match="tensors"):
         SAEBundle.load(tmp_path / "c")
 
@@ -144,7 +148,9 @@ def test_check_fits_accepts_matching_model() -> None:
         (N_LAYERS, N_HEADS * 2, HEAD_DIM, "Query means"),
     ],
 )
-def test_check_fits_refuses_other_models(n_layers: int, n_heads: int, head_dim: int, message: str) -> None:
+def test_check_fits_refuses_other_models(
+    n_layers: int, n_heads: int, head_dim: int, message: str
+) -> None:
     """Wrong head_dim, too few layers or another head count raise SAEError."""
     with pytest.raises(SAEError, match=message):
         make_bundle("tiny").check_fits(n_layers, n_heads, head_dim)
@@ -180,3 +186,26 @@ def test_training_learns_sparse_data() -> None:
     assert result.train_fvu < 0.2
     assert 0.0 <= result.dead_fraction <= 1.0
     assert not result.sae.W_dec.requires_grad
+
+
+def test_bundle_key_maps_round_trip(tmp_path: Path) -> None:
+    """Key maps are saved, loaded back unchanged and covered by the checksum."""
+    plain = make_bundle("tiny", seed=1)
+    plain_checksum = plain.save(tmp_path / "plain")
+    mapped = make_bundle("tiny", seed=1)
+    mapped.key_maps = {1: torch.eye(HEAD_DIM) * 2.0}
+    mapped_checksum = mapped.save(tmp_path / "mapped")
+    assert mapped_checksum != plain_checksum
+    loaded = SAEBundle.load(tmp_path / "mapped")
+    assert set(loaded.key_maps) == {1}
+    assert torch.equal(loaded.key_maps[1], mapped.key_maps[1])
+    assert SAEBundle.load(tmp_path / "plain").key_maps == {}
+
+
+def test_bundle_saved_over_mapped_bundle_has_no_maps(tmp_path: Path) -> None:
+    """Saving a bundle without key maps over one with maps gives back a bundle without maps."""
+    mapped = make_bundle("tiny", seed=1)
+    mapped.key_maps = {1: torch.eye(HEAD_DIM) * 2.0}
+    mapped.save(tmp_path / "b")
+    make_bundle("tiny", seed=1).save(tmp_path / "b")
+    assert SAEBundle.load(tmp_path / "b").key_maps == {}

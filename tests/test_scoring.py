@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import s3_retriever.scoring as scoring
-from tests.conftest import HEAD_DIM, make_bundle
 from s3_retriever.index import KeyStore, Postings
 from s3_retriever.sae import TopKSAE
 from s3_retriever.scoring import (
@@ -19,6 +18,7 @@ from s3_retriever.scoring import (
     exact_scores,
     score_positions,
 )
+from tests.conftest import HEAD_DIM, make_bundle
 
 N_POS = 97
 
@@ -107,7 +107,7 @@ def test_exact_matches_dense_softmax(
     block: int | None,
     use_mask: bool,
 ) -> None:
-    """Streamed two-pass softmax equals a dense softmax over all dequantised keys, any block size."""
+    """The streamed two-pass softmax equals a dense one over all dequantised keys, any block."""
     if block is not None:
         monkeypatch.setattr(scoring, "_BLOCK", block)
     store = _key_store(keys)
@@ -146,7 +146,9 @@ def test_exact_large_logits_stay_finite(monkeypatch: pytest.MonkeyPatch, keys: n
     store = _key_store(keys)
     got = exact_scores(big, store, N_POS)
     assert np.all(np.isfinite(got))
-    np.testing.assert_allclose(got, _dense_attention(big, store.dequantize(0, N_POS), None), atol=1e-5)
+    np.testing.assert_allclose(
+        got, _dense_attention(big, store.dequantize(0, N_POS), None), atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------- aligned
@@ -278,45 +280,87 @@ def test_score_positions_averages_heads_with_gqa_and_centring(
     q_a, q_b = queries[:3], queries[2:]
     head_queries = {(1, 0): q_a, (1, 3): q_b}
     means = bundle.query_means[1].numpy()
-    got = score_positions(
-        head_queries, ScoringConfig(scorer="exact"), N_POS, 2, stores, {}, bundle.saes,
-        bundle.query_means,
-    )
-    want = (
-        _dense_attention(q_a - means[0], stores[(1, 0)].dequantize(0, N_POS), None)
-        + _dense_attention(q_b - means[3], stores[(1, 1)].dequantize(0, N_POS), None)
-    ) / 2
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
-    raw = score_positions(
-        head_queries, ScoringConfig(scorer="exact", center_queries=False), N_POS, 2, stores,
-        {}, bundle.saes, bundle.query_means,
-    )
-    want_raw = (
-        _dense_attention(q_a, stores[(1, 0)].dequantize(0, N_POS), None)
-        + _dense_attention(q_b, stores[(1, 1)].dequantize(0, N_POS), None)
-    ) / 2
-    np.testing.assert_allclose(raw, want_raw, rtol=1e-4, atol=1e-7)
+    dense = {f: store.dequantize(0, N_POS) for f, store in stores.items()}
+    for centre in (True, False):
+        got = score_positions(
+            head_queries,
+            ScoringConfig(scorer="exact", center_queries=centre),
+            N_POS,
+            kv_group=2,
+            key_stores=stores,
+            postings={},
+            bundle=bundle,
+        )
+        shift_a, shift_b = (means[0], means[3]) if centre else (0.0, 0.0)
+        want = (
+            _dense_attention(q_a - shift_a, dense[(1, 0)], None)
+            + _dense_attention(q_b - shift_b, dense[(1, 1)], None)
+        ) / 2
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
 
 
-def test_score_positions_coactivation_is_never_centred(keys: np.ndarray, queries: np.ndarray) -> None:
+def test_score_positions_coactivation_is_never_centred(
+    keys: np.ndarray, queries: np.ndarray
+) -> None:
     """The coactivation scorer encodes raw question vectors, whatever center_queries says."""
     bundle = make_bundle("tiny", seed=5)
     sae = bundle.saes[1]
     postings = {(1, 0): _postings(sae, keys)}
     got = score_positions(
-        {(1, 1): queries}, ScoringConfig(scorer="coactivation"), N_POS, 2, {}, postings,
-        bundle.saes, bundle.query_means,
+        {(1, 1): queries},
+        ScoringConfig(scorer="coactivation"),
+        N_POS,
+        kv_group=2,
+        key_stores={},
+        postings=postings,
+        bundle=bundle,
     )
     want = coactivation_scores(queries, sae, postings[(1, 0)], N_POS)
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def _spd(seed: int) -> torch.Tensor:
+    m = torch.randn(HEAD_DIM, HEAD_DIM, generator=torch.Generator().manual_seed(seed))
+    return (m @ m.T / HEAD_DIM + 0.5 * torch.eye(HEAD_DIM)).float()
+
+
+def test_score_positions_aligned_reads_keys_through_key_map(
+    keys: np.ndarray, queries: np.ndarray
+) -> None:
+    """With a key map A, postings hold codes of A k and questions are read as A^-1 q."""
+    bundle = make_bundle("tiny", seed=6)
+    key_map = _spd(0)
+    bundle.key_maps = {1: key_map}
+    sae = bundle.saes[1]
+    mapped = bundle.map_keys(1, torch.from_numpy(keys)).numpy()
+    np.testing.assert_allclose(mapped, keys @ key_map.numpy(), rtol=1e-5, atol=1e-5)
+    postings = {(1, 0): _postings(sae, mapped)}
+    got = score_positions(
+        {(1, 1): queries},
+        ScoringConfig(scorer="aligned", atoms_per_query=sae.config.n_latents, center_queries=False),
+        N_POS,
+        kv_group=2,
+        key_stores={},
+        postings=postings,
+        bundle=bundle,
+    )
+    ids, acts = _codes(sae, mapped)
+    with torch.no_grad():
+        x_hat = sae.decode(torch.from_numpy(ids), torch.from_numpy(acts).float()).double().numpy()
+    centred = x_hat - sae.b_dec.detach().double().numpy()
+    dual = queries.astype(np.float64) @ np.linalg.inv(key_map.double().numpy())
+    np.testing.assert_allclose(got, _dense_attention(dual, centred, None), rtol=1e-4, atol=1e-7)
+    dual_ref = bundle.map_queries(1, queries)
+    np.testing.assert_allclose((dual_ref @ mapped.T), queries @ keys.T, rtol=1e-3, atol=1e-3)
+
+
 def test_score_positions_empty_inputs() -> None:
     """No positions or no heads give an all-zero vector of the right length."""
     bundle = make_bundle("tiny")
-    assert score_positions({}, ScoringConfig(), 5, 2, {}, {}, bundle.saes, {}).tolist() == [0.0] * 5
+    kwargs: dict[str, object] = {"kv_group": 2, "key_stores": {}, "postings": {}, "bundle": bundle}
+    assert score_positions({}, ScoringConfig(), 5, **kwargs).tolist() == [0.0] * 5  # type: ignore[arg-type]
     q = np.ones((1, HEAD_DIM), np.float32)
-    assert score_positions({(1, 0): q}, ScoringConfig(), 0, 2, {}, {}, bundle.saes, {}).shape == (0,)
+    assert score_positions({(1, 0): q}, ScoringConfig(), 0, **kwargs).shape == (0,)  # type: ignore[arg-type]
 
 
 def test_scoring_config_validation() -> None:
