@@ -1,8 +1,8 @@
 """The ``s3-retriever`` command line.
 
-    s3-retriever index FILE... --out DIR      scan files into an index directory
-    s3-retriever query DIR "question"         print evidence spans with sources and scores
-    s3-retriever train-sae --data PATH --out DIR   train an SAE bundle for a model
+s3-retriever index FILE... --out DIR      scan files into an index directory
+s3-retriever query DIR "question"         print evidence spans with sources and scores
+s3-retriever train-sae --data PATH --out DIR   train an SAE bundle for a model
 """
 
 from __future__ import annotations
@@ -59,12 +59,20 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from s3_retriever.retriever import S3Retriever
 
     retriever = S3Retriever.load(Path(args.index), model_path=args.model)
-    hits = retriever.retrieve(args.question, token_budget=args.budget, mode=args.mode,
-                              top_k=args.top_k)
+    hits = retriever.retrieve(
+        args.question, token_budget=args.budget, mode=args.mode, top_k=args.top_k
+    )
     if args.json:
         rows = [
-            {"id": h.id, "doc_id": h.doc_id, "start_char": h.start_char, "end_char": h.end_char,
-             "score": h.score, "scores": h.scores, "text": h.text}
+            {
+                "id": h.id,
+                "doc_id": h.doc_id,
+                "start_char": h.start_char,
+                "end_char": h.end_char,
+                "score": h.score,
+                "scores": h.scores,
+                "text": h.text,
+            }
             for h in hits
         ]
         print(json.dumps(rows, ensure_ascii=False, indent=1))
@@ -86,14 +94,21 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     texts = [_read_text(Path(p)) for p in args.data]
     loaded = load_model(args.model)
     layers = [int(x) for x in args.layers.split(",")]
-    heads = [tuple(int(v) for v in h.split(":")) for h in args.heads.split(",")] if args.heads else []
+    heads = (
+        [tuple(int(v) for v in h.split(":")) for h in args.heads.split(",")] if args.heads else []
+    )
     _, n_heads, _, head_dim = __import__(
         "s3_retriever.models", fromlist=["attention_shape"]
     ).attention_shape(loaded.model)
     bundle, reports = train_bundle(
-        loaded.model, loaded.tokenizer, loaded.model_id, texts, layers,
+        loaded.model,
+        loaded.tokenizer,
+        loaded.model_id,
+        texts,
+        layers,
         SAEConfig(d_in=head_dim, n_latents=args.latents, k=args.k),
-        TrainConfig(steps=args.steps), max_tokens=args.max_tokens,
+        TrainConfig(steps=args.steps),
+        max_tokens=args.max_tokens,
         retrieval_heads=[(a, b) for a, b in heads],
     )
     bundle.info = {"reports": [r.__dict__ for r in reports], "command": " ".join(sys.argv)}

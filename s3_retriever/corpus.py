@@ -88,9 +88,9 @@ class Corpus:
         self.texts = [t for r, t in enumerate(self.texts) if keep_rows[r]]
         self.metadatas = [m for r, m in enumerate(self.metadatas) if keep_rows[r]]
         self.doc_token_count = self.doc_token_count[keep_rows]
-        self.doc_token_start = np.concatenate(
-            [[0], np.cumsum(self.doc_token_count)[:-1]]
-        ).astype(np.int64)[: len(self.doc_ids)]
+        self.doc_token_start = np.concatenate([[0], np.cumsum(self.doc_token_count)[:-1]]).astype(
+            np.int64
+        )[: len(self.doc_ids)]
         # A kept document's positions all move down by the same amount.
         shift = old_starts - self.doc_token_start
         kept_unit_rows = new_row[self.unit_doc[keep_units]]

@@ -27,7 +27,9 @@ def document_mask(
     if not filters:
         return np.ones(len(doc_ids), dtype=bool)
     if not isinstance(filters, Mapping):
-        raise TypeError("filters must be a mapping like {'source': 'a.txt'} or {'year': [2020, 2021]}")
+        raise TypeError(
+            "filters must be a mapping like {'source': 'a.txt'} or {'year': [2020, 2021]}"
+        )
     mask = np.ones(len(doc_ids), dtype=bool)
     missing = object()
     for row, (meta, doc_id) in enumerate(zip(metadatas, doc_ids, strict=True)):

@@ -36,7 +36,9 @@ class HybridConfig:
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSION_RULES:
-            raise ValueError(f"fusion must be one of {', '.join(FUSION_RULES)}; got {self.fusion!r}")
+            raise ValueError(
+                f"fusion must be one of {', '.join(FUSION_RULES)}; got {self.fusion!r}"
+            )
         if self.lead_tokens < 0 or self.tail_tokens < 0:
             raise ValueError("lead_tokens and tail_tokens must not be negative")
 

@@ -69,7 +69,9 @@ class BM25Index:
         if self._model is None:
             return np.zeros(self._size, np.float32)
         terms = bm25s.tokenize(
-            [query], stopwords=self.config.stopwords or None, return_ids=False,
+            [query],
+            stopwords=self.config.stopwords or None,
+            return_ids=False,
             show_progress=False,
         )[0]
         if not terms:

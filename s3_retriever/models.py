@@ -40,9 +40,9 @@ class LoadedModel:
     model_id: str
     """A stable name: the default model's name, a hub id, or the folder name."""
     fingerprint: str
-    """sha256 of the weights source (GGUF file or config + safetensors index); ties indexes to it."""
+    """sha256 over the config and every weight file; ties saved indexes to these weights."""
     tokenizer_fingerprint: str
-    """sha256 of the tokenizer's vocabulary and merges, so an index refuses a different tokenizer."""
+    """sha256 of the tokenizer definition, so an index refuses a different tokenizer."""
 
 
 def cache_dir() -> Path:

@@ -35,7 +35,11 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 _CORPUS_ARRAYS = (
-    "doc_token_start", "doc_token_count", "unit_doc", "unit_chars", "unit_tokens",
+    "doc_token_start",
+    "doc_token_count",
+    "unit_doc",
+    "unit_chars",
+    "unit_tokens",
 )
 
 
@@ -90,9 +94,7 @@ def _write_contents(retriever: S3Retriever, folder: Path) -> None:
             _write_npy(folder / "postings" / f"L{layer}_H{kv}_{part}.npy", getattr(postings, part))
     retriever.bundle.save(folder / "sae")
     files = {
-        str(p.relative_to(folder)): _sha256(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
     }
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -73,8 +73,10 @@ class S3Retriever:
         n_layers, n_heads, n_kv, head_dim = attention_shape(loaded.model)
         bundle.check_fits(n_layers, n_heads, head_dim)
         self.kv_group = n_heads // n_kv
-        heads = self.config.retrieval_heads or bundle.retrieval_heads or _fallback_heads(
-            n_layers, n_heads
+        heads = (
+            self.config.retrieval_heads
+            or bundle.retrieval_heads
+            or _fallback_heads(n_layers, n_heads)
         )
         for layer, head in heads:
             if not (0 <= layer < n_layers and 0 <= head < n_heads):
@@ -96,7 +98,10 @@ class S3Retriever:
                     f"set store_postings=False to use the exact scorer only."
                 )
         self.scanner = Scanner(
-            loaded.model, layers, layers, self.config.scan,
+            loaded.model,
+            layers,
+            layers,
+            self.config.scan,
             bos_token_id=loaded.tokenizer.bos_token_id,
         )
         self.corpus = Corpus()
@@ -167,7 +172,9 @@ class S3Retriever:
             doc_base = base + np.concatenate(
                 [[0], np.cumsum([len(t) for t in tokenized])[:-1]]
             ).astype(np.int64)
-            new_keys: dict[Field, list[tuple[np.ndarray, np.ndarray]]] = {f: [] for f in self.fields}
+            new_keys: dict[Field, list[tuple[np.ndarray, np.ndarray]]] = {
+                f: [] for f in self.fields
+            }
             new_codes: dict[Field, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
                 f: [] for f in self.fields
             }
@@ -335,8 +342,14 @@ class S3Retriever:
                 allowed = np.repeat(doc_mask, self.corpus.doc_token_count)
             head_queries = self.question_vectors(query)
             return score_positions(
-                head_queries, self.config.scoring, self.corpus.n_positions, self.kv_group,
-                self.key_stores, self.postings, self.bundle, allowed,
+                head_queries,
+                self.config.scoring,
+                self.corpus.n_positions,
+                self.kv_group,
+                self.key_stores,
+                self.postings,
+                self.bundle,
+                allowed,
             )
 
     def question_vectors(self, query: str) -> dict[tuple[int, int], np.ndarray]:
@@ -346,9 +359,7 @@ class S3Retriever:
         if len(tokens) == 0:
             return {}
         per_layer = self.scanner.project_queries(tokens.input_ids)
-        return {
-            (layer, head): per_layer[layer][:, head, :].numpy() for layer, head in self.heads
-        }
+        return {(layer, head): per_layer[layer][:, head, :].numpy() for layer, head in self.heads}
 
     def _component_scores(
         self, query: str, mode: str, doc_mask: np.ndarray
@@ -391,7 +402,9 @@ class S3Retriever:
             # Units sharing no term with the query are not evidence; they would only pad.
             order = rank_order(scores, unit_mask & (scores > 0))
         else:
-            order, scores = fuse(components["s3"], components["bm25"], self.config.hybrid, unit_mask)
+            order, scores = fuse(
+                components["s3"], components["bm25"], self.config.hybrid, unit_mask
+            )
         lead = self._lead_tail_groups(unit_mask)
         groups = lead + [grow(int(u), self.corpus, scores, min_tokens) for u in order[:4096]]
         return groups, scores
@@ -480,7 +493,9 @@ class S3Retriever:
         return {
             "postings": sum(p.nbytes for p in self.postings.values()),
             "keys": sum(s.nbytes for s in self.key_stores.values()),
-            "tables": int(corpus.unit_tokens.nbytes + corpus.unit_chars.nbytes + corpus.unit_doc.nbytes),
+            "tables": int(
+                corpus.unit_tokens.nbytes + corpus.unit_chars.nbytes + corpus.unit_doc.nbytes
+            ),
         }
 
 

@@ -100,7 +100,7 @@ class SAEBundle:
     """layer -> (query_heads, head_dim) mean pre-RoPE query, subtracted before scoring: METHOD.md
     measured that centring queries roughly quadrupled retrieval quality."""
     retrieval_heads: tuple[tuple[int, int], ...] = ()
-    """(layer, query head) pairs chosen by measurement for this model; empty means 'use defaults'."""
+    """(layer, query head) pairs chosen by measurement for this model; empty: use defaults."""
     info: dict[str, Any] = field(default_factory=dict)
     """Training settings and fidelity numbers, stored verbatim in config.json."""
     checksum: str = ""
@@ -138,10 +138,14 @@ class SAEBundle:
             tensors = {n: p.detach().float().contiguous().cpu() for n, p in sae.named_parameters()}
             save_file(tensors, str(folder / f"layer_{layer:02d}.safetensors"))
             layers_cfg[str(layer)] = asdict(sae.config)
-        means = {f"layer_{layer:02d}": m.float().contiguous() for layer, m in self.query_means.items()}
+        means = {
+            f"layer_{layer:02d}": m.float().contiguous() for layer, m in self.query_means.items()
+        }
         save_file(means, str(folder / "query_means.safetensors"))
         if self.key_maps:
-            maps = {f"layer_{layer:02d}": m.float().contiguous() for layer, m in self.key_maps.items()}
+            maps = {
+                f"layer_{layer:02d}": m.float().contiguous() for layer, m in self.key_maps.items()
+            }
             save_file(maps, str(folder / "key_maps.safetensors"))
         config = {
             "format": BUNDLE_FORMAT,

@@ -165,9 +165,7 @@ def collect_vectors(
         total += len(doc)
         if total >= max_tokens:
             break
-    scanner = Scanner(
-        model, layers, layers, scan_config, bos_token_id=tokenizer.bos_token_id
-    )
+    scanner = Scanner(model, layers, layers, scan_config, bos_token_id=tokenizer.bos_token_id)
     keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     queries: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for capture in scanner.scan(docs, want_queries=True, desc="collecting"):
@@ -297,14 +295,16 @@ def _question_queries(
 
 
 def attention_metric(queries: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
-    """Symmetric ``A = C^(1/2)`` for ``C = E[q q^T]`` (+ a small ridge), scaled to mean eigenvalue 1.
+    """Symmetric ``A = C^(1/2)``, ``C = E[q q^T]`` plus a small ridge, scaled to mean eigenvalue 1.
 
     Training on ``A k`` makes squared reconstruction error equal the expected squared error of
     ``q.k`` over these queries, since ``(A^-1 q).(A k) = q.k``.
     """
     q = queries.double()
     second = q.T @ q / max(q.shape[0], 1)
-    second += ridge * torch.trace(second) / second.shape[0] * torch.eye(second.shape[0], dtype=q.dtype)
+    second += (
+        ridge * torch.trace(second) / second.shape[0] * torch.eye(second.shape[0], dtype=q.dtype)
+    )
     values, vectors = torch.linalg.eigh(second)
     root = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
     return (root / values.clamp_min(0).sqrt().mean()).float()

@@ -8,6 +8,7 @@ off right after the deepest instrumented projection, so the layers after it cost
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,11 +170,8 @@ class Scanner:
                 attn = self._layers[layer].self_attn
                 handles.append(attn.k_proj.register_forward_hook(keep(keys, layer, stop)))
             base = getattr(self.model, "model", self.model)
-            with torch.inference_mode():
-                try:
-                    base(input_ids=batch, attention_mask=mask, use_cache=False)
-                except _StopForward:
-                    pass
+            with torch.inference_mode(), contextlib.suppress(_StopForward):
+                base(input_ids=batch, attention_mask=mask, use_cache=False)
         finally:
             for handle in handles:
                 handle.remove()

@@ -187,15 +187,25 @@ def score_positions(
         if config.center_queries and config.scorer != "coactivation" and layer in query_means:
             q = vectors - query_means[layer][head].numpy()[None, :]
         if config.scorer == "exact":
-            total += exact_scores(q, key_stores[field_key], n_positions, allowed, config.temperature)
+            total += exact_scores(
+                q, key_stores[field_key], n_positions, allowed, config.temperature
+            )
         elif config.scorer == "aligned":
             total += aligned_scores(
-                bundle.map_queries(layer, q), bundle.saes[layer], postings[field_key], n_positions, config.atoms_per_query,
-                allowed, config.temperature,
+                bundle.map_queries(layer, q),
+                bundle.saes[layer],
+                postings[field_key],
+                n_positions,
+                config.atoms_per_query,
+                allowed,
+                config.temperature,
             )
         else:
             total += coactivation_scores(
-                bundle.map_queries(layer, q), bundle.saes[layer], postings[field_key],
-                n_positions, allowed,
+                bundle.map_queries(layer, q),
+                bundle.saes[layer],
+                postings[field_key],
+                n_positions,
+                allowed,
             )
     return total / len(head_queries)

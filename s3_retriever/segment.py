@@ -63,9 +63,7 @@ def _append_trimmed(
     out.append((start + lead, start + lead + len(stripped), paragraph_end))
 
 
-def segment(
-    text: str, token_starts: np.ndarray, config: SegmentConfig | None = None
-) -> np.ndarray:
+def segment(text: str, token_starts: np.ndarray, config: SegmentConfig | None = None) -> np.ndarray:
     """Cut ``text`` into units; returns an (n_units, 2) int64 array of [start, end) offsets.
 
     ``token_starts`` are the start offsets of the text's tokens, used to measure units in tokens.

@@ -57,9 +57,7 @@ def unit_scores(position_scores: np.ndarray, corpus: Corpus) -> np.ndarray:
     return out
 
 
-def peak_units(
-    smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: int
-) -> list[int]:
+def peak_units(smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: int) -> list[int]:
     """Units holding the strongest peaks, best first, after non-maximum suppression."""
     if len(smoothed) == 0:
         return []
@@ -157,9 +155,11 @@ def merge_adjacent(units: list[int], corpus: Corpus) -> list[list[int]]:
     """Group sorted unit ids into runs of consecutive units of one document."""
     runs: list[list[int]] = []
     for unit in units:
-        if runs and unit == runs[-1][-1] + 1 and corpus.unit_doc[unit] == corpus.unit_doc[
-            runs[-1][-1]
-        ]:
+        if (
+            runs
+            and unit == runs[-1][-1] + 1
+            and corpus.unit_doc[unit] == corpus.unit_doc[runs[-1][-1]]
+        ):
             runs[-1].append(unit)
         else:
             runs.append([unit])

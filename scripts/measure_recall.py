@@ -94,9 +94,8 @@ def main() -> None:
     }
     report = {
         "date": datetime.date.today().isoformat(),
-        "command": "python scripts/measure_recall.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items()
-        ),
+        "command": "python scripts/measure_recall.py "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
         "model": retriever.loaded.model_id,
         "heads": [list(h) for h in retriever.heads],
         "n_questions": len(examples),

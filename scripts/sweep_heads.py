@@ -25,9 +25,13 @@ from s3_retriever.scan import ScanConfig, Scanner, tokenize
 _PASSAGE = re.compile(r"Passage \d+:\n")
 
 
-def passage_of_tokens(text: str, token_starts: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def passage_of_tokens(
+    text: str, token_starts: np.ndarray
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
     bounds = [m.end() for m in _PASSAGE.finditer(text)]
-    ranges = [(b, (bounds[i + 1] if i + 1 < len(bounds) else len(text))) for i, b in enumerate(bounds)]
+    ranges = [
+        (b, (bounds[i + 1] if i + 1 < len(bounds) else len(text))) for i, b in enumerate(bounds)
+    ]
     starts = np.array([r[0] for r in ranges])
     owner = np.searchsorted(starts, token_starts, side="right") - 1
     return owner, ranges
@@ -64,9 +68,16 @@ def main() -> None:
     lm = load_model()
     _, n_heads, n_kv, _ = attention_shape(lm.model)
     group = n_heads // n_kv
-    scanner = Scanner(lm.model, layers, layers, ScanConfig(chunk_size=1024, show_progress=False),
-                      bos_token_id=lm.tokenizer.bos_token_id)
-    examples = load_hotpotqa_haystacks(args.data, n_questions=args.n, target_words=3000, skip=args.skip)
+    scanner = Scanner(
+        lm.model,
+        layers,
+        layers,
+        ScanConfig(chunk_size=1024, show_progress=False),
+        bos_token_id=lm.tokenizer.bos_token_id,
+    )
+    examples = load_hotpotqa_haystacks(
+        args.data, n_questions=args.n, target_words=3000, skip=args.skip
+    )
     cached = []
     text_q_sum = {layer: torch.zeros(n_heads, 64, dtype=torch.float64) for layer in layers}
     text_q_n = 0
@@ -104,12 +115,18 @@ def main() -> None:
                         q = q - question_mean[layer][head]
                     scores = attention(q, keys_np[layer][:, head // group, :])
                     recalls.append(passage_recall(scores, owner, n_p, gold))
-                results.append({"centring": centring, "layer": layer, "head": head,
-                                 "recall@4": float(np.mean(recalls))})
+                results.append(
+                    {
+                        "centring": centring,
+                        "layer": layer,
+                        "head": head,
+                        "recall@4": float(np.mean(recalls)),
+                    }
+                )
     results.sort(key=lambda r: -r["recall@4"])
     for centring in ("none", "text", "question"):
         subset = [r for r in results if r["centring"] == centring]
-        print(centring, "mean over heads %.3f" % np.mean([r["recall@4"] for r in subset]))
+        print(centring, "mean over heads {:.3f}".format(np.mean([r["recall@4"] for r in subset])))
         for r in subset[:8]:
             print("   ", r)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -53,17 +53,26 @@ def main() -> None:
     _, _, _, head_dim = attention_shape(loaded.model)
     started = time.time()
     bundle, reports = train_bundle(
-        loaded.model, loaded.tokenizer, loaded.model_id, texts, layers,
+        loaded.model,
+        loaded.tokenizer,
+        loaded.model_id,
+        texts,
+        layers,
         SAEConfig(d_in=head_dim, n_latents=args.latents, k=args.k),
-        TrainConfig(steps=args.steps, batch_size=args.batch_size), max_tokens=args.max_tokens,
-        retrieval_heads=[(a, b) for a, b in heads], question_texts=questions,
+        TrainConfig(steps=args.steps, batch_size=args.batch_size),
+        max_tokens=args.max_tokens,
+        retrieval_heads=[(a, b) for a, b in heads],
+        question_texts=questions,
         metric=args.metric,
     )
     bundle.info = {
         "training_text": "HotpotQA dev (IRCoT subsample) questions 380-499: paragraphs; "
         "query centres from the same questions",
-        "command": "python scripts/train_default_saes.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in {"data", "out"}
+        "command": "python scripts/train_default_saes.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k not in {"data", "out"}
         ),
         "train_config": TrainConfig(steps=args.steps, batch_size=args.batch_size).__dict__,
         "reports": [r.__dict__ for r in reports],
@@ -71,8 +80,10 @@ def main() -> None:
     }
     checksum = bundle.save(args.out)
     for r in reports:
-        print(f"layer {r.layer}: held-out FVU {r.held_out_fvu:.4f} (train {r.train_fvu:.4f}), "
-              f"dead {r.dead_fraction:.1%}, {r.n_vectors} vectors")
+        print(
+            f"layer {r.layer}: held-out FVU {r.held_out_fvu:.4f} (train {r.train_fvu:.4f}), "
+            f"dead {r.dead_fraction:.1%}, {r.n_vectors} vectors"
+        )
     print(f"wrote {args.out} (sha256 {checksum[:16]})")
 
 

@@ -38,7 +38,9 @@ _CHILD = textwrap.dedent(
 def _peak(n_tokens: int) -> dict[str, int]:
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, str(n_tokens)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 

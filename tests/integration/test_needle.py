@@ -39,7 +39,5 @@ def test_needle_found_at_nine_of_ten_depths() -> None:
         hits = retriever.retrieve(QUESTION, token_budget=256, mode="s3")
         assert sum(len(h.text) for h in hits) > 0
         start = text.index(NEEDLE)
-        found.append(
-            any(h.start_char <= start and start + len(NEEDLE) <= h.end_char for h in hits)
-        )
+        found.append(any(h.start_char <= start and start + len(NEEDLE) <= h.end_char for h in hits))
     assert sum(found) >= 9, f"needle found at {sum(found)}/10 depths: {found}"
