@@ -106,6 +106,20 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
+    lines = [
+        f"{len(examples)} HotpotQA haystacks (questions {args.skip}-{args.skip + len(examples) - 1}"
+        f", ~{args.words} words, mean {np.mean(n_tokens):.0f} tokens), {report['date']}",
+        "",
+        "| method | " + " | ".join(f"recall@{b}" for b in budgets)
+        + f" | full support@{budgets[-1]} | query ms |",
+        "|---|" + "---|" * (len(budgets) + 2),
+    ]
+    for m in methods:
+        cells = " | ".join(f"{table[m][str(b)]['evidence_recall']:.3f}" for b in budgets)
+        full = table[m][str(budgets[-1])]["full_support"]
+        lines.append(f"| {m} | {cells} | {full:.3f} | {1000 * report['query_seconds'][m]:.0f} |")
+    lines += ["", f"Reproduce: `{report['command']}`", ""]
+    Path(args.out).with_suffix(".md").write_text("\n".join(lines))
     print(f"{len(examples)} haystacks, {np.mean(n_tokens):.0f} tokens each")
     print("method".ljust(22) + "".join(f"R@{b}".rjust(9) for b in budgets) + "  full@max")
     for m in methods:

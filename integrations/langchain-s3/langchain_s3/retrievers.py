@@ -1,0 +1,195 @@
+"""LangChain retriever over :class:`s3_retriever.S3Retriever`.
+
+Each result is one evidence span, not a whole document: ``page_content`` is the exact slice
+``source[start_index:end_index]`` of the document it comes from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
+from s3_retriever import Hit, S3Retriever
+
+Mode = Literal["hybrid", "s3", "bm25"]
+
+_CALL_OPTIONS = frozenset({"k", "token_budget", "mode", "filters"})
+# Keyword arguments LangChain itself may forward from ``invoke``; they carry no search setting.
+_IGNORED_OPTIONS = frozenset({"verbose"})
+
+
+def hit_to_document(hit: Hit) -> Document:
+    """Translate one core :class:`~s3_retriever.Hit` into a LangChain ``Document``.
+
+    The document's metadata is the source document's metadata plus ``source`` (the document id,
+    unless the metadata already has a ``source``), ``doc_id``, ``start_index``, ``end_index``,
+    ``score``, ``scores`` (component scores) and ``span_id``.
+    """
+    metadata: dict[str, Any] = dict(hit.metadata)
+    metadata.setdefault("source", hit.doc_id)
+    metadata.update(
+        doc_id=hit.doc_id,
+        start_index=hit.start_char,
+        end_index=hit.end_char,
+        score=hit.score,
+        scores=dict(hit.scores),
+        span_id=hit.id,
+    )
+    return Document(page_content=hit.text, id=hit.id, metadata=metadata)
+
+
+class S3AttentionRetriever(BaseRetriever):
+    """Evidence spans from long documents, ranked by a language model's own attention.
+
+    Setup:
+        Install ``langchain-s3`` (and ``s3-retriever`` with its default model)::
+
+            pip install -e integrations/langchain-s3
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_s3 import S3AttentionRetriever
+
+            retriever = S3AttentionRetriever.from_texts(texts, k=4)
+            # or: S3AttentionRetriever.from_index("path/to/index")
+            # or: S3AttentionRetriever(retriever=my_s3_retriever)
+
+    Invoke:
+        .. code-block:: python
+
+            docs = retriever.invoke("Who founded the company?", k=2)
+            for doc in docs:
+                print(doc.metadata["source"], doc.metadata["start_index"], doc.page_content)
+
+    Results are ordered best score first. Every span's text is exactly
+    ``source_text[start_index:end_index]``. Retrieval is blocking model work; the async path runs
+    it in a worker thread so the event loop keeps running.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    retriever: S3Retriever
+    """The core :class:`s3_retriever.S3Retriever` that holds the index and the model."""
+    k: int = Field(default=4, ge=1)
+    """Maximum number of spans to return; override per call with ``invoke(query, k=...)``."""
+    token_budget: int = Field(default=1024, ge=1)
+    """Total model tokens of the returned spans; override per call with ``token_budget=...``."""
+    mode: Mode = "hybrid"
+    """``hybrid`` (attention + BM25), ``s3`` (attention only) or ``bm25``."""
+    filters: dict[str, Any] | None = None
+    """Metadata filters applied before ranking: ``{"key": value}`` (exact match) or
+    ``{"key": [v1, v2]}`` (any of); ``doc_id`` filters on document ids. All keys must match."""
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_index(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        **kwargs: Any,
+    ) -> S3AttentionRetriever:
+        """Open an index saved with ``S3Retriever.save`` (or the ``s3-retriever index`` CLI).
+
+        Args:
+            path: the index directory.
+            model_path: the model folder, for an index not built with the bundled model.
+            device: torch device for question encoding.
+            **kwargs: fields of this class (``k``, ``token_budget``, ``mode``, ``filters``).
+        """
+        core = S3Retriever.load(path, model_path=model_path, device=device)
+        return cls(retriever=core, **kwargs)
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        retriever: S3Retriever | None = None,
+        retriever_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> S3AttentionRetriever:
+        """Index ``texts`` and return a retriever over them.
+
+        Args:
+            texts: the documents.
+            metadatas: one JSON-serialisable dict (or ``None``) per text.
+            ids: one id per text; new UUIDs when omitted.
+            retriever: an existing core retriever to add the texts to; by default a new one is
+                built with ``S3Retriever.from_pretrained()`` (the bundled model and SAEs).
+            retriever_kwargs: keyword arguments for ``S3Retriever.from_pretrained`` (for example
+                ``model_path``, ``sae_path``, ``device``) when no ``retriever`` is given.
+            **kwargs: fields of this class (``k``, ``token_budget``, ``mode``, ``filters``).
+        """
+        if retriever is None:
+            retriever = S3Retriever.from_pretrained(**dict(retriever_kwargs or {}))
+        elif retriever_kwargs:
+            raise ValueError("pass either retriever or retriever_kwargs, not both")
+        retriever.add_documents(list(texts), ids=ids, metadatas=metadatas)
+        return cls(retriever=retriever, **kwargs)
+
+    def add_documents(self, documents: Sequence[Document]) -> list[str]:
+        """Index LangChain documents; ``Document.id`` becomes the document id when set.
+
+        Returns the ids of the indexed documents.
+        """
+        ids = [doc.id for doc in documents]
+        return self.retriever.add_documents(
+            [doc.page_content for doc in documents],
+            ids=ids if all(ids) else None,
+            metadatas=[dict(doc.metadata) for doc in documents],
+        )
+
+    # ------------------------------------------------------------------ retrieval
+    def _search_kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Core ``retrieve`` arguments: this instance's fields updated by per-call overrides."""
+        unknown = set(overrides) - _CALL_OPTIONS - _IGNORED_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"unknown retriever argument(s) {sorted(unknown)}; "
+                f"supported per call: {sorted(_CALL_OPTIONS)}"
+            )
+        options = {name: overrides.get(name, getattr(self, name)) for name in _CALL_OPTIONS}
+        k = options["k"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        return {
+            "top_k": k,
+            "token_budget": options["token_budget"],
+            "mode": options["mode"],
+            "filters": options["filters"],
+        }
+
+    @staticmethod
+    def _to_documents(hits: Sequence[Hit]) -> list[Document]:
+        """Documents best score first; ties keep the core's document order."""
+        ranked = sorted(hits, key=lambda hit: -hit.score)
+        return [hit_to_document(hit) for hit in ranked]
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        """Retrieve spans for ``query``; ``kwargs`` may override k, token_budget, mode, filters."""
+        hits = self.retriever.retrieve(query, **self._search_kwargs(kwargs))
+        return self._to_documents(hits)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        """Like the sync path, with the blocking model work in a worker thread."""
+        search = self._search_kwargs(kwargs)
+        hits = await asyncio.to_thread(self.retriever.retrieve, query, **search)
+        return self._to_documents(hits)
