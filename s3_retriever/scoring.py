@@ -75,40 +75,48 @@ def exact_scores(
     allowed: np.ndarray | None = None,
     temperature: float = 1.0,
 ) -> np.ndarray:
-    """Mean attention of (n_q, d) question vectors over all stored keys, streamed in blocks."""
+    """Mean attention of (n_q, d) question vectors over the stored keys, streamed in blocks.
+
+    With ``allowed``, only those positions take part (and are computed at all): a filter to a
+    few documents costs what those documents cost, not the whole index.
+    """
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
     q = queries.astype(np.float32) * scale
+    candidates = None if allowed is None else np.flatnonzero(allowed)
+    n_candidates = n_positions if candidates is None else len(candidates)
+    out = np.zeros(n_positions, np.float32)
+    if n_candidates == 0:
+        return out
     # Pass 1: per-row running max and normaliser (log-sum-exp), block by block.
     row_max = np.full(q.shape[0], -np.inf, np.float32)
     row_sum = np.zeros(q.shape[0], np.float64)
-    for start in range(0, n_positions, _BLOCK):
-        logits = _block_logits(q, keys, start, min(n_positions, start + _BLOCK), allowed)
-        block_max = logits.max(axis=1)
-        new_max = np.maximum(row_max, block_max)
-        finite = np.isfinite(new_max)
-        safe_max = np.where(finite, new_max, 0.0)
-        row_sum = row_sum * np.exp(np.where(finite, row_max - safe_max, 0.0)) + np.exp(
-            logits - safe_max[:, None]
-        ).sum(axis=1)
+    for start in range(0, n_candidates, _BLOCK):
+        logits = q @ _block_keys(keys, candidates, start, min(n_candidates, start + _BLOCK)).T
+        new_max = np.maximum(row_max, logits.max(axis=1))
+        row_sum = row_sum * np.exp(row_max - new_max) + np.exp(logits - new_max[:, None]).sum(
+            axis=1
+        )
         row_max = new_max
-    out = np.zeros(n_positions, np.float32)
-    norm = np.where(row_sum > 0, row_sum, 1.0)
-    safe_row_max = np.where(np.isfinite(row_max), row_max, 0.0)
     # Pass 2: the normalised attention, averaged over question tokens.
-    for start in range(0, n_positions, _BLOCK):
-        stop = min(n_positions, start + _BLOCK)
-        logits = _block_logits(q, keys, start, stop, allowed)
-        out[start:stop] = (np.exp(logits - safe_row_max[:, None]) / norm[:, None]).mean(axis=0)
+    for start in range(0, n_candidates, _BLOCK):
+        stop = min(n_candidates, start + _BLOCK)
+        logits = q @ _block_keys(keys, candidates, start, stop).T
+        mass = (np.exp(logits - row_max[:, None]) / row_sum[:, None]).mean(axis=0)
+        if candidates is None:
+            out[start:stop] = mass
+        else:
+            out[candidates[start:stop]] = mass
     return out
 
 
-def _block_logits(
-    q: np.ndarray, keys: KeyStore, start: int, stop: int, allowed: np.ndarray | None
+def _block_keys(
+    keys: KeyStore, candidates: np.ndarray | None, start: int, stop: int
 ) -> np.ndarray:
-    logits = q @ keys.dequantize(start, stop).T
-    if allowed is not None:
-        logits = np.where(allowed[None, start:stop], logits, -np.inf)
-    return logits
+    """Dequantised keys of candidate slots [start, stop) (all positions when no candidates)."""
+    if candidates is None:
+        return keys.dequantize(start, stop)
+    rows = candidates[start:stop]
+    return keys.codes[rows].astype(np.float32) * keys.scales[rows, None]
 
 
 def aligned_scores(
