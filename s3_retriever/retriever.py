@@ -331,7 +331,7 @@ class S3Retriever:
             if not unit_mask.any():
                 return []
             components = self._component_scores(query, mode, doc_mask)
-            ranking, ranked_score = self._rank(components, mode, unit_mask)
+            ranking, ranked_score = self._rank(components, mode, unit_mask, token_budget)
             return self._pack_hits(ranking, ranked_score, components, token_budget, top_k)
 
     def score_positions(self, query: str, doc_mask: np.ndarray | None = None) -> np.ndarray:
@@ -385,10 +385,11 @@ class S3Retriever:
             raise ValueError(f"the {scorer} scorer needs store_postings=True when indexing")
 
     def _rank(
-        self, components: dict[str, np.ndarray], mode: str, unit_mask: np.ndarray
+        self, components: dict[str, np.ndarray], mode: str, unit_mask: np.ndarray, token_budget: int
     ) -> tuple[list[list[int]], np.ndarray]:
         """Ranked groups of units (each group one grown span) and the score that ranked them."""
-        min_tokens = self.config.spans.min_span_tokens
+        # Growth never takes more than half the budget, so a small budget still gets two spans.
+        min_tokens = min(self.config.spans.min_span_tokens, max(token_budget // 2, 1))
         if mode == "s3":
             scores = components["s3"]
             # Filtered-out positions already scored zero; peaks there are dropped below.

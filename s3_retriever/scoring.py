@@ -109,9 +109,7 @@ def exact_scores(
     return out
 
 
-def _block_keys(
-    keys: KeyStore, candidates: np.ndarray | None, start: int, stop: int
-) -> np.ndarray:
+def _block_keys(keys: KeyStore, candidates: np.ndarray | None, start: int, stop: int) -> np.ndarray:
     """Dequantised keys of candidate slots [start, stop) (all positions when no candidates)."""
     if candidates is None:
         return keys.dequantize(start, stop)

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from s3_retriever import RetrieverConfig, S3Retriever, SAEBundle, SAEConfig, ScanConfig, TopKSAE
+from s3_retriever import (
+    RetrieverConfig,
+    S3Retriever,
+    SAEBundle,
+    SAEConfig,
+    ScanConfig,
+    SpanConfig,
+    TopKSAE,
+)
 from s3_retriever.models import LoadedModel, load_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -219,9 +227,11 @@ def bundle(bundle_dir: Path) -> SAEBundle:
 
 
 def tiny_config(**changes: Any) -> RetrieverConfig:
-    """Retriever settings sized for the tiny model: 32-token chunks, two chunks per batch."""
+    """Settings sized for the tiny model and corpus: 32-token chunks, two per batch, and spans
+    grown to 24 tokens so a few hundred words still yield several separate spans."""
     scan = changes.pop("scan", ScanConfig(chunk_size=32, batch_size=2, show_progress=False))
-    return RetrieverConfig(scan=scan, **changes)
+    spans = changes.pop("spans", SpanConfig(min_span_tokens=24))
+    return RetrieverConfig(scan=scan, spans=spans, **changes)
 
 
 RetrieverFactory = Callable[..., S3Retriever]

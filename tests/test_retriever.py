@@ -389,7 +389,8 @@ def test_filters_restrict_hits(by_scorer: dict[str, S3Retriever]) -> None:
     for filters, allowed in cases:
         for mode in MODES:
             hits = retriever.retrieve(QUESTIONS[1], token_budget=500, mode=mode, filters=filters)
-            assert hits, (filters, mode)
+            # BM25 returns only units sharing a term with the question, possibly none.
+            assert hits or mode == "bm25", (filters, mode)
             assert {h.doc_id for h in hits} <= allowed
     for mode in MODES:
         assert retriever.retrieve(QUESTIONS[1], mode=mode, filters={"topic": "none"}) == []
