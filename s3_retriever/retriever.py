@@ -388,8 +388,9 @@ class S3Retriever:
         self, components: dict[str, np.ndarray], mode: str, unit_mask: np.ndarray, token_budget: int
     ) -> tuple[list[list[int]], np.ndarray]:
         """Ranked groups of units (each group one grown span) and the score that ranked them."""
-        # Growth never takes more than half the budget, so a small budget still gets two spans.
-        min_tokens = min(self.config.spans.min_span_tokens, max(token_budget // 2, 1))
+        # Growth stops at a quarter of the budget, so about four spans always fit: the needle test
+        # found the right peak ranked third, which 128-token spans in a 256 budget would drop.
+        min_tokens = min(self.config.spans.min_span_tokens, max(token_budget // 4, 1))
         if mode == "s3":
             scores = components["s3"]
             # Filtered-out positions already scored zero; peaks there are dropped below.

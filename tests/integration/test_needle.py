@@ -40,4 +40,5 @@ def test_needle_found_at_nine_of_ten_depths() -> None:
         assert sum(len(h.text) for h in hits) > 0
         start = text.index(NEEDLE)
         found.append(any(h.start_char <= start and start + len(NEEDLE) <= h.end_char for h in hits))
+    print(f"needle found at {sum(found)}/10 depths: {found}")
     assert sum(found) >= 9, f"needle found at {sum(found)}/10 depths: {found}"
