@@ -23,7 +23,7 @@ from s3_retriever.lexical import BM25Index
 from s3_retriever.models import LoadedModel, attention_shape, load_model
 from s3_retriever.sae import SAEBundle, shipped_bundle_dir
 from s3_retriever.scan import Scanner, TokenizedText, tokenize
-from s3_retriever.scoring import score_positions
+from s3_retriever.scoring import content_token_indices, score_positions
 from s3_retriever.segment import segment
 from s3_retriever.spans import grow, merge_adjacent, pack, peak_units, smooth, unit_scores
 
@@ -359,7 +359,17 @@ class S3Retriever:
         if len(tokens) == 0:
             return {}
         per_layer = self.scanner.project_queries(tokens.input_ids)
-        return {(layer, head): per_layer[layer][:, head, :].numpy() for layer, head in self.heads}
+        # A question longer than one chunk is read by its last chunk only.
+        first = len(tokens) - next(iter(per_layer.values())).shape[0]
+        keep = np.arange(len(tokens) - first)
+        if self.config.scoring.query_tokens == "content":
+            content = content_token_indices(text, tokens.starts, tokens.ends)
+            content = content[content >= first] - first
+            if len(content):
+                keep = content
+        return {
+            (layer, head): per_layer[layer][keep, head, :].numpy() for layer, head in self.heads
+        }
 
     def _component_scores(
         self, query: str, mode: str, doc_mask: np.ndarray

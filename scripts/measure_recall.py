@@ -110,7 +110,8 @@ def main() -> None:
         f"{len(examples)} HotpotQA haystacks (questions {args.skip}-{args.skip + len(examples) - 1}"
         f", ~{args.words} words, mean {np.mean(n_tokens):.0f} tokens), {report['date']}",
         "",
-        "| method | " + " | ".join(f"recall@{b}" for b in budgets)
+        "| method | "
+        + " | ".join(f"recall@{b}" for b in budgets)
         + f" | full support@{budgets[-1]} | query ms |",
         "|---|" + "---|" * (len(budgets) + 2),
     ]

@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--grow", default="24,64,128")
     parser.add_argument("--s3-weight", default="1,2")
     parser.add_argument("--scorer", default="exact")
+    parser.add_argument("--query-tokens", default="all,content")
+    parser.add_argument("--modes", default="s3,hybrid,bm25")
     parser.add_argument("--sae", default=None)
     parser.add_argument("--out", default="runs/tune.json")
     args = parser.parse_args()
@@ -38,30 +40,36 @@ def main() -> None:
     retriever = S3Retriever.from_pretrained(sae_path=args.sae)
     retriever.scanner.config = ScanConfig(show_progress=False)
     examples = load_hotpotqa_haystacks(args.data, n_questions=args.n, skip=args.skip)
-    retriever.add_documents(
-        [e.documents[0] for e in examples], ids=[e.qid for e in examples]
-    )
+    retriever.add_documents([e.documents[0] for e in examples], ids=[e.qid for e in examples])
     base = retriever.config
     rows = []
-    for smooth_width, grow_tokens, s3_weight in itertools.product(
+    for smooth_width, grow_tokens, s3_weight, query_tokens in itertools.product(
         [int(x) for x in args.smooth.split(",")],
         [int(x) for x in args.grow.split(",")],
         [float(x) for x in args.s3_weight.split(",")],
+        args.query_tokens.split(","),
     ):
         retriever.config = base.replace(
             spans=SpanConfig(smooth_width=smooth_width, min_span_tokens=grow_tokens),
             hybrid=HybridConfig(s3_weight=s3_weight),
-            scoring=ScoringConfig(scorer=args.scorer),
+            scoring=ScoringConfig(scorer=args.scorer, query_tokens=query_tokens),  # type: ignore[arg-type]
         )
-        result = {"smooth": smooth_width, "grow": grow_tokens, "s3_weight": s3_weight}
-        for mode in ("s3", "hybrid", "bm25"):
+        result = {
+            "smooth": smooth_width,
+            "grow": grow_tokens,
+            "s3_weight": s3_weight,
+            "query_tokens": query_tokens,
+        }
+        for mode in args.modes.split(","):
             if mode != "hybrid" and s3_weight != 1.0:
                 continue
             for budget in budgets:
                 recalls = []
                 for example in examples:
                     hits = retriever.retrieve(
-                        example.question, token_budget=budget, mode=mode,
+                        example.question,
+                        token_budget=budget,
+                        mode=mode,
                         filters={"doc_id": example.qid},
                     )
                     ranges = [(0, h.start_char, h.end_char) for h in hits]
