@@ -69,14 +69,15 @@ def peak_units(smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: 
     candidates = np.argpartition(-smoothed, n_candidates - 1)[:n_candidates]
     candidates = candidates[np.lexsort((candidates, -smoothed[candidates]))]
     owner = position_units(corpus)
-    taken_positions: list[int] = []
+    suppressed = np.zeros(len(smoothed), dtype=bool)
+    radius = config.nms_radius
     units: list[int] = []
     seen: set[int] = set()
     for position in candidates.tolist():
-        if any(abs(position - p) <= config.nms_radius for p in taken_positions[-64:]):
+        if suppressed[position]:
             continue
+        suppressed[max(position - radius, 0) : position + radius + 1] = True
         unit = int(owner[position])
-        taken_positions.append(position)
         if unit < 0 or unit in seen:
             continue
         seen.add(unit)
