@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--scorer", default="exact")
     parser.add_argument("--query-tokens", default="all,content")
     parser.add_argument("--modes", default="s3,hybrid,bm25")
+    parser.add_argument("--atoms", default="64", help="aligned scorer: atoms per question token")
     parser.add_argument("--sae", default=None)
     parser.add_argument("--out", default="runs/tune.json")
     args = parser.parse_args()
@@ -43,22 +44,26 @@ def main() -> None:
     retriever.add_documents([e.documents[0] for e in examples], ids=[e.qid for e in examples])
     base = retriever.config
     rows = []
-    for smooth_width, grow_tokens, s3_weight, query_tokens in itertools.product(
+    for smooth_width, grow_tokens, s3_weight, query_tokens, atoms in itertools.product(
         [int(x) for x in args.smooth.split(",")],
         [int(x) for x in args.grow.split(",")],
         [float(x) for x in args.s3_weight.split(",")],
         args.query_tokens.split(","),
+        [int(x) for x in args.atoms.split(",")],
     ):
         retriever.config = base.replace(
             spans=SpanConfig(smooth_width=smooth_width, min_span_tokens=grow_tokens),
             hybrid=HybridConfig(s3_weight=s3_weight),
-            scoring=ScoringConfig(scorer=args.scorer, query_tokens=query_tokens),  # type: ignore[arg-type]
+            scoring=ScoringConfig(
+                scorer=args.scorer, query_tokens=query_tokens, atoms_per_query=atoms
+            ),  # type: ignore[arg-type]
         )
         result = {
             "smooth": smooth_width,
             "grow": grow_tokens,
             "s3_weight": s3_weight,
             "query_tokens": query_tokens,
+            "atoms": atoms,
         }
         for mode in args.modes.split(","):
             if mode != "hybrid" and s3_weight != 1.0:
