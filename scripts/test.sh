@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-ruff check s3_retriever tests scripts integrations
+ruff check s3_retriever tests scripts integrations docs/examples
 mypy s3_retriever
 # Each suite runs on its own: the packages have separate conftest files. pytest exits 5 when it
 # collects nothing, which fails this script like any other error.

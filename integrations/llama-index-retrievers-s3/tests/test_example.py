@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "llamaindex_query_engine.py"
+EXAMPLE = Path(__file__).resolve().parents[3] / "docs" / "examples" / "llamaindex_query_engine.py"
 
 pytestmark = pytest.mark.model
 

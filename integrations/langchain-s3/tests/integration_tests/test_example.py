@@ -1,4 +1,4 @@
-"""Runs ``integrations/examples/langchain_rag.py`` in smoke mode with the bundled model."""
+"""Runs ``docs/examples/langchain_rag.py`` in smoke mode with the bundled model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "langchain_rag.py"
+EXAMPLE = Path(__file__).resolve().parents[4] / "docs" / "examples" / "langchain_rag.py"
 
 pytestmark = pytest.mark.model
 

@@ -4,9 +4,9 @@ The chain is ``retriever | format_docs | prompt | llm``: S3AttentionRetriever pi
 spans with the bundled SmolLM2 model's own attention, and the same model, run as a local
 ``transformers`` text-generation pipeline, writes the answer.
 
-    python integrations/examples/langchain_rag.py
-    python integrations/examples/langchain_rag.py --question "Who invented the piano?"
-    python integrations/examples/langchain_rag.py --smoke     # 8 new tokens, for tests
+    python docs/examples/langchain_rag.py
+    python docs/examples/langchain_rag.py --question "Who invented the piano?"
+    python docs/examples/langchain_rag.py --smoke     # 8 new tokens, for tests
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ S3AttentionRetriever picks evidence spans with the bundled SmolLM2 model's own a
 tiny ``CustomLLM`` runs the same model as a local ``transformers`` text-generation pipeline to
 write the answer.
 
-    python integrations/examples/llamaindex_query_engine.py
-    python integrations/examples/llamaindex_query_engine.py --question "Why is black tea dark?"
-    python integrations/examples/llamaindex_query_engine.py --smoke   # 8 new tokens, for tests
+    python docs/examples/llamaindex_query_engine.py
+    python docs/examples/llamaindex_query_engine.py --question "Why is black tea dark?"
+    python docs/examples/llamaindex_query_engine.py --smoke   # 8 new tokens, for tests
 """
 
 from __future__ import annotations
