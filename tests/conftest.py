@@ -5,24 +5,40 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from s3_retriever import (
-    RetrieverConfig,
-    S3Retriever,
-    SAEBundle,
-    SAEConfig,
-    ScanConfig,
-    SpanConfig,
-    TopKSAE,
-)
+from s3_retriever import RetrieverConfig, S3Retriever, SAEBundle
 from s3_retriever.models import LoadedModel, load_model
+from s3_retriever.testing import (
+    HEAD_DIM,
+    N_HEADS,
+    N_LATENTS,
+    N_LAYERS,
+    SAE_K,
+    one_thread,
+    save_tiny_bundle,
+    save_tiny_model,
+    tiny_config,
+    tiny_tokenizer,
+)
+from s3_retriever.testing import make_tiny_bundle as make_bundle
+
+__all__ = [  # what the test modules import from here
+    "HEAD_DIM",
+    "N_HEADS",
+    "N_LATENTS",
+    "N_LAYERS",
+    "SAE_K",
+    "RetrieverFactory",
+    "hit_tokens",
+    "make_bundle",
+    "one_thread",
+    "tiny_config",
+]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -31,35 +47,6 @@ os.environ.setdefault(
     "HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "s3-retriever-hypothesis")
 )
 
-
-HIDDEN = 64
-N_HEADS = 4
-N_KV_HEADS = 2
-HEAD_DIM = 16
-N_LAYERS = 4
-N_LATENTS = 64
-SAE_K = 4
-SAE_LAYERS = (1, 2)
-RETRIEVAL_HEADS = ((1, 0), (2, 3))
-
-TRAINING_TEXT = [
-    "The river wound slowly through the valley, past farms and orchards where apples ripened "
-    "in the late summer sun. Farmers gathered the harvest before the first autumn rains.",
-    "In the old library, scholars studied maps of distant countries, reading about mountains, "
-    "deserts and the long journeys of merchants who carried silk, spices and stories.",
-    "The committee met on Tuesday to discuss the budget for the new hospital. After a long "
-    "debate, the members voted to increase funding for nurses and medical equipment.",
-    "Scientists measured the temperature of the ocean at several depths. The results showed "
-    "that the water was warmer than expected, which may affect fish and coral reefs.",
-    "A small train leaves the station every morning at seven o'clock and arrives in the city "
-    "an hour later. Passengers read newspapers, drink coffee and watch the fields go by.",
-    "Café, naïve, résumé, façade, jalapeño, Zoë and Ångström keep their accents. Straße and "
-    "smørrebrød are written as they are spoken.",
-    "東京は日本の首都です。北京は中国の首都です。漢字とかなを混ぜて書きます。",
-    "مرحبا بالعالم. هذه جملة باللغة العربية تكتب من اليمين إلى اليسار.",
-    "Emoji appear in messages: 😀 🎉 🚀 👍🏽 ❤️ and flags like 🇫🇷 🇯🇵 travel well.",
-    "Numbers such as 1984, 3.14159, 42 and 2024-05-17 appear in reports, tables and lists.",
-]
 
 CORPUS: dict[str, str] = {
     "rivers": (
@@ -96,17 +83,6 @@ CORPUS: dict[str, str] = {
 }
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread: on matrices this small, more threads only add waiting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 _UNIT_TEST_DIR = Path(__file__).resolve().parent
 
 
@@ -120,90 +96,23 @@ def _one_thread_for_unit_tests(request: pytest.FixtureRequest) -> Iterator[None]
         yield
 
 
-def _train_tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(TRAINING_TEXT * 3, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-
-
-def save_tiny_model(folder: Path, tokenizer: Any, seed: int) -> Path:
-    """Write a random-weight Llama and ``tokenizer`` into ``folder``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        num_attention_heads=N_HEADS,
-        num_key_value_heads=N_KV_HEADS,
-        head_dim=HEAD_DIM,
-        num_hidden_layers=N_LAYERS,
-        intermediate_size=128,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with one_thread():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-        folder.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    return folder
-
-
-def make_bundle(model_id: str, seed: int = 0) -> SAEBundle:
-    """Random Top-K SAEs for layers 1 and 2 with unit-norm decoder rows."""
-    generator = torch.Generator().manual_seed(seed)
-    saes: dict[int, TopKSAE] = {}
-    for layer in SAE_LAYERS:
-        sae = TopKSAE(SAEConfig(d_in=HEAD_DIM, n_latents=N_LATENTS, k=SAE_K))
-        with torch.no_grad():
-            atoms = torch.randn(N_LATENTS, HEAD_DIM, generator=generator)
-            sae.W_dec.copy_(atoms / atoms.norm(dim=-1, keepdim=True))
-            sae.W_enc.copy_(torch.randn(N_LATENTS, HEAD_DIM, generator=generator) * 0.5)
-            sae.b_enc.copy_(torch.randn(N_LATENTS, generator=generator) * 0.1)
-            sae.b_dec.copy_(torch.randn(HEAD_DIM, generator=generator) * 0.1)
-        sae.eval().requires_grad_(False)
-        saes[layer] = sae
-    means = {
-        layer: torch.randn(N_HEADS, HEAD_DIM, generator=generator) * 0.1 for layer in SAE_LAYERS
-    }
-    return SAEBundle(
-        model_id=model_id, saes=saes, query_means=means, retrieval_heads=RETRIEVAL_HEADS
-    )
-
-
 @pytest.fixture(scope="session")
 def tokenizer() -> Any:
     """A ByteLevel BPE fast tokenizer (about 400 tokens) with <s> / </s>."""
-    return _train_tokenizer()
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
     """Folder of the tiny model (seed 0) and its tokenizer."""
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tokenizer, seed=0)
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=0, tokenizer=tokenizer)
 
 
 @pytest.fixture(scope="session")
 def other_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
     """Same architecture and folder name as ``model_dir``, different weights (seed 1)."""
     root = tmp_path_factory.mktemp("other")
-    return save_tiny_model(root / "tiny-llama0", tokenizer, seed=1)
+    return save_tiny_model(root / "tiny-llama0", seed=1, tokenizer=tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -215,23 +124,14 @@ def loaded(model_dir: Path) -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory, loaded: LoadedModel) -> Path:
-    folder = tmp_path_factory.mktemp("sae-bundle")
-    make_bundle(loaded.model_id).save(folder)
-    return folder
+    """Folder of the tiny SAE bundle (seed 0) for the tiny model."""
+    return save_tiny_bundle(tmp_path_factory.mktemp("sae-bundle"), loaded.model_id)
 
 
 @pytest.fixture(scope="session")
 def bundle(bundle_dir: Path) -> SAEBundle:
     """The tiny SAE bundle loaded from disk, so its checksum is set."""
     return SAEBundle.load(bundle_dir)
-
-
-def tiny_config(**changes: Any) -> RetrieverConfig:
-    """Settings sized for the tiny model and corpus: 32-token chunks, two per batch, and spans
-    grown to 24 tokens so a few hundred words still yield several separate spans."""
-    scan = changes.pop("scan", ScanConfig(chunk_size=32, batch_size=2, show_progress=False))
-    spans = changes.pop("spans", SpanConfig(min_span_tokens=24))
-    return RetrieverConfig(scan=scan, spans=spans, **changes)
 
 
 RetrieverFactory = Callable[..., S3Retriever]

@@ -7,7 +7,9 @@ ranking and nothing else. They share the engine's duck-typed interface::
     ids = retriever.add_documents(texts, ids=None)
     hits = retriever.retrieve(query, token_budget, count_tokens)
 
-``retrieve`` returns one :class:`Hit` per selected unit, in document order.
+``retrieve`` returns one :class:`s3_retriever.Hit` per selected unit, in document order, with
+empty ``metadata`` and the retriever's score also under its name in ``scores`` (``bm25``,
+``dense`` or ``rrf``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+
+from s3_retriever.retriever import Hit
 
 __all__ = [
     "BM25Baseline",
@@ -86,27 +89,6 @@ def fill_budget(ranked: Iterable[T], cost: Callable[[T], int], budget: int) -> l
     return chosen
 
 
-@dataclass(frozen=True)
-class Hit:
-    """A retrieved unit with exact offsets into its document."""
-
-    doc_id: str
-    """Id of the document the unit comes from."""
-    start_char: int
-    """Start offset of the unit in that document."""
-    end_char: int
-    """End offset (exclusive); ``document[start_char:end_char] == text``."""
-    text: str
-    """The unit's text."""
-    score: float
-    """The retriever's score for the unit (higher is better; scales differ per retriever)."""
-
-    @property
-    def id(self) -> str:
-        """Deterministic hit id ``doc_id:start:end``."""
-        return f"{self.doc_id}:{self.start_char}:{self.end_char}"
-
-
 class _UnitStore:
     """Documents, their ids and their units; shared by everything that ranks those units."""
 
@@ -155,6 +137,9 @@ def _rank(scores: np.ndarray, keep: np.ndarray | None = None) -> list[tuple[int,
 class _BudgetedRetriever(ABC):
     """Turns a unit ranking into budget-filled hits in document order."""
 
+    score_name: ClassVar[str]
+    """Key of the retriever's score in each hit's ``scores``."""
+
     @property
     @abstractmethod
     def store(self) -> _UnitStore:
@@ -183,7 +168,10 @@ class _BudgetedRetriever(ABC):
         hits = []
         for unit, score in sorted(chosen):
             doc, start, end = store.units[unit]
-            hits.append(Hit(store.ids[doc], start, end, store.texts[doc][start:end], score))
+            text = store.texts[doc][start:end]
+            hits.append(
+                Hit(store.ids[doc], start, end, text, score, scores={self.score_name: score})
+            )
         return hits
 
 
@@ -193,6 +181,8 @@ class BM25Baseline(_BudgetedRetriever):
     Units that share no term with the query score 0 and are never returned, so a query with no
     indexable term retrieves nothing rather than arbitrary units.
     """
+
+    score_name = "bm25"
 
     def __init__(
         self, k1: float = 1.5, b: float = 0.75, method: str = "lucene", max_words: int = 60
@@ -269,6 +259,8 @@ class DenseBaseline(_BudgetedRetriever):
     (``1_Pooling`` mean tokens, then ``Normalize``), and inputs are truncated at its
     ``max_seq_length`` (256 word pieces).
     """
+
+    score_name = "dense"
 
     def __init__(
         self,
@@ -362,6 +354,8 @@ class RRFBaseline(_BudgetedRetriever):
     a unit absent from a ranking (BM25 leaves out units with no query term) gets nothing from
     it. ``k = 60`` is the constant of Cormack et al. (2009) that LangChain also uses.
     """
+
+    score_name = "rrf"
 
     def __init__(self, bm25: BM25Baseline, dense: DenseBaseline, k: int = 60) -> None:
         if k < 0:

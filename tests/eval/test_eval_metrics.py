@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from s3_retriever import Hit
 from s3_retriever.eval.baselines import (
     BM25Baseline,
     DenseBaseline,
-    Hit,
     RRFBaseline,
     fill_budget,
     split_units,
@@ -209,6 +209,8 @@ def test_bm25_finds_matching_unit_and_respects_budget() -> None:
     assert hits[0].text == "Chlorophyll absorbs red and blue light."
     assert hits[0].doc_id == "bio" and hits[0].score > 0
     assert hits[0].id == f"bio:{hits[0].start_char}:{hits[0].end_char}"
+    assert isinstance(hits[0], Hit) and hits[0].metadata == {}
+    assert hits[0].scores == {"bm25": hits[0].score}
     for hit in hits:
         assert DOCS[["farm", "bio"].index(hit.doc_id)][hit.start_char : hit.end_char] == hit.text
     assert all(hit.doc_id == "bio" for hit in hits)  # no shared term with the farm document

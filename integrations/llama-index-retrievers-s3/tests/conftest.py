@@ -15,16 +15,9 @@ from typing import Any
 
 import pytest
 import torch
-from s3_retriever import (
-    RetrieverConfig,
-    S3Retriever,
-    SAEBundle,
-    SAEConfig,
-    SAEError,
-    ScanConfig,
-    TopKSAE,
-)
+from s3_retriever import S3Retriever, SAEBundle, SAEError, SpanConfig
 from s3_retriever.models import LoadedModel, load_model
+from s3_retriever.testing import save_tiny_bundle, save_tiny_model, tiny_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,21 +26,6 @@ torch.set_num_threads(1)
 
 SAE_PATH_ENV = "S3_TEST_SAE_PATH"
 """Environment variable naming an SAE bundle folder for the bundled model."""
-
-_HEAD_DIM = 16
-_N_HEADS = 4
-_SAE_LAYERS = (1, 2)
-
-_TRAINING_TEXT = [
-    "The river wound slowly through the valley, past farms and orchards where apples ripened "
-    "in the late summer sun. Farmers gathered the harvest before the first autumn rains.",
-    "The committee met on Tuesday to discuss the budget for the new hospital. After a long "
-    "debate, the members voted to increase funding for nurses and medical equipment.",
-    "A small train leaves the station every morning at seven o'clock and arrives in the city "
-    "an hour later. Passengers read newspapers, drink coffee and watch the fields go by.",
-    "Scientists measured the temperature of the ocean at several depths. The results showed "
-    "that the water was warmer than expected, which may affect fish and coral reefs.",
-]
 
 CORPUS: dict[str, str] = {
     "rivers": (
@@ -84,73 +62,10 @@ METADATA: dict[str, dict[str, Any]] = {
 }
 
 
-def _train_tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(_TRAINING_TEXT * 3, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-
-
-def _save_tiny_model(folder: Path, tokenizer: Any) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_attention_heads=_N_HEADS,
-        num_key_value_heads=2,
-        head_dim=_HEAD_DIM,
-        num_hidden_layers=4,
-        intermediate_size=128,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def _make_bundle(model_id: str) -> SAEBundle:
-    generator = torch.Generator().manual_seed(0)
-    saes: dict[int, TopKSAE] = {}
-    for layer in _SAE_LAYERS:
-        sae = TopKSAE(SAEConfig(d_in=_HEAD_DIM, n_latents=64, k=4))
-        with torch.no_grad():
-            atoms = torch.randn(64, _HEAD_DIM, generator=generator)
-            sae.W_dec.copy_(atoms / atoms.norm(dim=-1, keepdim=True))
-            sae.W_enc.copy_(torch.randn(64, _HEAD_DIM, generator=generator) * 0.5)
-            sae.b_enc.copy_(torch.randn(64, generator=generator) * 0.1)
-            sae.b_dec.copy_(torch.randn(_HEAD_DIM, generator=generator) * 0.1)
-        sae.eval().requires_grad_(False)
-        saes[layer] = sae
-    means = {
-        layer: torch.randn(_N_HEADS, _HEAD_DIM, generator=generator) * 0.1 for layer in _SAE_LAYERS
-    }
-    return SAEBundle(
-        model_id=model_id, saes=saes, query_means=means, retrieval_heads=((1, 0), (2, 3))
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder of a random-weight 4-layer Llama and its 400-token BPE tokenizer."""
-    return _save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), _train_tokenizer())
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
@@ -159,8 +74,7 @@ def tiny_parts(
 ) -> tuple[LoadedModel, SAEBundle]:
     """The tiny model (float32) and a random SAE bundle read back from disk."""
     loaded = load_model(tiny_model_dir, dtype="float32")
-    folder = tmp_path_factory.mktemp("sae-bundle")
-    _make_bundle(loaded.model_id).save(folder)
+    folder = save_tiny_bundle(tmp_path_factory.mktemp("sae-bundle"), loaded.model_id)
     return loaded, SAEBundle.load(folder)
 
 
@@ -168,7 +82,7 @@ def tiny_parts(
 def make_core(tiny_parts: tuple[LoadedModel, SAEBundle]) -> Callable[[], S3Retriever]:
     """Factory of fresh, empty core retrievers over the tiny model."""
     loaded, bundle = tiny_parts
-    config = RetrieverConfig(scan=ScanConfig(chunk_size=32, batch_size=2, show_progress=False))
+    config = tiny_config(spans=SpanConfig())
 
     def build() -> S3Retriever:
         return S3Retriever(loaded, bundle, config)
