@@ -1,0 +1,62 @@
+"""SAE fidelity tools: logit agreement, elbow, and keys swapped for reconstructions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from s3_retriever.fidelity import (
+    elbow,
+    logit_fidelity,
+    perplexity,
+    reconstruct,
+    reconstructed_keys,
+)
+from s3_retriever.models import LoadedModel, attention_shape
+from s3_retriever.sae import SAEBundle, SAEConfig
+from s3_retriever.sae_training import TrainConfig, train_topk_sae
+
+
+def test_logit_fidelity_perfect_and_degraded() -> None:
+    """Identical keys give correlation 1 and full overlap; noise lowers both."""
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(6, 16, generator=generator)
+    keys = torch.randn(200, 16, generator=generator)
+    same = logit_fidelity(queries, keys, keys.clone(), top=5)
+    assert same.correlation > 0.9999 and same.top_overlap == 1.0
+    noisy = logit_fidelity(queries, keys, keys + 2.0 * torch.randn(200, 16, generator=generator))
+    assert noisy.correlation < same.correlation and noisy.top_overlap < 1.0
+
+
+def test_elbow_improves_with_k() -> None:
+    """For a trained SAE, more active latents reconstruct better (the elbow curve falls)."""
+    generator = torch.Generator().manual_seed(1)
+    atoms = torch.nn.functional.normalize(torch.randn(32, 16, generator=generator), dim=-1)
+    codes = torch.zeros(3000, 32)
+    picks = torch.randint(0, 32, (3000, 4), generator=generator)
+    codes.scatter_(1, picks, torch.rand(3000, 4, generator=generator) + 0.5)
+    data = codes @ atoms
+    trained = train_topk_sae(
+        data, SAEConfig(d_in=16, n_latents=32, k=4), TrainConfig(steps=300, batch_size=256)
+    ).sae
+    bundle = SAEBundle(model_id="synthetic", saes={0: trained}, query_means={})
+    curve = elbow(bundle, 0, data[:500], [1, 2, 4])
+    assert curve[0] > curve[1] > curve[2]
+    assert curve[2] < 0.5
+    assert reconstruct(bundle, 0, data[:10], 4).shape == (10, 16)
+
+
+def test_reconstructed_keys_change_model_and_restore(
+    loaded: LoadedModel, bundle: SAEBundle
+) -> None:
+    """Inside the block the keys are SAE reconstructions; outside the model is untouched."""
+    model = loaded.model
+    ids = np.arange(3, 40) % model.config.vocab_size
+    before = perplexity(model, ids, chunk_size=16)
+    with reconstructed_keys(model, bundle):
+        during = perplexity(model, ids, chunk_size=16)
+    after = perplexity(model, ids, chunk_size=16)
+    assert np.isfinite(during) and during != before
+    assert after == before
+    _, _, n_kv, head_dim = attention_shape(model)
+    assert n_kv * head_dim == model.model.layers[0].self_attn.k_proj.out_features
