@@ -3,6 +3,7 @@
 s3-retriever index FILE... --out DIR      scan files into an index directory
 s3-retriever query DIR "question"         print evidence spans with sources and scores
 s3-retriever train-sae --data PATH --out DIR   train an SAE bundle for a model
+s3-retriever sae-report --data PATH --out STEM  fidelity report of an SAE bundle
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_sae(args: argparse.Namespace) -> int:
-    from s3_retriever.models import load_model
+    from s3_retriever.models import attention_shape, load_model
     from s3_retriever.sae import SAEConfig
     from s3_retriever.sae_training import TrainConfig, train_bundle
 
@@ -97,9 +98,7 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     heads = (
         [tuple(int(v) for v in h.split(":")) for h in args.heads.split(",")] if args.heads else []
     )
-    _, n_heads, _, head_dim = __import__(
-        "s3_retriever.models", fromlist=["attention_shape"]
-    ).attention_shape(loaded.model)
+    _, _, _, head_dim = attention_shape(loaded.model)
     bundle, reports = train_bundle(
         loaded.model,
         loaded.tokenizer,
@@ -110,11 +109,41 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
         TrainConfig(steps=args.steps),
         max_tokens=args.max_tokens,
         retrieval_heads=[(a, b) for a, b in heads],
+        question_texts=_read_lines(args.questions),
+        metric=args.metric,
     )
     bundle.info = {"reports": [r.__dict__ for r in reports], "command": " ".join(sys.argv)}
     bundle.save(args.out)
     for r in reports:
         print(f"layer {r.layer}: held-out FVU {r.held_out_fvu:.4f}, dead {r.dead_fraction:.1%}")
+    return 0
+
+
+def _read_lines(path: str | None) -> list[str]:
+    if not path:
+        return []
+    return [line.strip() for line in _read_text(Path(path)).splitlines() if line.strip()]
+
+
+def _cmd_sae_report(args: argparse.Namespace) -> int:
+    from s3_retriever.fidelity import build_report, plot_elbow, report_markdown
+    from s3_retriever.models import load_model
+    from s3_retriever.sae import SAEBundle, shipped_bundle_dir
+
+    texts = [_read_text(Path(p)) for p in args.data]
+    questions = _read_lines(args.questions)
+    loaded = load_model(args.model)
+    bundle = SAEBundle.load(Path(args.sae) if args.sae else shipped_bundle_dir(loaded.model_id))
+    report = build_report(loaded, bundle, texts, questions, args.max_tokens)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    markdown = report_markdown(report)
+    out.with_suffix(".md").write_text(markdown)
+    plotted = plot_elbow(report, str(out.with_suffix(".png")))
+    print(markdown)
+    if not plotted:
+        print("(install matplotlib for the elbow plot: pip install 's3-retriever[plots]')")
     return 0
 
 
@@ -153,7 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--k", type=int, default=32, help="active latents per key")
     train.add_argument("--steps", type=int, default=3000, help="optimiser steps per layer")
     train.add_argument("--max-tokens", type=int, default=200_000, help="tokens of text to scan")
+    train.add_argument(
+        "--questions", default=None, help="file of questions, one per line: query centres"
+    )
+    train.add_argument(
+        "--metric",
+        choices=("reconstruction", "attention"),
+        default="reconstruction",
+        help="SAE loss: plain key reconstruction, or error of q.k for the questions' queries",
+    )
     train.set_defaults(run=_cmd_train_sae)
+
+    report = sub.add_parser("sae-report", help="fidelity of an SAE bundle on held-out text")
+    report.add_argument("--data", nargs="+", required=True, help="held-out UTF-8 text files")
+    report.add_argument("--questions", default=None, help="file of questions, one per line")
+    report.add_argument("--sae", default=None, help="SAE bundle folder (default: shipped one)")
+    report.add_argument("--model", default=None, help="model folder (default: bundled SmolLM2)")
+    report.add_argument("--max-tokens", type=int, default=30_000, help="held-out tokens to use")
+    report.add_argument("--out", required=True, help="output path stem (.json, .md, .png)")
+    report.set_defaults(run=_cmd_sae_report)
     return parser
 
 

@@ -122,3 +122,119 @@ def sae_layer_fidelity(sae: TopKSAE, keys: torch.Tensor) -> float:
     """Held-out FVU of one SAE on (n, d) keys in its own input space."""
     with torch.no_grad():
         return fraction_of_variance_unexplained(keys.float(), sae(keys.float()))
+
+
+ELBOW_KS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def build_report(
+    loaded: Any,
+    bundle: SAEBundle,
+    texts: Sequence[str],
+    questions: Sequence[str],
+    max_tokens: int = 30_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fidelity of ``bundle`` on held-out ``texts``, with logits from ``questions``' queries.
+
+    Returns a JSON-ready dict: per layer the FVU, the elbow curve and, per retrieval head, the
+    logit correlation and top-10 overlap; plus perplexity with and without reconstructed keys.
+    """
+    from s3_retriever.sae_training import collect_vectors, question_queries
+    from s3_retriever.scan import tokenize
+
+    _, n_heads, n_kv, head_dim = attention_shape(loaded.model)
+    group = n_heads // n_kv
+    layers = list(bundle.layers)
+    captured = collect_vectors(loaded.model, loaded.tokenizer, texts, layers, max_tokens)
+    asked = question_queries(loaded.model, loaded.tokenizer, questions, layers)
+    generator = torch.Generator().manual_seed(seed)
+    per_layer: dict[str, Any] = {}
+    for layer in layers:
+        keys = captured.keys[layer]
+        trained_k = bundle.saes[layer].config.k
+        ks = [k for k in ELBOW_KS if k <= trained_k]
+        curve = elbow(bundle, layer, keys, ks)
+        heads: dict[str, Any] = {}
+        for head_layer, head in bundle.retrieval_heads:
+            if head_layer != layer or not asked:
+                continue
+            head_keys = keys.reshape(-1, n_kv, head_dim)[:, head // group]
+            sample = head_keys[torch.randperm(len(head_keys), generator=generator)[:4000]]
+            centred = asked[layer][:, head]
+            if layer in bundle.query_means:
+                centred = centred - bundle.query_means[layer][head]
+            fid = logit_fidelity(centred, sample, reconstruct(bundle, layer, sample))
+            heads[f"{layer}:{head}"] = fid.__dict__
+        per_layer[str(layer)] = {
+            "k": trained_k,
+            "fvu": curve[-1],
+            "elbow": dict(zip(map(str, ks), curve, strict=True)),
+            "logit_fidelity": heads,
+        }
+    held_out = np.concatenate([tokenize(loaded.tokenizer, t).input_ids for t in texts])
+    held_out = held_out[:max_tokens]
+    base = perplexity(loaded.model, held_out)
+    with reconstructed_keys(loaded.model, bundle):
+        with_keys = perplexity(loaded.model, held_out)
+    return {
+        "model": loaded.model_id,
+        "sae_checksum": bundle.checksum,
+        "layers": per_layer,
+        "perplexity": {
+            "tokens": int(len(held_out)),
+            "original": base,
+            "keys_reconstructed": with_keys,
+            "relative_change": with_keys / base - 1,
+        },
+    }
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as a markdown table plus one perplexity line."""
+    lines = [
+        "| layer | k | held-out FVU | FVU at k = "
+        + "/".join(next(iter(report["layers"].values()))["elbow"])
+        + " | logit corr (head) | top-10 overlap |",
+        "|---|---|---|---|---|---|",
+    ]
+    for layer, row in report["layers"].items():
+        curve = " / ".join(f"{v:.3f}" for v in row["elbow"].values())
+        for head, fid in row["logit_fidelity"].items() or {"-": None}.items():
+            corr = f"{fid['correlation']:.3f} ({head})" if fid else "-"
+            overlap = f"{fid['top_overlap']:.2f}" if fid else "-"
+            lines.append(
+                f"| {layer} | {row['k']} | {row['fvu']:.3f} | {curve} | {corr} | {overlap} |"
+            )
+    ppl = report["perplexity"]
+    lines += [
+        "",
+        f"Perplexity on {ppl['tokens']} held-out tokens: {ppl['original']:.2f} original, "
+        f"{ppl['keys_reconstructed']:.2f} with the bundle's layers' keys reconstructed "
+        f"({100 * ppl['relative_change']:+.1f}%).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_elbow(report: dict[str, Any], path: str) -> bool:
+    """Draw FVU against k per layer to a PNG; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for layer, row in report["layers"].items():
+        ks = [int(k) for k in row["elbow"]]
+        ax.plot(ks, list(row["elbow"].values()), "o-", label=f"layer {layer} keys")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("active latents k")
+    ax.set_ylabel("held-out FVU")
+    ax.set_title("Key reconstruction against k")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -236,9 +236,9 @@ def train_bundle(
     from s3_retriever.sae import SAEBundle
 
     captured = collect_vectors(loaded_model, tokenizer, texts, layers, max_tokens)
-    question_queries = _question_queries(loaded_model, tokenizer, question_texts, layers)
-    if question_queries:
-        query_means = {layer: q.mean(dim=0) for layer, q in question_queries.items()}
+    asked = question_queries(loaded_model, tokenizer, question_texts, layers)
+    if asked:
+        query_means = {layer: q.mean(dim=0) for layer, q in asked.items()}
     else:
         query_means = {layer: q.mean(dim=0) for layer, q in captured.queries.items()}
     key_maps: dict[int, torch.Tensor] = {}
@@ -246,7 +246,7 @@ def train_bundle(
         for layer in layers:
             heads = [h for lay, h in retrieval_heads if lay == layer]
             if heads:
-                centred = question_queries[layer][:, heads] - query_means[layer][heads]
+                centred = asked[layer][:, heads] - query_means[layer][heads]
                 key_maps[layer] = attention_metric(centred.reshape(-1, centred.shape[-1]))
     saes: dict[int, TopKSAE] = {}
     reports: list[LayerReport] = []
@@ -276,7 +276,7 @@ def train_bundle(
     return bundle, reports
 
 
-def _question_queries(
+def question_queries(
     model: Any, tokenizer: Any, questions: Sequence[str], layers: Sequence[int]
 ) -> dict[int, torch.Tensor]:
     """layer -> (question tokens, query heads, head_dim) pre-RoPE queries of ``questions``."""

@@ -183,3 +183,67 @@ def test_query_with_bad_budget_reports_error(
     errors = [line for line in err.splitlines() if line.startswith("s3-retriever: error:")]
     assert len(errors) == 1 and "token_budget" in errors[0]
     assert "Traceback" not in err
+
+
+def test_train_sae_then_report(
+    tmp_path: Path, files: list[Path], model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train-sae writes a loadable bundle; sae-report measures it and writes JSON and markdown."""
+    questions = tmp_path / "questions.txt"
+    questions.write_text("When does the train leave?\nHow many nurses work there?\n")
+    bundle_out = tmp_path / "bundle"
+    status = main(
+        [
+            "train-sae",
+            "--data",
+            str(files[0]),
+            str(files[1]),
+            "--model",
+            str(model_dir),
+            "--layers",
+            "1,2",
+            "--heads",
+            "1:0,2:3",
+            "--latents",
+            "16",
+            "--k",
+            "4",
+            "--steps",
+            "20",
+            "--questions",
+            str(questions),
+            "--out",
+            str(bundle_out),
+        ]
+    )
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert "held-out FVU" in out.out
+    assert (bundle_out / "layer_01.safetensors").is_file()
+    stem = tmp_path / "report" / "fidelity"
+    status = main(
+        [
+            "sae-report",
+            "--data",
+            str(files[2]),
+            str(files[0]),
+            "--model",
+            str(model_dir),
+            "--sae",
+            str(bundle_out),
+            "--questions",
+            str(questions),
+            "--max-tokens",
+            "300",
+            "--out",
+            str(stem),
+        ]
+    )
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    report = json.loads(stem.with_suffix(".json").read_text())
+    assert set(report["layers"]) == {"1", "2"}
+    assert set(report["layers"]["2"]["logit_fidelity"]) == {"2:3"}
+    assert 0.0 < report["layers"]["1"]["fvu"] < 10.0
+    assert report["perplexity"]["original"] > 1.0
+    assert stem.with_suffix(".md").read_text().startswith("| layer |")
