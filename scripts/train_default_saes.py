@@ -19,7 +19,7 @@ from s3_retriever.models import attention_shape, load_model
 from s3_retriever.sae import SAEConfig
 from s3_retriever.sae_training import TrainConfig, train_bundle
 
-DEFAULT_HEADS = "5:6"
+DEFAULT_HEADS = "5:6,8:0,8:1"
 
 
 def hotpot_rows(data_dir: Path, first: int, last: int) -> list[dict]:
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=200_000)
-    parser.add_argument("--metric", choices=("reconstruction", "attention"), default="attention")
+    parser.add_argument("--metric", choices=("reconstruction", "attention"), default="reconstruction")
     args = parser.parse_args()
 
     heads = [tuple(int(v) for v in h.split(":")) for h in args.heads.split(",")]
