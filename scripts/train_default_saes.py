@@ -39,7 +39,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=200_000)
-    parser.add_argument("--metric", choices=("reconstruction", "attention"), default="reconstruction")
+    parser.add_argument(
+        "--metric", choices=("reconstruction", "attention"), default="reconstruction"
+    )
     args = parser.parse_args()
 
     heads = [tuple(int(v) for v in h.split(":")) for h in args.heads.split(",")]
