@@ -126,7 +126,7 @@ def _read_lines(path: str | None) -> list[str]:
 
 
 def _cmd_sae_report(args: argparse.Namespace) -> int:
-    from s3_retriever.fidelity import build_report, plot_elbow, report_markdown
+    from s3_retriever.fidelity import build_report, write_report
     from s3_retriever.models import load_model
     from s3_retriever.sae import SAEBundle, shipped_bundle_dir
 
@@ -135,12 +135,7 @@ def _cmd_sae_report(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     bundle = SAEBundle.load(Path(args.sae) if args.sae else shipped_bundle_dir(loaded.model_id))
     report = build_report(loaded, bundle, texts, questions, args.max_tokens)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    markdown = report_markdown(report)
-    out.with_suffix(".md").write_text(markdown)
-    plotted = plot_elbow(report, str(out.with_suffix(".png")))
+    markdown, plotted = write_report(report, args.out)
     print(markdown)
     if not plotted:
         print("(install matplotlib for the elbow plot: pip install 's3-retriever[plots]')")

@@ -9,16 +9,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from s3_retriever.models import attention_shape, decoder_layers
-from s3_retriever.sae import SAEBundle, TopKSAE, fraction_of_variance_unexplained
+from s3_retriever.sae import SAEBundle, fraction_of_variance_unexplained
 
 
 @dataclass(frozen=True)
@@ -116,12 +119,6 @@ def perplexity(model: Any, token_ids: np.ndarray, chunk_size: int = 1024) -> flo
             total_loss += float(out.loss) * (piece.shape[1] - 1)
             total_tokens += piece.shape[1] - 1
     return float(np.exp(total_loss / max(total_tokens, 1)))
-
-
-def sae_layer_fidelity(sae: TopKSAE, keys: torch.Tensor) -> float:
-    """Held-out FVU of one SAE on (n, d) keys in its own input space."""
-    with torch.no_grad():
-        return fraction_of_variance_unexplained(keys.float(), sae(keys.float()))
 
 
 ELBOW_KS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -238,3 +235,13 @@ def plot_elbow(report: dict[str, Any], path: str) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def write_report(report: dict[str, Any], stem: str | os.PathLike[str]) -> tuple[str, bool]:
+    """Write ``stem``.json, .md and (with matplotlib) .png; returns (markdown, plotted)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    markdown = report_markdown(report)
+    stem.with_suffix(".md").write_text(markdown)
+    return markdown, plot_elbow(report, str(stem.with_suffix(".png")))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -396,8 +397,12 @@ class S3Retriever:
 
     def _rank(
         self, components: dict[str, np.ndarray], mode: str, unit_mask: np.ndarray, token_budget: int
-    ) -> tuple[list[list[int]], np.ndarray]:
-        """Ranked groups of units (each group one grown span) and the score that ranked them."""
+    ) -> tuple[Iterator[list[int]], np.ndarray]:
+        """Ranked groups of units (each group one grown span) and the score that ranked them.
+
+        Groups are grown lazily: packing stops once the budget is full, so only the units it
+        actually examines pay for growth.
+        """
         # Growth stops at a quarter of the budget, so about four spans always fit: the needle test
         # found the right peak ranked third, which 128-token spans in a 256 budget would drop.
         min_tokens = min(self.config.spans.min_span_tokens, max(token_budget // 4, 1))
@@ -417,15 +422,15 @@ class S3Retriever:
             order, scores = fuse(
                 components["s3"], components["bm25"], self.config.hybrid, unit_mask
             )
-        lead = self._lead_tail_groups(unit_mask)
-        groups = lead + [grow(int(u), self.corpus, scores, min_tokens) for u in order[:4096]]
-        return groups, scores
+        counts = self.corpus.unit_token_counts()
+        lead = self._lead_tail_groups(unit_mask, counts)
+        grown = (grow(int(u), self.corpus, scores, min_tokens, counts) for u in order[:4096])
+        return itertools.chain(lead, grown), scores
 
-    def _lead_tail_groups(self, unit_mask: np.ndarray) -> list[list[int]]:
+    def _lead_tail_groups(self, unit_mask: np.ndarray, counts: np.ndarray) -> list[list[int]]:
         hybrid = self.config.hybrid
         if hybrid.lead_tokens == 0 and hybrid.tail_tokens == 0:
             return []
-        counts = self.corpus.unit_token_counts()
         groups: list[list[int]] = []
         for row in range(len(self.corpus)):
             units = np.flatnonzero((self.corpus.unit_doc == row) & unit_mask)
@@ -442,7 +447,7 @@ class S3Retriever:
 
     def _pack_hits(
         self,
-        groups: list[list[int]],
+        groups: Iterable[list[int]],
         ranked_score: np.ndarray,
         components: dict[str, np.ndarray],
         token_budget: int,

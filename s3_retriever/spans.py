@@ -7,6 +7,7 @@ neighbours while the span is shorter than ``min_span_tokens``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,9 +102,13 @@ def position_units(corpus: Corpus) -> np.ndarray:
     return owner
 
 
-def grow(unit: int, corpus: Corpus, scores: np.ndarray, min_tokens: int) -> list[int]:
-    """The unit plus its better-scoring neighbours in the same document, up to ``min_tokens``."""
-    counts = corpus.unit_token_counts()
+def grow(
+    unit: int, corpus: Corpus, scores: np.ndarray, min_tokens: int, counts: np.ndarray
+) -> list[int]:
+    """The unit plus its better-scoring neighbours in the same document, up to ``min_tokens``.
+
+    ``counts`` are the units' token counts, computed once per query by the caller.
+    """
     doc = corpus.unit_doc[unit]
     chosen = [unit]
     size = int(counts[unit])
@@ -125,7 +130,7 @@ def grow(unit: int, corpus: Corpus, scores: np.ndarray, min_tokens: int) -> list
 
 
 def pack(
-    ranked_groups: list[list[int]],
+    ranked_groups: Iterable[list[int]],
     counts: np.ndarray,
     budget: int,
     corpus: Corpus,

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from s3_retriever.fidelity import build_report, plot_elbow, report_markdown
+from s3_retriever.fidelity import build_report, write_report
 from s3_retriever.models import load_model
 from s3_retriever.sae import SAEBundle, shipped_bundle_dir
 
@@ -33,11 +33,8 @@ def main() -> None:
     loaded = load_model()
     bundle = SAEBundle.load(args.sae or shipped_bundle_dir(loaded.model_id))
     report = build_report(loaded, bundle, texts, questions, args.max_tokens)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    markdown = report_markdown(report)
-    args.out.with_suffix(".md").write_text(markdown)
-    if not plot_elbow(report, str(args.out.with_suffix(".png"))):
+    markdown, plotted = write_report(report, args.out)
+    if not plotted:
         print("matplotlib is not installed; skipped the elbow plot")
     print(markdown)
 
