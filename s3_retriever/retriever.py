@@ -6,6 +6,7 @@ import itertools
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,10 @@ from s3_retriever.spans import grow, merge_adjacent, pack, peak_units, smooth, u
 
 Mode = Literal["hybrid", "s3", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "s3", "bm25")
+
+
+_QUERY_CACHE_SIZE = 32
+"""Questions whose query projections a retriever remembers (a few MB at most)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class S3Retriever:
         }
         self.bm25 = BM25Index(self.config.lexical)
         self._lock = threading.RLock()
+        self._query_cache: OrderedDict[tuple[str, int], dict[int, Any]] = OrderedDict()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -353,13 +359,29 @@ class S3Retriever:
                 allowed,
             )
 
+    def _projected_queries(self, text: str, input_ids: np.ndarray) -> dict[int, Any]:
+        """The model's query projections of ``text``, remembered for the last few questions.
+
+        RAG apps and evaluations ask the same question at several budgets and modes; the
+        question's forward pass is most of a query's time on a small index.
+        """
+        key = (text, self.scanner.config.chunk_size)
+        cached = self._query_cache.get(key)
+        if cached is None:
+            cached = self.scanner.project_queries(input_ids)
+            with self._lock:
+                self._query_cache[key] = cached
+                while len(self._query_cache) > _QUERY_CACHE_SIZE:
+                    self._query_cache.popitem(last=False)
+        return cached
+
     def question_vectors(self, query: str) -> dict[tuple[int, int], np.ndarray]:
         """Pre-RoPE query vectors of the question for every retrieval head."""
         text = self.config.query_template.format(question=query)
         tokens = tokenize(self.loaded.tokenizer, text)
         if len(tokens) == 0:
             return {}
-        per_layer = self.scanner.project_queries(tokens.input_ids)
+        per_layer = self._projected_queries(text, tokens.input_ids)
         # A question longer than one chunk is read by its last chunk only.
         first = len(tokens) - next(iter(per_layer.values())).shape[0]
         keep = np.arange(len(tokens) - first)

@@ -59,8 +59,15 @@ TASKS: dict[str, Loader] = {
 """Task name -> loader(data_dir, n_questions, skip). HotpotQA questions 0-299 are for
 evaluation, 300-379 for tuning and 380-499 for SAE training (see docs/measurements.md)."""
 
-# Settings under these keys change what a scan stores, so a sweep over them re-indexes.
-_INDEX_SECTIONS = ("scan", "segment", "store_keys", "store_postings")
+# Settings under these keys are fixed when an index is built, so a sweep over them re-indexes.
+_INDEX_SECTIONS = (
+    "scan",
+    "segment",
+    "lexical",
+    "retrieval_heads",
+    "store_keys",
+    "store_postings",
+)
 
 
 @dataclass
@@ -244,20 +251,20 @@ def run_eval(
             engine: EngineIndex | None = None
             for label, config in configs:
                 if engine_methods and _index_key(config) != built_key:
-                    retriever.config = config
                     started = time.perf_counter()
-                    engine = EngineIndex(retriever, docs)
+                    engine = EngineIndex(retriever, config, docs)
                     tally.add(
                         (task, "index_seconds_per_doc", "s3"),
                         (time.perf_counter() - started) / len(docs),
                     )
                     built_key = _index_key(config)
-                retriever.config = config
                 for example in group:
                     for method in settings.methods:
                         for budget in sorted(set(settings.budgets) | set(settings.qa_budgets)):
                             started = time.perf_counter()
-                            pieces = _retrieve(method, example.question, budget, engine, baselines)
+                            pieces = _retrieve(
+                                method, example.question, budget, config, engine, baselines
+                            )
                             elapsed = time.perf_counter() - started
                             key = (label, task, method, str(budget))
                             if budget in settings.budgets:
@@ -277,18 +284,22 @@ def run_eval(
                         )
             bar.update(1)
         bar.close()
-    retriever.config = base_config
     return _report(settings, retriever, generator, configs, tally, n_questions, tokens_per_doc_set)
 
 
 def _retrieve(
-    method: str, question: str, budget: int, engine: EngineIndex | None, baselines: BaselineIndex
+    method: str,
+    question: str,
+    budget: int,
+    config: RetrieverConfig,
+    engine: EngineIndex | None,
+    baselines: BaselineIndex,
 ) -> list[Retrieved]:
     parsed = engine_method(method)
     if parsed is None:
         return baselines.retrieve(method, question, budget)
     assert engine is not None
-    return engine.retrieve(question, budget, *parsed)
+    return engine.retrieve(question, budget, *parsed, config=config)
 
 
 def _score(
@@ -352,6 +363,7 @@ def _report(
                 "questions": n_questions[task],
                 "doc_sets": len(tokens[task]),
                 "mean_tokens": float(np.mean(tokens[task])) if tokens[task] else 0.0,
+                "s3_index_builds": len(tally.values.get((task, "index_seconds_per_doc", "s3"), [])),
                 "index_seconds_per_doc": {
                     family: tally.mean((task, "index_seconds_per_doc", family))
                     for family in ("s3", "baselines")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from s3_retriever.config import RetrieverConfig
 from s3_retriever.eval.baselines import BM25Baseline, DenseBaseline, RRFBaseline
 from s3_retriever.retriever import Mode, S3Retriever
 from s3_retriever.scoring import SCORERS, ScorerName, ScoringConfig
@@ -73,25 +74,37 @@ def middle_truncate(token_ids: Sequence[int], budget: int) -> tuple[int, int] | 
 
 
 class EngineIndex:
-    """One S3 index over an example's documents, shared by every ``s3:*``/``hybrid:*`` method."""
+    """One S3 index over an example's documents, shared by every ``s3:*``/``hybrid:*`` method.
 
-    def __init__(self, retriever: S3Retriever, documents: Sequence[str]) -> None:
-        self.retriever = retriever
+    A fresh retriever over ``template``'s loaded model and SAEs is built with ``config``, so
+    settings fixed at construction (heads, scan, BM25 parameters) take effect.
+    """
+
+    def __init__(
+        self, template: S3Retriever, config: RetrieverConfig, documents: Sequence[str]
+    ) -> None:
+        self.retriever = S3Retriever(template.loaded, template.bundle, config)
         self.doc_ids = [f"d{i}" for i in range(len(documents))]
-        retriever.delete(retriever.doc_ids)
-        retriever.add_documents(list(documents), ids=self.doc_ids)
+        self.retriever.add_documents(list(documents), ids=self.doc_ids)
         self._rows = {doc_id: row for row, doc_id in enumerate(self.doc_ids)}
 
     def retrieve(
-        self, question: str, budget: int, mode: Mode, scorer: ScorerName
+        self,
+        question: str,
+        budget: int,
+        mode: Mode,
+        scorer: ScorerName,
+        config: RetrieverConfig | None = None,
     ) -> list[Retrieved]:
-        base = self.retriever.config
+        """Retrieve with ``scorer`` and the query-time settings of ``config`` (default: own)."""
+        own = self.retriever.config
+        base = config or own
         scoring = ScoringConfig(**{**base.scoring.__dict__, "scorer": scorer})
         self.retriever.config = base.replace(scoring=scoring)
         try:
             hits = self.retriever.retrieve(question, token_budget=budget, mode=mode)
         finally:
-            self.retriever.config = base
+            self.retriever.config = own
         return [Retrieved(self._rows[h.doc_id], h.start_char, h.end_char, h.text) for h in hits]
 
 

@@ -81,6 +81,7 @@ def test_harness_end_to_end_on_tiny_model(
     report = run_eval(settings, retriever=make_retriever(), generator=generator)
     cells = report["results"]["default"]["hotpotqa-3k"]
     assert report["tasks"]["hotpotqa-3k"]["questions"] == 3
+    assert report["tasks"]["hotpotqa-3k"]["s3_index_builds"] == 3
     for method in methods:
         small = cells[method]["budgets"]["16"]["evidence_recall"]
         large = cells[method]["budgets"]["10000"]["evidence_recall"]
@@ -96,3 +97,22 @@ def test_harness_end_to_end_on_tiny_model(
     assert saved["command"] == "s3-retriever eval ..." and saved["results"] == report["results"]
     table = (tmp_path / "out" / "run.md").read_text()
     assert "| s3:exact |" in table and "Reproduce:" in table
+
+
+def test_sweep_over_an_index_setting_reindexes_per_value(
+    data_dir: Path, make_retriever: Any
+) -> None:
+    settings = EvalSettings(
+        data_dir,
+        ["hotpotqa-3k"],
+        ["s3:exact"],
+        budgets=[32],
+        n=1,
+        sweep="scan.chunk_size=16,64",
+        show_progress=False,
+    )
+    report = run_eval(settings, retriever=make_retriever())
+    assert set(report["results"]) == {"scan.chunk_size=16", "scan.chunk_size=64"}
+    assert report["config"]["scan.chunk_size=16"]["scan"]["chunk_size"] == 16
+    # One index per sweep value for the one document set.
+    assert report["tasks"]["hotpotqa-3k"]["s3_index_builds"] == 2
