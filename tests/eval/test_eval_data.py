@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,24 +22,6 @@ from s3_retriever.eval.data import (
 from tests.eval.fixtures import hotpot_row, write_jsonl
 
 _PASSAGE_HEADER = re.compile(r"^Passage (\d+):\n", re.MULTILINE)
-
-
-def _shared_data_dir() -> Path | None:
-    override = os.environ.get(DATA_DIR_ENV)
-    path = (
-        Path(override)
-        if override
-        else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    )
-    return path if path.is_dir() else None
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    path = _shared_data_dir()
-    if path is None:
-        pytest.skip("shared evaluation data (../shared/data or $S3_EVAL_DATA) is not present")
-    return path
 
 
 def _passages(document: str) -> list[tuple[int, str]]:

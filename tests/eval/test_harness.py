@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
+from s3_retriever.cli import main as cli_main
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.eval.harness import EvalSettings, apply_override, run_eval, variants, write_report
 from s3_retriever.eval.methods import middle_truncate, parse_methods
 from s3_retriever.eval.qa import Generator
 from tests.eval.fixtures import hotpot_row, write_jsonl
+from tests.integration.conftest import requires_model
 
 
 @pytest.fixture
@@ -116,3 +118,37 @@ def test_sweep_over_an_index_setting_reindexes_per_value(
     assert report["config"]["scan.chunk_size=16"]["scan"]["chunk_size"] == 16
     # One index per sweep value for the one document set.
     assert report["tasks"]["hotpotqa-3k"]["s3_index_builds"] == 2
+
+
+@pytest.mark.data
+@requires_model
+def test_cli_eval_on_real_data(shared_data: Path, tmp_path: Path) -> None:
+    """The documented command on a few real questions with the bundled model: it cannot rot."""
+    out = tmp_path / "eval"
+    status = cli_main(
+        [
+            "eval",
+            "--data",
+            str(shared_data),
+            "--tasks",
+            "hotpotqa-3k,kv",
+            "--n",
+            "2",
+            "--methods",
+            "s3:exact,hybrid:exact,bm25,full",
+            "--budgets",
+            "256,100000",
+            "--out",
+            str(out),
+        ]
+    )
+    assert status == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    for task in ("hotpotqa-3k", "kv"):
+        cells = report["results"]["default"][task]
+        assert report["tasks"][task]["questions"] == 2
+        # At a budget larger than any haystack every method covers all the evidence.
+        for method in ("s3:exact", "hybrid:exact", "full"):
+            assert cells[method]["budgets"]["100000"]["evidence_recall"] == 1.0
+        assert 0.0 <= cells["s3:exact"]["budgets"]["256"]["evidence_recall"] <= 1.0
+    assert "--tasks hotpotqa-3k,kv" in report["command"]
