@@ -46,6 +46,9 @@ class Generator:
         self.name = self.loaded.model_id
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
+        # Methods often return the same context (and sweeps repeat the full-context run);
+        # greedy decoding makes the answer a function of the prompt, so it is computed once.
+        self._answers: dict[tuple[str, str], str] = {}
 
     def prompt_ids(self, context: str, question: str) -> list[int]:
         """Chat-formatted prompt token ids; the context's middle is cut if it is too long."""
@@ -74,6 +77,14 @@ class Generator:
 
     def answer(self, context: str, question: str) -> str:
         """The model's greedy answer, first line only, stripped."""
+        key = (context, question)
+        if key not in self._answers:
+            if len(self._answers) >= 256:
+                self._answers.clear()
+            self._answers[key] = self._generate(context, question)
+        return self._answers[key]
+
+    def _generate(self, context: str, question: str) -> str:
         tokenizer: Any = self.loaded.tokenizer
         ids = torch.tensor([self.prompt_ids(context, question)])
         with torch.inference_mode():
