@@ -3,7 +3,7 @@
 S3 step 2 of indexing. A batch's keys are encoded on the model's device, one matmul and one top-k
 per layer for all of that layer's indexed KV heads (they share a dictionary), and only the small
 results (latent ids, activations, and the raw keys when the exact scorer needs them) travel to the
-CPU. On a GPU the copy runs on its own stream into pinned memory, and the CPU-side appends of one
+CPU. On a GPU the copy goes into pinned memory without blocking, and the CPU-side appends of one
 batch happen while the GPU already runs the next: the scan never waits for the index.
 """
 
@@ -76,7 +76,6 @@ class KeyEncoder:
                 self.saes[layer] = sae if on_cpu else copy.deepcopy(sae).to(device)
                 if layer in bundle.key_maps:
                     self.key_maps[layer] = bundle.key_maps[layer].to(device)
-        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def run(
         self,
@@ -108,7 +107,7 @@ class KeyEncoder:
                 codes[layer] = self._encode_layer(layer, layer_keys)
             if self.store_keys:
                 keys[layer] = layer_keys
-        if self._copy_stream is None:
+        if self.device.type != "cuda":
             return _HostBatch(captured.items, captured.offset, codes, keys, None)
         return self._to_host(captured, codes, keys)
 
@@ -144,22 +143,19 @@ class KeyEncoder:
         codes: dict[int, tuple[torch.Tensor, torch.Tensor]],
         keys: dict[int, torch.Tensor],
     ) -> _HostBatch:
-        assert self._copy_stream is not None
-        stream = self._copy_stream
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-
+        # The copies are queued on the compute stream, behind the encoding. A side stream for them
+        # measured slower on an H200 (88% of the bare pass against 95%, bench_gpu_scan_long_*),
+        # probably because memory that another stream reads is held back from reuse until that
+        # stream catches up; the copies are a few hundred kB, so overlapping them gains nothing.
         def copy_out(tensor: torch.Tensor) -> torch.Tensor:
             host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            with torch.cuda.stream(stream):
-                host.copy_(tensor, non_blocking=True)
-            # The caching allocator must not reuse this memory before the copy has read it.
-            tensor.record_stream(stream)
+            host.copy_(tensor, non_blocking=True)
             return host
 
         host_codes = {layer: (copy_out(i), copy_out(a)) for layer, (i, a) in codes.items()}
         host_keys = {layer: copy_out(k.contiguous()) for layer, k in keys.items()}
         ready = torch.cuda.Event()
-        ready.record(stream)
+        ready.record(torch.cuda.current_stream(self.device))
         return _HostBatch(captured.items, captured.offset, host_codes, host_keys, ready)
 
     def store(

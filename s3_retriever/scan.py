@@ -153,7 +153,7 @@ class Scanner:
         return max((*self.key_layers, *self.query_layers))
 
     def _forward(
-        self, batch: torch.Tensor, mask: torch.Tensor, want_keys: bool, want_queries: bool
+        self, batch: torch.Tensor, mask: torch.Tensor | None, want_keys: bool, want_queries: bool
     ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """One truncated forward pass; returns (keys, queries) per layer, batch-first."""
         keys: dict[int, torch.Tensor] = {}
@@ -191,8 +191,14 @@ class Scanner:
                 handle.remove()
         return keys, queries
 
-    def _prepare(self, pieces: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Right-pad token pieces into one batch, with BOS in front when configured."""
+    def _prepare(
+        self, pieces: Sequence[np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Right-pad token pieces into one batch, with BOS in front when configured.
+
+        The mask is ``None`` when no row is padded: the model then takes its plain causal path
+        (flash attention on a GPU) instead of building and checking a padding mask.
+        """
         offset = 1 if self.bos_token_id is not None else 0
         width = max(len(p) for p in pieces) + offset
         batch = torch.zeros((len(pieces), width), dtype=torch.long)
@@ -202,14 +208,14 @@ class Scanner:
                 batch[row, 0] = int(self.bos_token_id)
             batch[row, offset : offset + len(piece)] = torch.from_numpy(piece)
             mask[row, : offset + len(piece)] = 1
+        padded = any(len(p) + offset < width for p in pieces)
         if self.device.type == "cuda":
             # Pinned host memory lets the copy run while the GPU still works on the last batch.
-            return (
-                batch.pin_memory().to(self.device, non_blocking=True),
-                mask.pin_memory().to(self.device, non_blocking=True),
-                offset,
-            )
-        return batch.to(self.device), mask.to(self.device), offset
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+            mask = mask.pin_memory().to(self.device, non_blocking=True)
+        else:
+            batch, mask = batch.to(self.device), mask.to(self.device)
+        return batch, (mask if padded else None), offset
 
     def scan_batches(
         self, docs: Sequence[TokenizedText], want_queries: bool = False, desc: str = "scanning"
