@@ -143,10 +143,9 @@ class KeyEncoder:
         codes: dict[int, tuple[torch.Tensor, torch.Tensor]],
         keys: dict[int, torch.Tensor],
     ) -> _HostBatch:
-        # The copies are queued on the compute stream, behind the encoding. A side stream for them
-        # measured slower on an H200 (88% of the bare pass against 95%, bench_gpu_scan_long_*),
-        # probably because memory that another stream reads is held back from reuse until that
-        # stream catches up; the copies are a few hundred kB, so overlapping them gains nothing.
+        # The copies are queued on the compute stream, behind the encoding: they are a few hundred
+        # kB per batch, and a side stream for them measured no faster on an H200 (slower in one
+        # run, bench_gpu_scan_long_*; the same in another, bench_gpu_scan_side_stream).
         def copy_out(tensor: torch.Tensor) -> torch.Tensor:
             host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
             host.copy_(tensor, non_blocking=True)
