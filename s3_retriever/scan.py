@@ -222,8 +222,8 @@ class Scanner:
     ) -> Iterator[BatchCapture]:
         """Yield each batch's projections, still on the model's device, one batch at a time.
 
-        The GPU work of a batch is only queued when it is yielded: a consumer that queues its own
-        device work and reads results back one batch later keeps the GPU busy without waiting.
+        Nothing here waits for the device: on a GPU the projections may still be being computed
+        when they are yielded, so a consumer can queue its own work on them straight away.
         """
         size = self.config.chunk_size
         work = [
