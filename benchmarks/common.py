@@ -41,7 +41,12 @@ def hardware() -> dict[str, Any]:
 
 def command_line() -> str:
     """The command that reproduces this run, as typed from the project root."""
-    return " ".join(shlex.quote(part) for part in ["python", *sys.argv])
+    script = Path(sys.argv[0])
+    # Under ``python -m benchmarks.x`` argv[0] is the module's file path; print the -m form.
+    head = (
+        ["-m", f"benchmarks.{script.stem}"] if script.parent.name == "benchmarks" else [str(script)]
+    )
+    return " ".join(shlex.quote(part) for part in ["python", *head, *sys.argv[1:]])
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.corpus import Corpus, check_metadata
@@ -21,6 +20,7 @@ from s3_retriever.errors import SAEError
 from s3_retriever.filters import Filters, document_mask
 from s3_retriever.fusion import fuse, rank_order
 from s3_retriever.index import Field, KeyStore, Postings
+from s3_retriever.key_encoding import KeyEncoder, NewCodes, NewKeys
 from s3_retriever.lexical import BM25Index
 from s3_retriever.models import LoadedModel, attention_shape, load_model
 from s3_retriever.sae import SAEBundle, shipped_bundle_dir
@@ -110,6 +110,14 @@ class S3Retriever:
             self.config.scan,
             bos_token_id=loaded.tokenizer.bos_token_id,
         )
+        self.encoder = KeyEncoder(
+            bundle,
+            self.fields,
+            head_dim,
+            self.scanner.device,
+            store_keys=self.config.store_keys,
+            store_postings=self.config.store_postings,
+        )
         self.corpus = Corpus()
         self.key_stores: dict[Field, KeyStore] = {
             f: KeyStore(head_dim) for f in self.fields if self.config.store_keys
@@ -179,41 +187,11 @@ class S3Retriever:
             doc_base = base + np.concatenate(
                 [[0], np.cumsum([len(t) for t in tokenized])[:-1]]
             ).astype(np.int64)
-            new_keys: dict[Field, list[tuple[np.ndarray, np.ndarray]]] = {
-                f: [] for f in self.fields
-            }
-            new_codes: dict[Field, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
-                f: [] for f in self.fields
-            }
-            for capture in self.scanner.scan(tokenized):
-                first = doc_base[capture.doc_index] + capture.token_start
-                self._encode_capture(capture.keys, first, new_keys, new_codes)
+            new_keys: NewKeys = {f: [] for f in self.fields}
+            new_codes: NewCodes = {f: [] for f in self.fields}
+            self.encoder.run(self.scanner.scan_batches(tokenized), doc_base, new_keys, new_codes)
             self._commit(texts, ids_list, metas, tokenized, new_keys, new_codes)
         return ids_list
-
-    def _encode_capture(
-        self,
-        keys: Mapping[int, torch.Tensor],
-        first_position: int,
-        new_keys: dict[Field, list[tuple[np.ndarray, np.ndarray]]],
-        new_codes: dict[Field, list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
-    ) -> None:
-        for layer in sorted({f[0] for f in self.fields}):
-            kv_heads = [kv for lay, kv in self.fields if lay == layer]
-            layer_keys = keys[layer][:, kv_heads, :]  # (tokens, used kv heads, dim)
-            positions = first_position + np.arange(layer_keys.shape[0], dtype=np.int64)
-            if self.config.store_postings:
-                # One matmul + top-k for every KV head of the layer (shared dictionary).
-                with torch.no_grad():
-                    mapped = self.bundle.map_keys(layer, layer_keys)
-                    ids, acts = self.bundle.saes[layer].encode(mapped)
-                for slot, kv in enumerate(kv_heads):
-                    new_codes[(layer, kv)].append(
-                        (positions, ids[:, slot].numpy(), acts[:, slot].numpy())
-                    )
-            if self.config.store_keys:
-                for slot, kv in enumerate(kv_heads):
-                    new_keys[(layer, kv)].append((positions, layer_keys[:, slot].numpy()))
 
     def _commit(
         self,
@@ -221,8 +199,8 @@ class S3Retriever:
         ids: list[str],
         metas: list[dict[str, Any]],
         tokenized: list[TokenizedText],
-        new_keys: dict[Field, list[tuple[np.ndarray, np.ndarray]]],
-        new_codes: dict[Field, list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+        new_keys: NewKeys,
+        new_codes: NewCodes,
     ) -> None:
         for text, doc_id, meta, tokens in zip(texts, ids, metas, tokenized, strict=True):
             units = segment(text, tokens.starts, self.config.segment)

@@ -59,30 +59,44 @@ def _progress(total: int, show: bool) -> Any:
     return tqdm(total=total, desc="training SAE", unit="step", leave=False)
 
 
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def train_topk_sae(
     vectors: torch.Tensor,
     sae_config: SAEConfig,
     config: TrainConfig | None = None,
     show_progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
-    """Train one Top-K SAE on a (n, d_in) float tensor of vectors."""
+    """Train one Top-K SAE on a (n, d_in) float tensor of vectors.
+
+    Training runs on ``device`` (default: CUDA when present, else CPU); the returned SAE is on
+    the CPU. Initialisation and batch order come from a CPU generator, so a seed draws the same
+    batches on every device.
+    """
     config = config or TrainConfig()
+    device = torch.device(device or default_device())
     generator = torch.Generator().manual_seed(config.seed)
-    data = vectors.float()
+    data = vectors.to(device, torch.float32)
     sae = TopKSAE(sae_config)
     with torch.no_grad():
         atoms = torch.randn(sae_config.n_latents, sae_config.d_in, generator=generator)
         sae.W_dec.copy_(atoms / atoms.norm(dim=-1, keepdim=True))
         sae.W_enc.copy_(sae.W_dec)
+    sae.to(device)
+    with torch.no_grad():
         sae.b_dec.copy_(data.mean(dim=0))
     optimiser = torch.optim.Adam(sae.parameters(), lr=config.lr, eps=6.25e-10)
-    since_fired = torch.zeros(sae_config.n_latents, dtype=torch.long)
+    since_fired = torch.zeros(sae_config.n_latents, dtype=torch.long, device=device)
     scale = (data - data.mean(dim=0)).pow(2).sum(dim=-1).mean()
     fvu = float("nan")
     progress = _progress(config.steps, show_progress)
     for step in range(config.steps):
         rows = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
-        x = data[rows]
+        x = data[rows.to(device)]
         pre = sae.pre_activations(x)
         acts, ids = pre.topk(sae_config.k, dim=-1, sorted=False)
         # A dense code times the dictionary is one matmul forward and backward; gathering atoms
@@ -91,7 +105,7 @@ def train_topk_sae(
         x_hat = code @ sae.W_dec + sae.b_dec
         residual = x - x_hat
         loss = residual.pow(2).sum(dim=-1).mean() / scale
-        fired = torch.zeros(sae_config.n_latents, dtype=torch.bool)
+        fired = torch.zeros(sae_config.n_latents, dtype=torch.bool, device=device)
         fired[ids.flatten()] = True
         since_fired += config.batch_size
         since_fired[fired] = 0
@@ -120,7 +134,7 @@ def train_topk_sae(
             progress.update(1)
     if progress is not None:
         progress.close()
-    sae.eval().requires_grad_(False)
+    sae.cpu().eval().requires_grad_(False)
     dead_fraction = float((since_fired > config.dead_after).float().mean())
     return TrainResult(sae=sae, train_fvu=fvu, dead_fraction=dead_fraction)
 
@@ -153,8 +167,14 @@ def collect_vectors(
     layers: Sequence[int],
     max_tokens: int,
     scan_config: ScanConfig | None = None,
+    device: str | torch.device | None = None,
 ) -> CapturedVectors:
-    """Scan ``texts`` (up to ``max_tokens`` tokens) and keep every key and query at ``layers``."""
+    """Scan ``texts`` (up to ``max_tokens`` tokens) and keep every key and query at ``layers``.
+
+    The scan runs where ``model`` is; the vectors are kept on ``device`` (default: the model's
+    device), so a GPU scan can feed GPU training without a round trip through the CPU.
+    """
+    keep_on = torch.device(device) if device is not None else next(model.parameters()).device
     docs: list[TokenizedText] = []
     total = 0
     for text in texts:
@@ -171,8 +191,8 @@ def collect_vectors(
     for capture in scanner.scan(docs, want_queries=True, desc="collecting"):
         for layer in layers:
             k = capture.keys[layer]
-            keys[layer].append(k.reshape(-1, k.shape[-1]).to(torch.bfloat16))
-            queries[layer].append(capture.queries[layer].to(torch.bfloat16))
+            keys[layer].append(k.reshape(-1, k.shape[-1]).to(keep_on, torch.bfloat16))
+            queries[layer].append(capture.queries[layer].to(keep_on, torch.bfloat16))
     return CapturedVectors(
         keys={layer: torch.cat(parts).float() for layer, parts in keys.items()},
         queries={layer: torch.cat(parts).float() for layer, parts in queries.items()},
@@ -235,7 +255,7 @@ def train_bundle(
         raise ValueError("metric='attention' needs question_texts and retrieval_heads")
     from s3_retriever.sae import SAEBundle
 
-    captured = collect_vectors(loaded_model, tokenizer, texts, layers, max_tokens)
+    captured = collect_vectors(loaded_model, tokenizer, texts, layers, max_tokens, device="cpu")
     asked = question_queries(loaded_model, tokenizer, question_texts, layers)
     if asked:
         query_means = {layer: q.mean(dim=0) for layer, q in asked.items()}

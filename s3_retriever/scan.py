@@ -107,6 +107,20 @@ class ChunkCapture:
     """layer -> float32 pre-RoPE queries, shape (tokens, query_heads, head_dim)."""
 
 
+@dataclass
+class BatchCapture:
+    """Projections of one batch of chunks, as the model produced them (its device and dtype)."""
+
+    items: list[tuple[int, int, int]]
+    """(doc_index, token_start, token_end) of each row of the batch."""
+    offset: int
+    """Columns before each row's first real token (1 when BOS is prepended, else 0)."""
+    keys: dict[int, torch.Tensor]
+    """layer -> flat pre-RoPE keys, shape (rows, width, kv_heads * head_dim); padded rows."""
+    queries: dict[int, torch.Tensor]
+    """layer -> flat pre-RoPE queries, shape (rows, width, query_heads * head_dim)."""
+
+
 class _StopForward(Exception):
     """Raised by the last hook: nothing after the deepest instrumented projection is needed."""
 
@@ -132,14 +146,14 @@ class Scanner:
         self.query_layers = tuple(sorted(set(query_layers)))
         self.bos_token_id = bos_token_id if self.config.add_bos else None
         self._layers = decoder_layers(model)
-        self._device = next(model.parameters()).device
+        self.device: torch.device = next(model.parameters()).device
 
     @property
     def deepest_layer(self) -> int:
         return max((*self.key_layers, *self.query_layers))
 
     def _forward(
-        self, batch: torch.Tensor, mask: torch.Tensor, want_keys: bool, want_queries: bool
+        self, batch: torch.Tensor, mask: torch.Tensor | None, want_keys: bool, want_queries: bool
     ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """One truncated forward pass; returns (keys, queries) per layer, batch-first."""
         keys: dict[int, torch.Tensor] = {}
@@ -177,8 +191,14 @@ class Scanner:
                 handle.remove()
         return keys, queries
 
-    def _prepare(self, pieces: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Right-pad token pieces into one batch, with BOS in front when configured."""
+    def _prepare(
+        self, pieces: Sequence[np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Right-pad token pieces into one batch, with BOS in front when configured.
+
+        The mask is ``None`` when no row is padded: the model then takes its plain causal path
+        (flash attention on a GPU) instead of building and checking a padding mask.
+        """
         offset = 1 if self.bos_token_id is not None else 0
         width = max(len(p) for p in pieces) + offset
         batch = torch.zeros((len(pieces), width), dtype=torch.long)
@@ -188,12 +208,23 @@ class Scanner:
                 batch[row, 0] = int(self.bos_token_id)
             batch[row, offset : offset + len(piece)] = torch.from_numpy(piece)
             mask[row, : offset + len(piece)] = 1
-        return batch.to(self._device), mask.to(self._device), offset
+        padded = any(len(p) + offset < width for p in pieces)
+        if self.device.type == "cuda":
+            # Pinned host memory lets the copy run while the GPU still works on the last batch.
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+            mask = mask.pin_memory().to(self.device, non_blocking=True)
+        else:
+            batch, mask = batch.to(self.device), mask.to(self.device)
+        return batch, (mask if padded else None), offset
 
-    def scan(
+    def scan_batches(
         self, docs: Sequence[TokenizedText], want_queries: bool = False, desc: str = "scanning"
-    ) -> Iterator[ChunkCapture]:
-        """Yield captured keys (and queries) chunk by chunk; memory is bounded by one batch."""
+    ) -> Iterator[BatchCapture]:
+        """Yield each batch's projections, still on the model's device, one batch at a time.
+
+        Nothing here waits for the device: on a GPU the projections may still be being computed
+        when they are yielded, so a consumer can queue its own work on them straight away.
+        """
         size = self.config.chunk_size
         work = [
             (doc_index, start, min(start + size, len(doc)))
@@ -217,28 +248,40 @@ class Scanner:
                 pieces = [docs[d].input_ids[s:e] for d, s, e in items]
                 batch, mask, offset = self._prepare(pieces)
                 keys, queries = self._forward(batch, mask, True, want_queries)
-                for row, (doc_index, start, end) in enumerate(items):
-                    span = slice(offset, offset + end - start)
-                    yield ChunkCapture(
-                        doc_index=doc_index,
-                        token_start=start,
-                        keys={
-                            layer: self._heads(k[row, span], self.n_kv_heads)
-                            for layer, k in keys.items()
-                        },
-                        queries={
-                            layer: self._heads(q[row, span], self.n_heads)
-                            for layer, q in queries.items()
-                        },
-                    )
+                yield BatchCapture(items=items, offset=offset, keys=keys, queries=queries)
                 if progress is not None:
                     progress.update(sum(e - s for _, s, e in items))
         finally:
             if progress is not None:
                 progress.close()
 
+    def scan(
+        self, docs: Sequence[TokenizedText], want_queries: bool = False, desc: str = "scanning"
+    ) -> Iterator[ChunkCapture]:
+        """Yield float32 keys (and queries) chunk by chunk, on the model's device.
+
+        Memory is bounded by one batch.
+        """
+        for captured in self.scan_batches(docs, want_queries, desc):
+            for row, (doc_index, start, end) in enumerate(captured.items):
+                span = slice(captured.offset, captured.offset + end - start)
+                yield ChunkCapture(
+                    doc_index=doc_index,
+                    token_start=start,
+                    keys={
+                        layer: self._heads(k[row, span], self.n_kv_heads)
+                        for layer, k in captured.keys.items()
+                    },
+                    queries={
+                        layer: self._heads(q[row, span], self.n_heads)
+                        for layer, q in captured.queries.items()
+                    },
+                )
+
     def project_queries(self, token_ids: np.ndarray) -> dict[int, torch.Tensor]:
         """Pre-RoPE query vectors of one short text (a question): layer -> (tokens, heads, dim).
+
+        Returned as float32 CPU tensors, whatever device the model is on.
 
         The question is read as one chunk, exactly as a document chunk would be.
         """
@@ -248,7 +291,7 @@ class Scanner:
         batch, mask, offset = self._prepare([ids])
         _, queries = self._forward(batch, mask, False, True)
         return {
-            layer: self._heads(q[0, offset : offset + len(ids)], self.n_heads)
+            layer: self._heads(q[0, offset : offset + len(ids)], self.n_heads).cpu()
             for layer, q in queries.items()
         }
 

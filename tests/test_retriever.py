@@ -285,15 +285,15 @@ def test_add_documents_assigns_unique_ids(small: S3Retriever) -> None:
 def test_failed_scan_commits_nothing(small: S3Retriever, monkeypatch: pytest.MonkeyPatch) -> None:
     """A scan interrupted part-way leaves documents, keys and postings as they were."""
     before_keys = {f: s.codes.copy() for f, s in small.key_stores.items()}
-    real_scan = small.scanner.scan
+    real_scan = small.scanner.scan_batches
 
     def failing(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        for i, capture in enumerate(real_scan(*args, **kwargs)):
+        for i, captured in enumerate(real_scan(*args, **kwargs)):
             if i == 2:
                 raise KeyboardInterrupt
-            yield capture
+            yield captured
 
-    monkeypatch.setattr(small.scanner, "scan", failing)
+    monkeypatch.setattr(small.scanner, "scan_batches", failing)
     with pytest.raises(KeyboardInterrupt):
         small.add_documents(["word " * 200, "more words here. " * 20], ids=["big", "other"])
     assert small.doc_ids == ["a"]
