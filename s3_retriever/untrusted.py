@@ -46,8 +46,10 @@ class UntrustedFileError(ValueError):
     """A file's content is malformed or declares more than it holds; the message says which."""
 
 
-def read_json_file(path: Path, max_bytes: int = MAX_MANIFEST_BYTES) -> Any:
-    """Parse a JSON file of at most ``max_bytes``, refusing larger ones before reading them."""
+def read_json_file(path: Path, max_bytes: int | None = None) -> Any:
+    """Parse a JSON file of at most ``max_bytes`` (default :data:`MAX_MANIFEST_BYTES`), refusing
+    larger ones before reading them."""
+    max_bytes = MAX_MANIFEST_BYTES if max_bytes is None else max_bytes
     size = path.stat().st_size
     if size > max_bytes:
         raise UntrustedFileError(f"{path} is {size} bytes, more than the {max_bytes} allowed")
@@ -130,7 +132,7 @@ def safetensors_shapes(path: Path, max_bytes: int = MAX_ARRAY_BYTES) -> dict[str
         if len(prefix) < 8:
             raise UntrustedFileError(f"{path} is too short to be a safetensors file")
         header_len = int.from_bytes(prefix, "little")
-        if header_len > min(size - 8, MAX_MANIFEST_BYTES):
+        if header_len > min(size - 8, _MAX_SAFETENSORS_HEADER):
             raise UntrustedFileError(f"{path} declares a {header_len}-byte header it does not hold")
         try:
             header = json.loads(handle.read(header_len).decode("utf-8"))
@@ -161,6 +163,8 @@ def safetensors_shapes(path: Path, max_bytes: int = MAX_ARRAY_BYTES) -> dict[str
     return shapes
 
 
+_MAX_SAFETENSORS_HEADER = 100 << 20
+"""The safetensors format's own ceiling on its JSON header."""
 _SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1}
 """Dtypes an SAE bundle may hold, with their sizes in bytes."""
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from s3_retriever import S3Retriever
 from tests.conftest import one_thread
 
 
@@ -34,3 +36,11 @@ def _one_torch_thread() -> Iterator[None]:
     """The tiny model is fastest on one intra-op thread; concurrency tests add Python threads."""
     with one_thread():
         yield
+
+
+@pytest.fixture()
+def saved(indexed: S3Retriever, tmp_path: Path) -> Path:
+    """The shared four-document index saved to a fresh folder (tests may damage it)."""
+    path = tmp_path / "index"
+    indexed.save(path)
+    return path
