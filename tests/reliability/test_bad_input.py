@@ -249,3 +249,18 @@ def test_sae_bundle_that_does_not_fit_the_model_is_refused(
     _bundle_with(model_dir.name, d_in, layer, means_shape).save(folder)
     with pytest.raises(SAEError, match=match):
         S3Retriever.from_pretrained(model_dir, sae_path=folder, config=tiny_config())
+
+
+@pytest.mark.parametrize("texts", [["0"], ["😀 🎉", "a"], ["7", "", "-"]])
+def test_documents_without_any_bm25_term(
+    make_retriever: RetrieverFactory, texts: list[str]
+) -> None:
+    """Units with no BM25 term at all (one digit, emoji, punctuation) made bm25s fail with
+    'max() arg is an empty sequence'; now BM25 scores zero: hybrid ranks by S3, bm25 gives []."""
+    retriever = make_retriever()
+    ids = [f"d{i}" for i in range(len(texts))]
+    retriever.add_documents(texts, ids=ids)
+    assert retriever.retrieve("harvest in the valley", mode="bm25") == []
+    hits = retriever.retrieve("harvest in the valley", mode="hybrid", token_budget=50)
+    check_hits(retriever, hits, dict(zip(ids, texts, strict=True)), 50, "hybrid")
+    assert hits or not any(t.strip() for t in texts)

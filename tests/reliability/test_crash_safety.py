@@ -62,12 +62,12 @@ def test_newest_backup_wins(start: tuple[Path, Path], tmp_path: Path) -> None:
     """Two crashed saves can each leave a backup; load() reads the newest, not the first by name."""
     index, model = start
     retriever = S3Retriever.load(index, model_path=model)
-    retriever.save(tmp_path / ".index.old-9")
+    old, new = tmp_path / ".index.old-10", tmp_path / ".index.old-9"
+    retriever.save(old)
     retriever.add_documents(["One more document."], ids=["newest"])
-    retriever.save(tmp_path / ".index.old-10")
-    old, new = tmp_path / ".index.old-9", tmp_path / ".index.old-10"
+    retriever.save(new)
     os.utime(old / "manifest.json", ns=(1, 1))
-    assert sorted([old.name, new.name])[0] == new.name  # name order would pick the older one
+    assert sorted([old.name, new.name])[0] == old.name  # name order would pick the older one
     assert S3Retriever.load(tmp_path / "index", model_path=model).doc_ids[-1] == "newest"
 
 
