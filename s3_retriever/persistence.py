@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,7 @@ def save_index(retriever: S3Retriever, path: Path) -> None:
     """Write ``retriever``'s index to ``path`` atomically."""
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-{os.getpid()}-", dir=path.parent))
     try:
         _write_contents(retriever, staging)
         _fsync_tree(staging)
@@ -84,6 +85,32 @@ def save_index(retriever: S3Retriever, path: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _remove_stale_siblings(path)
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Delete staging folders and backups left beside ``path`` by killed processes.
+
+    Only folders whose process is gone are removed: a live one may be another saver mid-way.
+    The index at ``path`` is newer than any backup, so none of them is needed any more.
+    """
+    for sibling in path.parent.glob(f".{path.name}.*"):
+        kind, _, rest = sibling.name[len(path.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("saving", "old") and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _write_contents(retriever: S3Retriever, folder: Path) -> None:
@@ -127,7 +154,8 @@ def _swap_in(staging: Path, path: Path) -> None:
     if not path.exists():
         os.replace(staging, path)
         return
-    backup = path.with_name(f".{path.name}.old-{os.getpid()}")
+    # Unique even when a restarted process gets the pid of one that crashed here before.
+    backup = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.replace(path, backup)
     # A crash between these two renames leaves only the backup; load() falls back to it.
     os.replace(staging, path)

@@ -128,6 +128,8 @@ def kill_once(index: Path, model: Path, phase: str, rng: random.Random) -> KillR
     assert restored.corpus.texts == [crash_doc(k) for k in range(after)]
     assert restored.retrieve("Which record mentions the harvest?", token_budget=64)
     leftovers = [p for p in index.parent.iterdir() if p.name.startswith(f".{index.name}.")]
+    # The next save removes what killed processes left; only the last kill's remains can be here.
+    assert len(leftovers) <= 2, leftovers
     return KillResult(
         phase,
         round(delay, 4),

@@ -82,3 +82,23 @@ def test_damaged_directory_messages(start: tuple[Path, Path], tmp_path: Path) ->
     (copy / "manifest.json").unlink()
     with pytest.raises(IndexLoadError, match="manifest.json missing"):
         S3Retriever.load(copy, model_path=model)
+
+
+def test_save_removes_what_killed_saves_left(start: tuple[Path, Path], tmp_path: Path) -> None:
+    """Staging folders and backups of dead processes are removed by the next save; those of a
+    live process (here: this one) and unrelated names are kept. A backup name a dead process
+    used does not block a new save (containers often restart with the same pid)."""
+    index, model = start
+    retriever = S3Retriever.load(index, model_path=model)
+    path = tmp_path / "index"
+    retriever.save(path)
+    dead = 2**22 + 12345  # above Linux's default pid_max, so no live process has it
+    stale = [f".index.saving-{dead}-abc", f".index.old-{dead}", f".index.old-{dead}-1234abcd"]
+    kept = [f".index.saving-{os.getpid()}-xyz", ".index.notes", ".other.old-1"]
+    for name in stale + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_text("x")
+    retriever.save(path)
+    retriever.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["index", *kept])
+    assert S3Retriever.load(path, model_path=model).doc_ids == retriever.doc_ids

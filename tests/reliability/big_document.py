@@ -1,0 +1,110 @@
+"""Memory of scanning and indexing one very long document with the tiny model.
+
+Run in a fresh process per size, so the numbers are that size's alone::
+
+    python -m tests.reliability.big_document 2000000
+
+prints JSON: tokens, seconds, the scan's working memory above the token arrays (which must not
+grow with length), and the peak memory of ``add_documents`` per token (which must stay flat: the
+index and its staging arrays grow linearly, nothing grows faster).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+CHUNK_SIZE = 512
+BATCH_SIZE = 8
+
+
+def _peak_rss_during(work: Callable[[], Any]) -> tuple[int, Any]:
+    """Highest resident set size (bytes) seen while ``work`` runs, sampled every 2 ms."""
+    process = psutil.Process()
+    peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak, process.memory_info().rss), result
+
+
+def measure(n_tokens: int) -> dict[str, Any]:
+    from s3_retriever.scan import ScanConfig, tokenize
+    from s3_retriever.testing import TRAINING_TEXT, one_thread, tiny_retriever
+
+    with one_thread(), tempfile.TemporaryDirectory() as tmp:
+        retriever = tiny_retriever(
+            Path(tmp),
+            scan=ScanConfig(chunk_size=CHUNK_SIZE, batch_size=BATCH_SIZE, show_progress=False),
+        )
+        block = " ".join(TRAINING_TEXT[:5]) + "\n"
+        per_block = len(tokenize(retriever.loaded.tokenizer, block))
+        text = block * (n_tokens // per_block + 1)
+        doc = tokenize(retriever.loaded.tokenizer, text)
+        doc = type(doc)(doc.input_ids[:n_tokens], doc.starts[:n_tokens], doc.ends[:n_tokens])
+        text = text[: int(doc.ends[-1])]
+
+        process = psutil.Process()
+        before_scan = process.memory_info().rss
+
+        def scan_only() -> int:
+            return sum(c.keys[1].shape[0] for c in retriever.scanner.scan([doc]))
+
+        scan_peak, scanned = _peak_rss_during(scan_only)
+        before_add = process.memory_info().rss
+        start = time.perf_counter()
+        add_peak, _ = _peak_rss_during(lambda: retriever.add_documents([text], ids=["big"]))
+        seconds = time.perf_counter() - start
+        tokens = retriever.corpus.n_positions
+        index_bytes = sum(retriever.index_nbytes().values())
+    return {
+        "tokens": tokens,
+        "scanned": scanned,
+        "chars": len(text),
+        "add_seconds": round(seconds, 2),
+        "scan_working_mib": round((scan_peak - before_scan) / 2**20, 1),
+        "add_peak_bytes_per_token": round((add_peak - before_add) / tokens, 1),
+        "index_bytes_per_token": round(index_bytes / tokens, 1),
+    }
+
+
+def measure_in_subprocess(n_tokens: int) -> dict[str, Any]:
+    """:func:`measure` in a fresh interpreter, so earlier allocations do not hide this one's."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.reliability.big_document", str(n_tokens)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(int(sys.argv[1]))))
