@@ -100,7 +100,14 @@ def main() -> None:
     concurrent = _run(retriever, args.threads, args.seconds, args.budget, args.mode)
     ratio = concurrent["qps"] / sequential["qps"]
     rows = [
-        [f"{r['threads']} thread(s)", r["queries"], r["errors"], r["qps"], r["p50_ms"], r["p99_ms"]]
+        [
+            f"{r['threads']} thread(s)",
+            r["queries"],
+            r["errors"],
+            r["qps"],
+            round(r["p50_ms"]),  # whole milliseconds: the table's float format would go to e+03
+            round(r["p99_ms"]),
+        ]
         for r in (sequential, concurrent)
     ]
     table = markdown_table(["run", "queries", "errors", "qps", "p50 ms", "p99 ms"], rows)
@@ -109,7 +116,10 @@ def main() -> None:
         "load",
         {
             "settings": {**vars(args), "torch_threads": torch.get_num_threads()},
-            "document": {"path": "examples/data/gpl-3.0.txt", "tokens": retriever.corpus.n_positions},
+            "document": {
+                "path": "examples/data/gpl-3.0.txt",
+                "tokens": retriever.corpus.n_positions,
+            },
             "index_seconds": round(index_s, 2),
             "sequential": sequential,
             "concurrent": concurrent,
