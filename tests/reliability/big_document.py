@@ -2,11 +2,12 @@
 
 Run in a fresh process per size, so the numbers are that size's alone::
 
-    python -m tests.reliability.big_document 2000000
+    python -m tests.reliability.big_document 2000000 scan
+    python -m tests.reliability.big_document 2000000 add
 
-prints JSON: tokens, seconds, the scan's working memory above the token arrays (which must not
-grow with length), and the peak memory of ``add_documents`` per token (which must stay flat: the
-index and its staging arrays grow linearly, nothing grows faster).
+prints JSON: tokens, seconds and peak memory above what the process held before the phase. For
+``scan`` (the model scan alone) it must not grow with length; for ``add`` (add_documents) it
+must stay flat per token: the index and its staging arrays grow linearly, nothing faster.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def _rss() -> int:
     return _status_kib("VmRSS") * 1024
 
 
-def measure(n_tokens: int) -> dict[str, Any]:
+def measure(n_tokens: int, phase: str) -> dict[str, Any]:
+    """Peak memory of one ``phase`` over a document of ``n_tokens``: ``scan`` (the model scan
+    alone) or ``add`` (add_documents: tokenise, scan, encode, commit)."""
     from s3_retriever.scan import ScanConfig, tokenize
     from s3_retriever.testing import TRAINING_TEXT, one_thread, tiny_retriever
 
@@ -60,38 +63,37 @@ def measure(n_tokens: int) -> dict[str, Any]:
         doc = tokenize(retriever.loaded.tokenizer, text)
         doc = type(doc)(doc.input_ids[:n_tokens], doc.starts[:n_tokens], doc.ends[:n_tokens])
         text = text[: int(doc.ends[-1])]
-
-        before_scan = _rss()
-
-        def scan_only() -> int:
-            return sum(c.keys[1].shape[0] for c in retriever.scanner.scan([doc]))
-
-        scan_peak, scanned = _peak_rss_during(scan_only)
-        before_add = _rss()
+        if phase == "add":
+            del doc  # add_documents tokenises the text itself
+        before = _rss()
         start = time.perf_counter()
-        add_peak, _ = _peak_rss_during(lambda: retriever.add_documents([text], ids=["big"]))
+        if phase == "scan":
+            peak, tokens = _peak_rss_during(
+                lambda: sum(c.keys[1].shape[0] for c in retriever.scanner.scan([doc]))
+            )
+        else:
+            peak, _ = _peak_rss_during(lambda: retriever.add_documents([text], ids=["big"]))
+            tokens = retriever.corpus.n_positions
         seconds = time.perf_counter() - start
-        tokens = retriever.corpus.n_positions
         index_bytes = sum(retriever.index_nbytes().values())
     return {
+        "phase": phase,
         "tokens": tokens,
-        "scanned": scanned,
-        "chars": len(text),
-        "add_seconds": round(seconds, 2),
-        "scan_working_mib": round((scan_peak - before_scan) / 2**20, 1),
-        "add_peak_bytes_per_token": round((add_peak - before_add) / tokens, 1),
+        "seconds": round(seconds, 2),
+        "working_mib": round((peak - before) / 2**20, 1),
+        "peak_bytes_per_token": round((peak - before) / tokens, 1),
         "index_bytes_per_token": round(index_bytes / tokens, 1),
     }
 
 
-def measure_in_subprocess(n_tokens: int) -> dict[str, Any]:
+def measure_in_subprocess(n_tokens: int, phase: str) -> dict[str, Any]:
     """:func:`measure` in a fresh interpreter, so earlier allocations do not hide this one's."""
     import os
     import subprocess
 
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
-        [sys.executable, "-m", "tests.reliability.big_document", str(n_tokens)],
+        [sys.executable, "-m", "tests.reliability.big_document", str(n_tokens), phase],
         check=True,
         capture_output=True,
         text=True,
@@ -103,4 +105,4 @@ def measure_in_subprocess(n_tokens: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(int(sys.argv[1]))))
+    print(json.dumps(measure(int(sys.argv[1]), sys.argv[2])))
