@@ -41,7 +41,13 @@ def hardware() -> dict[str, Any]:
 
 def command_line() -> str:
     """The command that reproduces this run, as typed from the project root."""
-    return " ".join(shlex.quote(part) for part in ["python", *sys.argv])
+    argv = list(sys.argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        # Run as `python -m pkg.module`: argv[0] is then an absolute path that only this
+        # machine has, so write the module form instead.
+        argv[0:1] = ["-m", spec.name]
+    return " ".join(shlex.quote(part) for part in ["python", *argv])
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

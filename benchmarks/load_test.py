@@ -12,6 +12,7 @@ Everything is in-process: no server and no network.
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from pathlib import Path
@@ -111,7 +112,10 @@ def main() -> None:
         for r in (sequential, concurrent)
     ]
     table = markdown_table(["run", "queries", "errors", "qps", "p50 ms", "p99 ms"], rows)
-    table += f"\n\nqps ratio {args.threads} threads / 1 thread: {ratio:.2f}"
+    table += (
+        f"\n\nqps ratio {args.threads} threads / 1 thread: {ratio:.2f} "
+        f"(1-minute load average at the end: {os.getloadavg()[0]:.1f})"
+    )
     write_result(
         "load",
         {
@@ -124,6 +128,8 @@ def main() -> None:
             "sequential": sequential,
             "concurrent": concurrent,
             "qps_ratio": round(ratio, 3),
+            # Other work on the machine slows both runs; this says how much there was.
+            "load_average_1min": round(os.getloadavg()[0], 2),
         },
         table,
     )
