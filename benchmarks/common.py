@@ -41,12 +41,13 @@ def hardware() -> dict[str, Any]:
 
 def command_line() -> str:
     """The command that reproduces this run, as typed from the project root."""
-    script = Path(sys.argv[0])
-    # Under ``python -m benchmarks.x`` argv[0] is the module's file path; print the -m form.
-    head = (
-        ["-m", f"benchmarks.{script.stem}"] if script.parent.name == "benchmarks" else [str(script)]
-    )
-    return " ".join(shlex.quote(part) for part in ["python", *head, *sys.argv[1:]])
+    argv = list(sys.argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        # Run as `python -m pkg.module`: argv[0] is then an absolute path that only this
+        # machine has, so write the module form instead.
+        argv[0:1] = ["-m", spec.name]
+    return " ".join(shlex.quote(part) for part in ["python", *argv])
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -37,14 +37,18 @@ def _read_text(path: Path) -> str:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
+    from s3_retriever.persistence import has_index
     from s3_retriever.retriever import S3Retriever
 
     paths = [Path(p) for p in args.files]
     texts = [_read_text(p) for p in paths]
     out = Path(args.out)
-    if out.exists() and not args.append and (out / "manifest.json").exists():
+    # has_index also sees an index that a killed save left only in its backup, so --append
+    # continues from it instead of starting an empty index that would hide it.
+    exists = has_index(out)
+    if exists and not args.append:
         raise CLIError(f"{out} already holds an index; pass --append to add to it")
-    if args.append and (out / "manifest.json").exists():
+    if args.append and exists:
         retriever = S3Retriever.load(out, model_path=args.model)
     else:
         retriever = S3Retriever.from_pretrained(args.model, sae_path=args.sae)

@@ -113,16 +113,26 @@ class Corpus:
 
 
 def check_metadata(metadata: Any, doc_id: str) -> dict[str, Any]:
-    """Metadata must be a JSON-serialisable dict: it is saved as JSON, never pickled."""
+    """Metadata must be a dict that survives a JSON round trip: it is saved as JSON, never pickled.
+
+    Values JSON would silently change (int keys become strings, tuples lists) or that standard JSON
+    cannot hold (NaN, infinity) are refused, so a saved and reloaded index returns the same
+    metadata that was given.
+    """
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
         raise TypeError(f"metadata for document {doc_id!r} must be a dict, got {type(metadata)}")
+    hint = "use str keys and str, int, float, bool, None, list or dict values"
     try:
-        json.dumps(metadata)
-    except (TypeError, ValueError) as exc:
+        encoded = json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(
-            f"metadata for document {doc_id!r} is not JSON-serialisable ({exc}); "
-            f"convert values to str, int, float, bool, list or dict."
+            f"metadata for document {doc_id!r} is not JSON-serialisable ({exc}); {hint}."
         ) from exc
+    if json.loads(encoded) != metadata:
+        raise TypeError(
+            f"metadata for document {doc_id!r} would change when saved as JSON (non-str keys or "
+            f"tuples); {hint}."
+        )
     return dict(metadata)

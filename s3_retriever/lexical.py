@@ -54,8 +54,14 @@ class BM25Index:
         if not unit_texts:
             self._model = None
             return
+        tokens = self._tokenize(unit_texts)
+        if not tokens.vocab:  # type: ignore[attr-defined]
+            # No unit has a BM25 term (e.g. only numbers of one digit or emoji): bm25s cannot
+            # index an empty vocabulary, and every score is zero anyway.
+            self._model = None
+            return
         model = bm25s.BM25(k1=self.config.k1, b=self.config.b)
-        model.index(self._tokenize(unit_texts), show_progress=False)
+        model.index(tokens, show_progress=False)
         self._model = model
 
     @property

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,15 @@ import numpy as np
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.corpus import Corpus
 from s3_retriever.errors import IndexLoadError
+from s3_retriever.untrusted import (
+    UntrustedFileError,
+    check_manifest_fields,
+    corpus_problem,
+    documents_fit,
+    load_npy,
+    postings_fit,
+    read_json_file,
+)
 
 if TYPE_CHECKING:
     from s3_retriever.retriever import S3Retriever
@@ -67,7 +77,7 @@ def save_index(retriever: S3Retriever, path: Path) -> None:
     """Write ``retriever``'s index to ``path`` atomically."""
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-{os.getpid()}-", dir=path.parent))
     try:
         _write_contents(retriever, staging)
         _fsync_tree(staging)
@@ -75,6 +85,32 @@ def save_index(retriever: S3Retriever, path: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _remove_stale_siblings(path)
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Delete staging folders and backups left beside ``path`` by killed processes.
+
+    Only folders whose process is gone are removed: a live one may be another saver mid-way.
+    The index at ``path`` is newer than any backup, so none of them is needed any more.
+    """
+    for sibling in path.parent.glob(f".{path.name}.*"):
+        kind, _, rest = sibling.name[len(path.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("saving", "old") and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _write_contents(retriever: S3Retriever, folder: Path) -> None:
@@ -118,7 +154,8 @@ def _swap_in(staging: Path, path: Path) -> None:
     if not path.exists():
         os.replace(staging, path)
         return
-    backup = path.with_name(f".{path.name}.old-{os.getpid()}")
+    # Unique even when a restarted process gets the pid of one that crashed here before.
+    backup = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.replace(path, backup)
     # A crash between these two renames leaves only the backup; load() falls back to it.
     os.replace(staging, path)
@@ -128,32 +165,55 @@ def _swap_in(staging: Path, path: Path) -> None:
 def _resolve_existing(path: Path) -> Path:
     if (path / "manifest.json").is_file():
         return path
-    backups = sorted(path.parent.glob(f".{path.name}.old-*"))
-    for backup in backups:
-        if (backup / "manifest.json").is_file():
-            return backup
+    backups = [
+        b for b in path.parent.glob(f".{path.name}.old-*") if (b / "manifest.json").is_file()
+    ]
+    if backups:
+        # Several crashed saves can each leave a backup; the newest holds the latest index.
+        return max(backups, key=lambda b: (b / "manifest.json").stat().st_mtime_ns)
     raise IndexLoadError(
         f"{path} holds no s3-retriever index (manifest.json missing). Build one with "
         f"`s3-retriever index FILE... --out {path}`."
     )
 
 
+def has_index(path: Path) -> bool:
+    """Whether ``path`` holds an index, or a crash left one in a backup that load() would read."""
+    try:
+        _resolve_existing(path)
+    except IndexLoadError:
+        return False
+    return True
+
+
 def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
     """Find the index folder (or a crash backup of it), read and verify its manifest and files."""
     folder = _resolve_existing(path)
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexLoadError(f"{folder}/manifest.json is not valid JSON: {exc}") from exc
+        manifest = read_json_file(folder / "manifest.json")
+    except UntrustedFileError as exc:
+        raise IndexLoadError(f"{exc}; the index is damaged. Rebuild the index.") from exc
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise IndexLoadError(
             f"{folder} is index format {version!r}; this s3-retriever reads format "
             f"{FORMAT_VERSION}. Rebuild the index with this version."
         )
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise IndexLoadError(f"{folder}/manifest.json lists no files; the index is damaged.")
+    try:
+        check_manifest_fields(manifest)
+    except UntrustedFileError as exc:
+        raise IndexLoadError(
+            f"{folder}/manifest.json is damaged: {exc}. Rebuild the index."
+        ) from exc
+    files = manifest["files"]
+    # Every file load() reads must be verified, so none may sit in the folder unlisted.
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    unlisted = sorted(present - set(files) - {"manifest.json"})
+    if unlisted:
+        raise IndexLoadError(
+            f"{folder} is damaged: {unlisted[0]} is not listed in manifest.json, so it cannot be "
+            f"verified. Rebuild the index."
+        )
     root = folder.resolve()
     for name, digest in files.items():
         target = (folder / name).resolve()
@@ -169,8 +229,10 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise IndexLoadError(f"{path} is missing; the index is damaged. Rebuild the index.")
     try:
-        array = np.load(path, allow_pickle=False)
+        array = load_npy(path)
     except (ValueError, OSError) as exc:
         raise IndexLoadError(f"{path} is not a plain numeric .npy array ({exc}); refused.") from exc
     if not isinstance(array, np.ndarray) or array.dtype.hasobject:
@@ -213,7 +275,10 @@ def load_index(
             "SAE mismatch: the SAE bundle in the index does not match the checksum it was built "
             "with. Rebuild the index."
         )
-    config = RetrieverConfig.from_dict(manifest["config"])
+    try:
+        config = RetrieverConfig.from_dict(manifest["config"])
+    except (TypeError, ValueError) as exc:
+        raise IndexLoadError(f"{folder}/manifest.json holds invalid settings: {exc}") from exc
     retriever = S3Retriever(loaded, bundle, config)
     if [list(h) for h in retriever.heads] != manifest["heads"]:
         raise IndexLoadError("The saved retrieval heads differ from those the config selects.")
@@ -222,27 +287,51 @@ def load_index(
 
 
 def _fill(retriever: S3Retriever, folder: Path, manifest: dict[str, Any]) -> None:
-    documents = json.loads((folder / "documents.json").read_text())
-    corpus = Corpus(
-        doc_ids=list(documents["ids"]),
-        texts=list(documents["texts"]),
-        metadatas=list(documents["metadatas"]),
-    )
+    corpus = _read_documents(folder)
     for name in _CORPUS_ARRAYS:
         setattr(corpus, name, _load_npy(folder / "corpus" / f"{name}.npy"))
     if corpus.n_positions != manifest["n_positions"] or len(corpus) != manifest["n_documents"]:
         raise IndexLoadError(f"{folder}: document tables disagree with the manifest; rebuild.")
+    problem = corpus_problem(corpus)
+    if problem:
+        raise IndexLoadError(f"{folder}: {problem}; the index is damaged. Rebuild the index.")
     retriever.corpus = corpus
     for (layer, kv), store in retriever.key_stores.items():
         store.codes = _load_npy(folder / "keys" / f"L{layer}_H{kv}_codes.npy")
         store.scales = _load_npy(folder / "keys" / f"L{layer}_H{kv}_scales.npy")
-        if store.codes.shape != (corpus.n_positions, store.head_dim):
+        if store.codes.shape != (corpus.n_positions, store.head_dim) or store.scales.shape != (
+            corpus.n_positions,
+        ):
             raise IndexLoadError(f"{folder}: stored keys have the wrong shape; rebuild the index.")
     for (layer, kv), postings in retriever.postings.items():
         postings.indptr = _load_npy(folder / "postings" / f"L{layer}_H{kv}_indptr.npy")
         postings.positions = _load_npy(folder / "postings" / f"L{layer}_H{kv}_positions.npy")
         postings.activations = _load_npy(folder / "postings" / f"L{layer}_H{kv}_activations.npy")
-        if postings.indptr.shape != (postings.n_latents + 1,) or (
-            len(postings.positions) and int(postings.positions.max()) >= corpus.n_positions
+        if not postings_fit(
+            postings.indptr,
+            postings.positions,
+            postings.activations,
+            postings.n_latents,
+            corpus.n_positions,
         ):
             raise IndexLoadError(f"{folder}: postings do not fit the corpus; rebuild the index.")
+
+
+def _read_documents(folder: Path) -> Corpus:
+    path = folder / "documents.json"
+    if not path.is_file():
+        raise IndexLoadError(f"{path} is missing; the index is damaged. Rebuild the index.")
+    try:
+        documents = read_json_file(path, max_bytes=path.stat().st_size)
+    except UntrustedFileError as exc:
+        raise IndexLoadError(f"{exc}; the index is damaged. Rebuild the index.") from exc
+    if not documents_fit(documents):
+        raise IndexLoadError(
+            f"{path} does not hold unique string ids, string texts and dict metadata of equal "
+            f"count; the index is damaged. Rebuild the index."
+        )
+    return Corpus(
+        doc_ids=list(documents["ids"]),
+        texts=list(documents["texts"]),
+        metadatas=list(documents["metadatas"]),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import threading
 import uuid
@@ -228,14 +229,21 @@ class S3Retriever:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+            _check_encodable(text, f"texts[{i}]")
         if isinstance(ids, str):
             raise TypeError("ids must be a list of strings; wrap a single id in [ ]")
         if ids is None:
             ids_list = [uuid.uuid4().hex for _ in texts]
         else:
+            ids = list(ids)
+            if len(ids) != len(texts):
+                raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
+            for i, doc_id in enumerate(ids):
+                # None would silently become the id "None"; an empty id makes hit ids ambiguous.
+                if doc_id is None or str(doc_id) == "":
+                    raise ValueError(f"ids[{i}] is {doc_id!r}; every document needs a non-empty id")
+                _check_encodable(str(doc_id), f"ids[{i}]")
             ids_list = [str(i) for i in ids]
-            if len(ids_list) != len(texts):
-                raise ValueError(f"got {len(texts)} texts but {len(ids_list)} ids")
         if len(set(ids_list)) != len(ids_list):
             raise ValueError("ids contain duplicates; every document needs its own id")
         self._check_ids_free(ids_list)
@@ -300,10 +308,14 @@ class S3Retriever:
         """
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
+        _check_encodable(query, "query")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if top_k is not None and top_k < 0:
-            raise ValueError(f"top_k must be None or >= 0, got {top_k}")
+        if top_k is not None:
+            top_k = _whole_number(top_k, "top_k")
+            if top_k < 0:
+                raise ValueError(f"top_k must be None or >= 0, got {top_k}")
+        token_budget = _whole_number(token_budget, "token_budget")
         if token_budget < 1:
             raise ValueError(f"token_budget must be at least 1, got {token_budget}")
         if not query.strip() or top_k == 0:
@@ -514,6 +526,28 @@ class S3Retriever:
                 corpus.unit_tokens.nbytes + corpus.unit_chars.nbytes + corpus.unit_doc.nbytes
             ),
         }
+
+
+def _check_encodable(text: str, what: str) -> None:
+    """Refuse unpaired surrogates (bytes decoded with ``errors="surrogateescape"``): the tokenizer
+    cannot encode them, and no offset into such a string maps back to the source file."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} holds an unpaired surrogate at character {exc.start} (invalid UTF-8 in the "
+            f"source); decode the source with errors='replace' or fix its encoding first"
+        ) from None
+
+
+def _whole_number(value: Any, what: str) -> int:
+    """``value`` as an int; floats and bools are refused rather than silently truncated."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}") from None
 
 
 def _fallback_heads(n_layers: int, n_heads: int) -> tuple[tuple[int, int], ...]:

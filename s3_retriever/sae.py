@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from s3_retriever.errors import SAEError
+from s3_retriever.untrusted import UntrustedFileError, read_json_file, safetensors_shapes
 
 BUNDLE_FORMAT = 1
 
@@ -169,27 +170,48 @@ class SAEBundle:
                 f"`s3-retriever train-sae` or pass the folder of a shipped bundle."
             )
         try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise SAEError(f"{config_path} is not valid JSON: {exc}") from exc
-        if config.get("format") != BUNDLE_FORMAT:
+            config = read_json_file(config_path)
+        except UntrustedFileError as exc:
+            raise SAEError(str(exc)) from exc
+        version = config.get("format") if isinstance(config, dict) else None
+        if version != BUNDLE_FORMAT:
             raise SAEError(
-                f"{folder} is SAE bundle format {config.get('format')!r}; this version reads "
+                f"{folder} is SAE bundle format {version!r}; this version reads "
                 f"format {BUNDLE_FORMAT}. Retrain the SAEs or upgrade s3-retriever."
             )
+        try:
+            return cls._from_config(folder, config)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SAEError(
+                f"{config_path} is malformed ({type(exc).__name__}: {exc}); retrain or re-copy "
+                f"the SAE bundle."
+            ) from exc
+
+    @classmethod
+    def _from_config(cls, folder: Path, config: dict[str, Any]) -> SAEBundle:
         saes: dict[int, TopKSAE] = {}
         for layer_key, shape in config["layers"].items():
             layer = int(layer_key)
-            sae = TopKSAE(SAEConfig(**shape))
+            sae_config = SAEConfig(**shape)
             path = folder / f"layer_{layer:02d}.safetensors"
             if not path.is_file():
                 raise SAEError(f"{path} is missing from the SAE bundle; retrain or re-copy it.")
-            tensors = load_file(str(path))
-            expected = {n: tuple(p.shape) for n, p in sae.named_parameters()}
-            found = {n: tuple(t.shape) for n, t in tensors.items()}
+            # Shapes are compared from the file header before any tensor is allocated, so a
+            # crafted config or file cannot make loading reserve memory it does not hold.
+            expected = {
+                "W_enc": (sae_config.n_latents, sae_config.d_in),
+                "b_enc": (sae_config.n_latents,),
+                "W_dec": (sae_config.n_latents, sae_config.d_in),
+                "b_dec": (sae_config.d_in,),
+            }
+            try:
+                found = safetensors_shapes(path)
+            except UntrustedFileError as exc:
+                raise SAEError(f"{exc}; retrain or re-copy the SAE bundle.") from exc
             if expected != found:
                 raise SAEError(f"{path} has tensors {found}, but its config says {expected}.")
-            sae.load_state_dict(tensors)
+            sae = TopKSAE(sae_config)
+            sae.load_state_dict(load_file(str(path)))
             sae.eval().requires_grad_(False)
             saes[layer] = sae
         means_path = folder / "query_means.safetensors"

@@ -9,6 +9,7 @@ off right after the deepest instrumented projection, so the layers after it cost
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,9 +166,14 @@ class Scanner:
         # projection is k_proj of the last layer if it wants keys, else its q_proj.
         stop_on_key = last in key_layers
         handles = []
+        # Hooks live on the shared model: another thread's forward pass (a second retriever on
+        # the same model) would fire them too, so each acts only for the thread that set it.
+        owner = threading.get_ident()
 
         def keep(store: dict[int, torch.Tensor], layer: int, stop: bool) -> Any:
             def hook(_module: Any, _inputs: Any, output: torch.Tensor) -> None:
+                if threading.get_ident() != owner:
+                    return
                 store[layer] = output.detach()
                 if stop:
                     raise _StopForward

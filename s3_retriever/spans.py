@@ -70,6 +70,8 @@ def peak_units(smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: 
     candidates = np.argpartition(-smoothed, n_candidates - 1)[:n_candidates]
     candidates = candidates[np.lexsort((candidates, -smoothed[candidates]))]
     owner = position_units(corpus)
+    # A peak suppresses only its own document: a short document beside a strong one keeps its peak.
+    doc_start, doc_end = corpus.position_doc_bounds()
     suppressed = np.zeros(len(smoothed), dtype=bool)
     radius = config.nms_radius
     units: list[int] = []
@@ -77,7 +79,8 @@ def peak_units(smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: 
     for position in candidates.tolist():
         if suppressed[position]:
             continue
-        suppressed[max(position - radius, 0) : position + radius + 1] = True
+        lo = max(position - radius, int(doc_start[position]))
+        suppressed[lo : min(position + radius + 1, int(doc_end[position]))] = True
         unit = int(owner[position])
         if unit < 0 or unit in seen:
             continue

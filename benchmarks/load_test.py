@@ -1,0 +1,139 @@
+"""Load test: many threads calling ``retrieve`` on one shared retriever, for a bounded time.
+
+The bundled SmolLM2-135M-Instruct indexes the GPL-3 text (examples/data/gpl-3.0.txt); then
+``--threads`` threads query it for ``--seconds``, and so does a single thread (the peer, measured
+in the same run). Reports queries per second and p50/p99 latency of each, and their ratio::
+
+    python -m benchmarks.load_test --threads 8 --seconds 20
+
+Everything is in-process: no server and no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import markdown_table, write_result
+
+TEXT = Path(__file__).resolve().parent.parent / "examples" / "data" / "gpl-3.0.txt"
+QUESTIONS = (
+    "Can I charge a fee for copies of the program?",
+    "What must I provide along with object code?",
+    "What happens if I violate the license?",
+    "Does the license cover patents?",
+    "What is a User Product?",
+    "Can I add further restrictions?",
+    "Is there any warranty for the program?",
+    "How do I apply these terms to a new program?",
+    "What counts as the Corresponding Source?",
+    "When is my license terminated and how is it reinstated?",
+    "Can a later version of the license be used?",
+    "What does propagate mean?",
+)
+
+
+def _run(retriever: Any, threads: int, seconds: float, budget: int, mode: str) -> dict[str, Any]:
+    """``threads`` threads query round-robin until ``seconds`` pass; latencies of all queries."""
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads + 1)
+    deadline = 0.0
+
+    def worker(slot: int) -> None:
+        barrier.wait()
+        i = slot
+        try:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                retriever.retrieve(QUESTIONS[i % len(QUESTIONS)], token_budget=budget, mode=mode)
+                latencies[slot].append(time.perf_counter() - start)
+                i += 1
+        except BaseException as exc:  # noqa: BLE001 - counted and reported
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(slot,)) for slot in range(threads)]
+    for thread in pool:
+        thread.start()
+    deadline = time.perf_counter() + seconds
+    began = time.perf_counter()
+    barrier.wait()
+    for thread in pool:
+        thread.join()
+    wall = time.perf_counter() - began
+    flat = np.array([x for per in latencies for x in per]) * 1000.0
+    return {
+        "threads": threads,
+        "queries": int(flat.size),
+        "errors": len(errors),
+        "wall_s": round(wall, 2),
+        "qps": round(flat.size / wall, 2),
+        "p50_ms": round(float(np.percentile(flat, 50)), 1) if flat.size else None,
+        "p99_ms": round(float(np.percentile(flat, 99)), 1) if flat.size else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=8, help="concurrent query threads")
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of each run")
+    parser.add_argument("--budget", type=int, default=512, help="token budget per query")
+    parser.add_argument("--mode", default="hybrid", choices=("hybrid", "s3", "bm25"))
+    args = parser.parse_args()
+
+    import torch
+
+    from s3_retriever import S3Retriever
+
+    retriever = S3Retriever.from_pretrained()
+    start = time.perf_counter()
+    retriever.add_documents([TEXT.read_text(encoding="utf-8")], ids=["gpl-3"])
+    index_s = time.perf_counter() - start
+    for question in QUESTIONS:  # warm-up: BM25 build, lazy allocations
+        retriever.retrieve(question, token_budget=args.budget, mode=args.mode)
+    sequential = _run(retriever, 1, args.seconds, args.budget, args.mode)
+    concurrent = _run(retriever, args.threads, args.seconds, args.budget, args.mode)
+    ratio = concurrent["qps"] / sequential["qps"]
+    rows = [
+        [
+            f"{r['threads']} thread(s)",
+            r["queries"],
+            r["errors"],
+            r["qps"],
+            round(r["p50_ms"]),  # whole milliseconds: the table's float format would go to e+03
+            round(r["p99_ms"]),
+        ]
+        for r in (sequential, concurrent)
+    ]
+    table = markdown_table(["run", "queries", "errors", "qps", "p50 ms", "p99 ms"], rows)
+    table += (
+        f"\n\nqps ratio {args.threads} threads / 1 thread: {ratio:.2f} "
+        f"(1-minute load average at the end: {os.getloadavg()[0]:.1f})"
+    )
+    write_result(
+        "load",
+        {
+            "settings": {**vars(args), "torch_threads": torch.get_num_threads()},
+            "document": {
+                "path": "examples/data/gpl-3.0.txt",
+                "tokens": retriever.corpus.n_positions,
+            },
+            "index_seconds": round(index_s, 2),
+            "sequential": sequential,
+            "concurrent": concurrent,
+            "qps_ratio": round(ratio, 3),
+            # Other work on the machine slows both runs; this says how much there was.
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        },
+        table,
+    )
+
+
+if __name__ == "__main__":
+    main()
