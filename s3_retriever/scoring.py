@@ -18,7 +18,8 @@ max- or mean-of-logits. Heads are averaged with equal weight.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,8 @@ SCORERS: tuple[str, ...] = ("exact", "aligned", "coactivation")
 # Positions per block when streaming the exact scorer's softmax: bounds memory at
 # block x question tokens x 4 bytes whatever the corpus size.
 _BLOCK = 1 << 18
+# Float logits the fast exact path holds at once (elements): 256 MiB.
+_LOGIT_BUDGET = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def _masked_softmax_mean(logits: np.ndarray, allowed: np.ndarray | None) -> np.n
     return weights.mean(axis=0)
 
 
-def exact_scores(
+def exact_scores_reference(
     queries: np.ndarray,
     keys: KeyStore,
     n_positions: int,
@@ -117,8 +120,8 @@ def exact_scores(
 ) -> np.ndarray:
     """Mean attention of (n_q, d) question vectors over the stored keys, streamed in blocks.
 
-    With ``allowed``, only those positions take part (and are computed at all): a filter to a
-    few documents costs what those documents cost, not the whole index.
+    The straightforward float32 computation, kept as the reference that :func:`exact_scores`
+    (the fast path used for search) is tested against.
     """
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
     q = queries.astype(np.float32) * scale
@@ -149,6 +152,92 @@ def exact_scores(
     return out
 
 
+def exact_scores(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    allowed: np.ndarray | None = None,
+    temperature: float = 1.0,
+    groups: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Mean attention of (n_q, d) question vectors over the stored keys: the search fast path.
+
+    The int8 keys are multiplied as they are stored, by int8 question vectors (absmax per row),
+    with integer accumulation; the two scales are applied to the int32 logits. This avoids
+    dequantising every key, which dominated the float path (docs/performance.md: the two paths
+    agree within a tolerance measured there and tested in tests/test_scoring.py).
+
+    ``groups`` splits the rows into consecutive groups (query heads that read this key field):
+    the keys are read once for all of them and the result is the sum over groups of each
+    group's mean attention. With ``allowed``, only those positions take part (and are computed
+    at all): a filter to a few documents costs what those documents cost, not the whole index.
+    """
+    n_rows = queries.shape[0]
+    group_sizes = list(groups) if groups is not None else [n_rows]
+    out = np.zeros(n_positions, np.float32)
+    candidates = None if allowed is None else np.flatnonzero(allowed)
+    n_candidates = n_positions if candidates is None else len(candidates)
+    if n_candidates == 0 or n_rows == 0:
+        return out
+    scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
+    # Each question vector is split into two int8 parts, a coarse code and the code of what it
+    # leaves over, so the question keeps about 16 bits: the keys' own int8 rounding, which both
+    # paths share, stays the only coarse step.
+    coarse_codes, coarse_scale = _int8_rows(queries.astype(np.float64))
+    rest = queries.astype(np.float64) - coarse_codes * coarse_scale[:, None]
+    fine_codes, fine_scale = _int8_rows(rest)
+    row_weight = np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
+    codes, key_scales = _candidate_keys(keys, candidates, n_positions)
+    total = torch.zeros(n_candidates, dtype=torch.float32)
+    # Rows are independent softmaxes, so memory stays bounded by computing a few rows over all
+    # candidates at a time.
+    rows_per_pass = max(1, _LOGIT_BUDGET // max(n_candidates, 1))
+    for lo in range(0, n_rows, rows_per_pass):
+        hi = min(n_rows, lo + rows_per_pass)
+        q_codes = torch.from_numpy(np.concatenate([coarse_codes[lo:hi], fine_codes[lo:hi]]))
+        q_codes = q_codes.T.contiguous()
+        q_scale = torch.from_numpy(
+            np.concatenate([coarse_scale[lo:hi], fine_scale[lo:hi]]).astype(np.float32) * scale
+        )
+        logits = torch.empty((n_candidates, hi - lo), dtype=torch.float32)
+        for start in range(0, n_candidates, _BLOCK):
+            stop = min(n_candidates, start + _BLOCK)
+            both = torch._int_mm(codes[start:stop], q_codes).float() * q_scale
+            logits[start:stop] = both[:, : hi - lo] + both[:, hi - lo :]
+        logits *= key_scales[:, None]
+        weights = torch.softmax(logits, dim=0)
+        total += weights @ torch.from_numpy(row_weight[lo:hi])
+    mass = total.numpy()
+    if candidates is None:
+        out[:] = mass
+    else:
+        out[candidates] = mass
+    return out
+
+
+def _int8_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes of each row with its absmax scale (``codes * scale`` approximates ``rows``)."""
+    row_scale = np.abs(rows).max(axis=1) / 127.0
+    row_scale = np.where(row_scale > 0, row_scale, 1.0)
+    codes = np.clip(np.rint(rows / row_scale[:, None]), -127, 127).astype(np.int8)
+    return codes, row_scale
+
+
+def _candidate_keys(
+    keys: KeyStore, candidates: np.ndarray | None, n_positions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes and float32 scales of the candidate positions, as torch tensors (no copy
+    when every position is a candidate; memory-mapped stores stay mapped)."""
+    codes = np.asarray(keys.codes[:n_positions])
+    scales = np.asarray(keys.scales[:n_positions], dtype=np.float32)
+    if candidates is not None:
+        codes, scales = codes[candidates], scales[candidates]
+    with warnings.catch_warnings():
+        # Read-only (memory-mapped) arrays: torch warns because it could write; it never does.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(codes), torch.from_numpy(scales)
+
+
 def _block_keys(keys: KeyStore, candidates: np.ndarray | None, start: int, stop: int) -> np.ndarray:
     """Dequantised keys of candidate slots [start, stop) (all positions when no candidates)."""
     if candidates is None:
@@ -173,10 +262,20 @@ def aligned_scores(
     chosen = np.argpartition(-weights, m - 1, axis=1)[:, :m]
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
     out = np.zeros(n_positions, np.float64)
+    every_atom = m == atoms.shape[0]
+    if every_atom:
+        # Every posting counts for every row: skip the per-row gather (a copy of all postings).
+        postings.flush()
+        all_positions, all_acts = postings.decode()
+        all_owner = np.repeat(np.arange(atoms.shape[0]), postings.doc_freq())
     for row in range(queries.shape[0]):
-        latents = chosen[row]
-        positions, acts, owner = postings.gather(latents)
-        contribution = acts * weights[row, latents][owner] * scale
+        if every_atom:
+            positions, acts = all_positions, all_acts
+            contribution = acts * (weights[row] * scale)[all_owner]
+        else:
+            latents = chosen[row]
+            positions, acts, owner = postings.gather(latents)
+            contribution = acts * weights[row, latents][owner] * scale
         logits = np.bincount(positions, weights=contribution, minlength=n_positions)
         out += _masked_softmax_mean(logits[None, :], allowed)
     return (out / max(queries.shape[0], 1)).astype(np.float32)
@@ -227,15 +326,16 @@ def score_positions(
     total = np.zeros(n_positions, np.float32)
     if n_positions == 0 or not head_queries:
         return total
+    exact_by_field: dict[Field, list[np.ndarray]] = {}
     for (layer, head), vectors in head_queries.items():
         field_key = (layer, head // kv_group)
         q = vectors
         if config.center_queries and config.scorer != "coactivation" and layer in query_means:
             q = vectors - query_means[layer][head].numpy()[None, :]
         if config.scorer == "exact":
-            total += exact_scores(
-                q, key_stores[field_key], n_positions, allowed, config.temperature
-            )
+            # Heads sharing a KV head (GQA) are scored together: their keys are read once.
+            if len(q):
+                exact_by_field.setdefault(field_key, []).append(q)
         elif config.scorer == "aligned":
             total += aligned_scores(
                 bundle.map_queries(layer, q),
@@ -254,4 +354,13 @@ def score_positions(
                 n_positions,
                 allowed,
             )
+    for field_key, group in exact_by_field.items():
+        total += exact_scores(
+            np.concatenate(group),
+            key_stores[field_key],
+            n_positions,
+            allowed,
+            config.temperature,
+            groups=[len(q) for q in group],
+        )
     return total / len(head_queries)
