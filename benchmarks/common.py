@@ -40,8 +40,16 @@ def hardware() -> dict[str, Any]:
 
 
 def command_line() -> str:
-    """The command that reproduces this run, as typed from the project root."""
-    return " ".join(shlex.quote(part) for part in ["python", *sys.argv])
+    """The command that reproduces this run, as typed from the project root.
+
+    ``python -m benchmarks.x`` leaves the module's file path in ``sys.argv[0]``; it is written
+    back as ``-m benchmarks.x`` so the command works from any checkout.
+    """
+    program = Path(sys.argv[0]).resolve() if sys.argv else Path()
+    head = [sys.argv[0]] if sys.argv else []
+    if program.parent == Path(__file__).resolve().parent and program.suffix == ".py":
+        head = ["-m", f"benchmarks.{program.stem}"]
+    return " ".join(shlex.quote(part) for part in ["python", *head, *sys.argv[1:]])
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

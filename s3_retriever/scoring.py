@@ -37,6 +37,8 @@ SCORERS: tuple[str, ...] = ("exact", "aligned", "coactivation")
 _BLOCK = 1 << 18
 # Float logits the fast exact path holds at once (elements): 256 MiB.
 _LOGIT_BUDGET = 1 << 26
+# Fine steps per coarse step of the int8 question codes (the fast exact path).
+_FINE_STEPS = 256
 
 
 @dataclass(frozen=True)
@@ -180,33 +182,29 @@ def exact_scores(
     if n_candidates == 0 or n_rows == 0:
         return out
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
-    # Each question vector is split into two int8 parts, a coarse code and the code of what it
-    # leaves over, so the question keeps about 16 bits: the keys' own int8 rounding, which both
-    # paths share, stays the only coarse step.
-    coarse_codes, coarse_scale = _int8_rows(queries.astype(np.float64))
-    rest = queries.astype(np.float64) - coarse_codes * coarse_scale[:, None]
-    fine_codes, fine_scale = _int8_rows(rest)
+    coarse, fine, step = _int16_as_two_int8(queries)
     row_weight = np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
     codes, key_scales = _candidate_keys(keys, candidates, n_positions)
+    # One float multiply per logit: the question's step and the softmax scale ride on the keys'.
+    key_factor = key_scales * torch.tensor(step * scale, dtype=torch.float32)
     total = torch.zeros(n_candidates, dtype=torch.float32)
     # Rows are independent softmaxes, so memory stays bounded by computing a few rows over all
     # candidates at a time.
     rows_per_pass = max(1, _LOGIT_BUDGET // max(n_candidates, 1))
     for lo in range(0, n_rows, rows_per_pass):
         hi = min(n_rows, lo + rows_per_pass)
-        q_codes = torch.from_numpy(np.concatenate([coarse_codes[lo:hi], fine_codes[lo:hi]]))
-        q_codes = q_codes.T.contiguous()
-        q_scale = torch.from_numpy(
-            np.concatenate([coarse_scale[lo:hi], fine_scale[lo:hi]]).astype(np.float32) * scale
-        )
-        logits = torch.empty((n_candidates, hi - lo), dtype=torch.float32)
+        rows = hi - lo
+        q_codes = torch.from_numpy(np.concatenate([coarse[lo:hi], fine[lo:hi]])).T.contiguous()
+        # Row-major (question rows x positions), so the softmax runs over contiguous memory.
+        logits = torch.empty((rows, n_candidates), dtype=torch.float32)
         for start in range(0, n_candidates, _BLOCK):
             stop = min(n_candidates, start + _BLOCK)
-            both = torch._int_mm(codes[start:stop], q_codes).float() * q_scale
-            logits[start:stop] = both[:, : hi - lo] + both[:, hi - lo :]
-        logits *= key_scales[:, None]
-        weights = torch.softmax(logits, dim=0)
-        total += weights @ torch.from_numpy(row_weight[lo:hi])
+            both = torch._int_mm(codes[start:stop], q_codes)
+            # |coarse logit| <= 64 * 127 * 127 (for 64 dims), so x256 stays inside int32.
+            combined = both[:, :rows] * _FINE_STEPS + both[:, rows:]
+            torch.mul(combined.T, key_factor[None, start:stop], out=logits[:, start:stop])
+        weights = torch.softmax(logits, dim=1)
+        total += torch.from_numpy(row_weight[lo:hi]) @ weights
     mass = total.numpy()
     if candidates is None:
         out[:] = mass
@@ -215,12 +213,18 @@ def exact_scores(
     return out
 
 
-def _int8_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 codes of each row with its absmax scale (``codes * scale`` approximates ``rows``)."""
-    row_scale = np.abs(rows).max(axis=1) / 127.0
-    row_scale = np.where(row_scale > 0, row_scale, 1.0)
-    codes = np.clip(np.rint(rows / row_scale[:, None]), -127, 127).astype(np.int8)
-    return codes, row_scale
+def _int16_as_two_int8(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Question vectors as ``(coarse * 256 + fine) * step`` with int8 ``coarse`` and ``fine``.
+
+    One step for all rows (absmax / 127 / 256) gives every row about 16 bits, so the keys' own
+    int8 rounding, which the float reference shares, stays the only coarse step.
+    """
+    peak = float(np.abs(rows).max()) if rows.size else 0.0
+    coarse_step = peak / 127.0 if peak > 0 else 1.0
+    scaled = rows.astype(np.float64) / coarse_step
+    coarse = np.clip(np.rint(scaled), -127, 127)
+    fine = np.clip(np.rint((scaled - coarse) * _FINE_STEPS), -127, 127)
+    return coarse.astype(np.int8), fine.astype(np.int8), coarse_step / _FINE_STEPS
 
 
 def _candidate_keys(
