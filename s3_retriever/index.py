@@ -131,6 +131,7 @@ class Postings:
     activation_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     _decoded: tuple[np.ndarray, np.ndarray] | None = None
+    _by_position: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.indptr.shape[0] != self.n_latents + 1:
@@ -193,6 +194,7 @@ class Postings:
         else:
             self.activation_codes = quantize_activations(acts)
         self._decoded = None
+        self._by_position = None
 
     def decode(self) -> tuple[np.ndarray, np.ndarray]:
         """All postings in CSR order: positions (int32) and activations (float32), cached."""
@@ -204,6 +206,28 @@ class Postings:
                 acts = dequantize_activations(self.activation_codes)
             self._decoded = (positions.astype(np.int32), acts)
         return self._decoded
+
+    def by_position(self, n_positions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The same postings grouped by position (a forward index), cached until they change.
+
+        Returns latent ids and activations (float32) in position order, and the offset of each
+        position's group (``n_positions`` of them): the layout of
+        ``torch.nn.functional.embedding_bag``. Ids and offsets are int32 below 2**31 postings.
+        The decoded lists are dropped once this is built: the search keeps one copy, 8 bytes a
+        posting.
+        """
+        self.flush()
+        if self._by_position is None or len(self._by_position[2]) != n_positions:
+            positions, acts = self.decode()
+            order = np.argsort(positions, kind="stable")
+            counts = np.bincount(positions, minlength=n_positions)
+            # embedding_bag wants ids and offsets of one integer type; int32 while it can count.
+            index_type = np.int32 if len(positions) < 2**31 else np.int64
+            offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(index_type)
+            ids = _list_ids(self.indptr)[order].astype(index_type)
+            self._by_position = (ids, acts[order], offsets)
+            self._decoded = None
+        return self._by_position
 
     def gather(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Postings of several latents at once: (positions, activations, index into latents)."""

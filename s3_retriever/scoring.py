@@ -103,16 +103,6 @@ def content_token_indices(text: str, starts: np.ndarray, ends: np.ndarray) -> np
     return np.asarray(keep, dtype=np.int64)
 
 
-def _masked_softmax_mean(logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-    """Mean over rows of softmax over columns (rows: question tokens, columns: positions)."""
-    if allowed is not None:
-        logits = np.where(allowed[None, :], logits, -np.inf)
-    top = logits.max(axis=1, keepdims=True)
-    weights = np.exp(logits - top)
-    weights /= weights.sum(axis=1, keepdims=True)
-    return weights.mean(axis=0)
-
-
 def exact_scores_reference(
     queries: np.ndarray,
     keys: KeyStore,
@@ -259,30 +249,37 @@ def aligned_scores(
     allowed: np.ndarray | None = None,
     temperature: float = 1.0,
 ) -> np.ndarray:
-    """Attention through the SAE: each question token keeps its top atoms by ``q.d_j``."""
+    """Attention through the SAE: each question token keeps its top atoms by ``q.d_j``.
+
+    The logit of position t for question row r is ``sum_i a_i(t) w_r[j_i(t)]`` over t's postings,
+    with ``w_r`` zero outside the row's chosen atoms. All rows are computed in one pass over the
+    postings grouped by position (``embedding_bag`` with per-posting weights), which reads each
+    posting once instead of once per question row.
+    """
     atoms = sae.W_dec.detach().float().numpy()
     weights = queries.astype(np.float32) @ atoms.T  # (n_q, n_latents): q.d_j
     m = min(atoms_per_query, atoms.shape[0])
-    chosen = np.argpartition(-weights, m - 1, axis=1)[:, :m]
+    if m < atoms.shape[0]:
+        chosen = np.argpartition(-weights, m - 1, axis=1)[:, :m]
+        kept = np.zeros_like(weights)
+        np.put_along_axis(kept, chosen, np.take_along_axis(weights, chosen, axis=1), axis=1)
+        weights = kept
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
-    out = np.zeros(n_positions, np.float64)
-    every_atom = m == atoms.shape[0]
-    if every_atom:
-        # Every posting counts for every row: skip the per-row gather (a copy of all postings).
-        postings.flush()
-        all_positions, all_acts = postings.decode()
-        all_owner = np.repeat(np.arange(atoms.shape[0]), postings.doc_freq())
-    for row in range(queries.shape[0]):
-        if every_atom:
-            positions, acts = all_positions, all_acts
-            contribution = acts * (weights[row] * scale)[all_owner]
-        else:
-            latents = chosen[row]
-            positions, acts, owner = postings.gather(latents)
-            contribution = acts * weights[row, latents][owner] * scale
-        logits = np.bincount(positions, weights=contribution, minlength=n_positions)
-        out += _masked_softmax_mean(logits[None, :], allowed)
-    return (out / max(queries.shape[0], 1)).astype(np.float32)
+    if n_positions == 0 or queries.shape[0] == 0:
+        return np.zeros(n_positions, np.float32)
+    ids, acts, offsets = postings.by_position(n_positions)
+    logits = torch.nn.functional.embedding_bag(
+        torch.from_numpy(ids),
+        torch.from_numpy(np.ascontiguousarray(weights.T * np.float32(scale))),
+        torch.from_numpy(offsets),
+        mode="sum",
+        per_sample_weights=torch.from_numpy(acts),
+    ).T.contiguous()  # (n_q, n_positions)
+    if allowed is not None:
+        if not allowed.any():
+            return np.zeros(n_positions, np.float32)
+        logits.masked_fill_(~torch.from_numpy(allowed)[None, :], -math.inf)
+    return torch.softmax(logits, dim=1).mean(dim=0).numpy().astype(np.float32)
 
 
 def coactivation_scores(
