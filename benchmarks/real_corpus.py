@@ -1,7 +1,7 @@
 """Real text for the benchmarks, read from the shared evaluation data (never copied here).
 
-HotpotQA haystacks give documents with questions and gold evidence; HotpotQA paragraphs and
-QMSum meeting turns give many short documents for corpus-scale indexing.
+HotpotQA haystacks give documents with questions and gold evidence; QMSum meeting turns and
+HotpotQA paragraphs give many short documents for corpus-scale indexing.
 """
 
 from __future__ import annotations
@@ -41,8 +41,17 @@ def haystacks(folder: Path, n: int, words: int = 3000) -> list[EvalExample]:
 
 
 def short_documents(folder: Path, limit: int) -> Iterator[SourceDocument]:
-    """Up to ``limit`` short real documents: unique HotpotQA paragraphs, then QMSum turns."""
+    """Up to ``limit`` short real documents: QMSum meeting turns (about 25 tokens each), then
+    unique HotpotQA paragraphs (about 150)."""
     count = 0
+    with open(folder / "qmsum_val" / "val.jsonl") as handle:
+        for meeting_no, line in enumerate(handle):
+            for turn_no, turn in enumerate(json.loads(line)["meeting_transcripts"]):
+                if count >= limit:
+                    return
+                text = f"{turn['speaker']}: {turn['content']}"
+                yield SourceDocument(f"qmsum:{meeting_no}:{turn_no}", text, {"set": "qmsum"})
+                count += 1
     seen: set[tuple[str, str]] = set()
     with open(folder / "hotpotqa_dev_distractor" / "hotpotqa_dev_subsampled.jsonl") as handle:
         for line in handle:
@@ -50,18 +59,9 @@ def short_documents(folder: Path, limit: int) -> Iterator[SourceDocument]:
                 key = (context["title"], context["paragraph_text"])
                 if key in seen:
                     continue
+                if count >= limit:
+                    return
                 seen.add(key)
                 text = f"{context['title']}\n{context['paragraph_text']}"
                 yield SourceDocument(f"hotpotqa:{len(seen)}", text, {"set": "hotpotqa"})
                 count += 1
-                if count >= limit:
-                    return
-    with open(folder / "qmsum_val" / "val.jsonl") as handle:
-        for meeting_no, line in enumerate(handle):
-            for turn_no, turn in enumerate(json.loads(line)["meeting_transcripts"]):
-                text = f"{turn['speaker']}: {turn['content']}"
-                yield SourceDocument(f"qmsum:{meeting_no}:{turn_no}", text, {"set": "qmsum"})
-                count += 1
-                if count >= limit:
-                    return
-
