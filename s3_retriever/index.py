@@ -132,6 +132,7 @@ class Postings:
     _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     _decoded: tuple[np.ndarray, np.ndarray] | None = None
     _by_position: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    _last: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.indptr.shape[0] != self.n_latents + 1:
@@ -155,32 +156,94 @@ class Postings:
         )
 
     def flush(self) -> None:
-        """Merge buffered postings into the compact arrays."""
+        """Merge buffered postings into the compact arrays.
+
+        When every new position follows the indexed ones (documents are appended), each list is
+        extended by splicing bytes: the old postings are copied, never decoded, so a commit costs
+        memory and time in proportion to the compact index, not 8-24 bytes a posting.
+        """
         if not self._pending:
             return
-        old_pos, old_act = self.decode()
         new_pos = np.concatenate([p for p, _, _ in self._pending])
         new_ids = np.concatenate([i for _, i, _ in self._pending])
         new_act = np.concatenate([a for _, _, a in self._pending])
         self._pending = []
-        # New postings come in position order, so a stable sort by latent keeps every list
-        # position-ordered (results never depend on the order documents arrived) and, when they
-        # all follow the indexed ones (appends), puts them after the old entries of their list.
-        by_position = np.argsort(new_pos, kind="stable")
-        new_pos, new_ids, new_act = new_pos[by_position], new_ids[by_position], new_act[by_position]
-        all_ids = np.concatenate([_list_ids(self.indptr), new_ids])
-        all_pos = np.concatenate([old_pos.astype(np.int64), new_pos])
-        all_act = np.concatenate([old_act, new_act])
-        order = np.argsort(
-            all_ids.astype(np.int16 if self.n_latents <= 1 << 15 else np.int32), kind="stable"
+        if int(self.indptr[-1]) == 0:
+            self._sort_and_store(new_ids, new_pos, new_act)
+            return
+        last = self._last_positions()
+        if int(new_pos.min()) > int(last.max()):
+            fresh = Postings(self.n_latents, exact_activations=self.exact_activations)
+            fresh._sort_and_store(new_ids, new_pos, new_act)
+            self._splice(fresh, last)
+            return
+        old_pos, old_act = self.decode()
+        self._sort_and_store(
+            np.concatenate([_list_ids(self.indptr), new_ids]),
+            np.concatenate([old_pos.astype(np.int64), new_pos]),
+            np.concatenate([old_act, new_act]),
         )
-        counts = np.bincount(all_ids, minlength=self.n_latents)
+
+    def _sort_and_store(self, ids: np.ndarray, positions: np.ndarray, acts: np.ndarray) -> None:
+        """Store postings given in any order, sorted by (latent, position).
+
+        Sorted lists make results independent of the order documents arrived and gaps
+        non-negative. A stable sort of position-ordered postings by latent (a radix sort for
+        16-bit ids) does it in most cases; interleaved positions fall back to a full lexsort.
+        """
+        by_position = np.argsort(positions, kind="stable")
+        ids, positions, acts = ids[by_position], positions[by_position], acts[by_position]
+        order = np.argsort(
+            ids.astype(np.int16 if self.n_latents <= 1 << 15 else np.int32), kind="stable"
+        )
+        counts = np.bincount(ids, minlength=self.n_latents)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        sorted_pos = all_pos[order]
-        if np.any(_gaps(sorted_pos, indptr) < 0):  # new positions interleave with old ones
-            order = np.lexsort((all_pos, all_ids))
-            sorted_pos = all_pos[order]
-        self._store(indptr, sorted_pos, all_act[order])
+        self._store(indptr, positions[order], acts[order])
+
+    def _last_positions(self) -> np.ndarray:
+        """Last position of every list (-1 when empty), cached until the lists change."""
+        if self._last is None:
+            positions, _ = self.decode()
+            last = np.full(self.n_latents, -1, np.int64)
+            used = np.diff(self.indptr) > 0
+            last[used] = positions[self.indptr[1:][used] - 1]
+            self._last = last
+        return self._last
+
+    def _splice(self, fresh: Postings, last: np.ndarray) -> None:
+        """Append ``fresh`` (whose positions all follow ours) to every list, byte by byte."""
+        fresh_pos, _ = fresh.decode()
+        fresh_lengths = np.diff(fresh.indptr)
+        byte_parts: list[np.ndarray] = []
+        code_parts: list[np.ndarray] = []
+        list_bytes = np.diff(self.byteptr).astype(np.int64)
+        new_last = last.copy()
+        for j in range(self.n_latents):
+            byte_parts.append(
+                np.asarray(self.position_bytes[self.byteptr[j] : self.byteptr[j + 1]])
+            )
+            code_parts.append(
+                np.asarray(self.activation_codes[self.indptr[j] : self.indptr[j + 1]])
+            )
+            if not fresh_lengths[j]:
+                continue
+            lo, hi = int(fresh.indptr[j]), int(fresh.indptr[j + 1])
+            first = int(fresh_pos[lo])
+            head = int(_varint_sizes(np.array([first]))[0])
+            # The first new position is stored as its distance from the list's old last one.
+            jump = encode_varints(np.array([first - last[j] if last[j] >= 0 else first]))
+            rest = fresh.position_bytes[fresh.byteptr[j] + head : fresh.byteptr[j + 1]]
+            byte_parts += [jump, rest]
+            code_parts.append(fresh.activation_codes[lo:hi])
+            list_bytes[j] += len(jump) + len(rest)
+            new_last[j] = fresh_pos[hi - 1]
+        self.indptr = (self.indptr + fresh.indptr).astype(np.int64)
+        self.byteptr = np.concatenate([[0], np.cumsum(list_bytes)]).astype(np.int64)
+        self.position_bytes = np.concatenate(byte_parts)
+        self.activation_codes = np.concatenate(code_parts)
+        self._decoded = None
+        self._by_position = None
+        self._last = new_last
 
     def _store(self, indptr: np.ndarray, positions: np.ndarray, acts: np.ndarray) -> None:
         """Encode sorted postings: varint gaps and activation codes."""
@@ -195,6 +258,7 @@ class Postings:
             self.activation_codes = quantize_activations(acts)
         self._decoded = None
         self._by_position = None
+        self._last = None
 
     def decode(self) -> tuple[np.ndarray, np.ndarray]:
         """All postings in CSR order: positions (int32) and activations (float32), cached."""

@@ -135,6 +135,27 @@ def test_postings_independent_of_append_order() -> None:
         assert np.array_equal(forward.activation_codes, other.activation_codes)
 
 
+@pytest.mark.parametrize("exact", [True, False])
+def test_appended_batches_splice_to_the_same_bytes(exact: bool) -> None:
+    """Batches at ever larger positions (appends, merged without decoding) give the arrays of
+    one sorted store, including latents that gain their first posting late."""
+    rng = np.random.default_rng(9)
+    batches = []
+    start = 0
+    for size in (30, 1, 45, 20):
+        ids, acts = _codes(rng, size)
+        if start == 0:  # latent 7 first appears in a later batch
+            others = [j for j in range(N_LATENTS) if j != 7]
+            ids = np.stack([rng.choice(others, size=K, replace=False) for _ in range(size)])
+        batches.append((np.arange(start, start + size, dtype=np.int64), ids, acts))
+        start += size
+    one_shot = _build(batches, exact=exact)
+    spliced = _build(batches, flush_every=1, exact=exact)
+    for part in ("indptr", "byteptr", "position_bytes", "activation_codes"):
+        assert np.array_equal(getattr(spliced, part), getattr(one_shot, part)), part
+    assert _as_dict(spliced) == _as_dict(one_shot)
+
+
 def test_postings_keep_drops_and_renumbers() -> None:
     """keep(mask) removes postings of dropped positions and renumbers the survivors densely."""
     n = 100
