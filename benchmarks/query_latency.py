@@ -116,82 +116,14 @@ def _dense_times(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="evaluation data folder")
-    parser.add_argument("--tokens", type=int, default=100_000, help="real tokens to scan")
-    parser.add_argument("--sizes", default="100000,1000000,10000000", help="indexed tokens")
-    parser.add_argument("--questions", type=int, default=20, help="questions timed per size")
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-
-    examples = haystacks(data_dir(args.data), n=max(1, args.tokens // 4000))
-    retriever = quiet_retriever()
-    t_scan = 0.0
-    for example in examples:
-        if retriever.corpus.n_positions >= args.tokens:
-            break
-        t, _ = _timed(lambda e=example: retriever.add_documents(e.documents, ids=e.doc_ids))
-        t_scan += t
-    base_tokens = retriever.corpus.n_positions
-    base_texts = list(retriever.corpus.texts)
-    questions = [e.question for e in examples][: args.questions]
-    for postings in retriever.postings.values():
-        check_replication(postings, base_tokens)
-
-    dense = DenseBaseline()
-    units = [text[s:e] for text in base_texts for s, e in split_units(text)]
-    t_embed, unit_vectors = _timed(lambda: dense.embed(units))
-
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="s3-latency-") as tmp:
-        retriever.save(Path(tmp) / "base")
-        for size in sizes:
-            copies = max(1, math.ceil(size / base_tokens))
-            grown = S3Retriever.load(Path(tmp) / "base")
-            replicate(grown, copies)
-            path = Path(tmp) / f"x{copies}"
-            t_save, _ = _timed(lambda g=grown, p=path: g.save(p))
-            n_postings = sum(int(p.indptr[-1]) for p in grown.postings.values())
-            del grown
-            gc.collect()
-            t_load, loaded = _timed(lambda p=path: S3Retriever.load(p))
-            loaded.scanner.config = retriever.scanner.config
-            row: dict[str, Any] = {
-                "target_tokens": size,
-                "tokens": loaded.corpus.n_positions,
-                "copies": copies,
-                "postings": n_postings,
-                "save_s": t_save,
-                "load_s": t_load,
-                "index_mib_on_disk": sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-                / 2**20,
-                "exact": _s3_times(loaded, questions, "exact"),
-            }
-            if n_postings <= MAX_DECODED_POSTINGS:
-                row["aligned"] = _s3_times(loaded, questions, "aligned")
-            row["rss_mib_after_queries"] = _rss_mib()
-            del loaded
-            gc.collect()
-            row["bm25s"] = _bm25_times(base_texts * copies, questions)
-            row["dense"] = _dense_times(dense, unit_vectors, copies, questions)
-            rows.append(row)
-            print(row, flush=True)
-            for stale in path.rglob("*"):
-                if stale.is_file():
-                    stale.unlink()
-
+def _write(
+    args: argparse.Namespace, base: dict[str, Any], heads: Any, rows: list[dict[str, Any]]
+) -> None:
+    """Write the result files; called after every size, so a long run leaves what it measured."""
     payload = {
         "settings": {**vars(args), "token_budget": 1024, "mode": "s3"},
-        "base": {
-            "tokens": base_tokens,
-            "documents": len(base_texts),
-            "scan_s": t_scan,
-            "scan_tokens_per_s": base_tokens / t_scan,
-            "minilm_units": len(units),
-            "minilm_embed_s": t_embed,
-        },
-        "heads": [list(h) for h in retriever.heads],
+        "base": base,
+        "heads": heads,
         "rows": rows,
     }
     table_rows = []
@@ -231,6 +163,80 @@ def main() -> None:
         table_rows,
     )
     write_result("query_latency", payload, table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="evaluation data folder")
+    parser.add_argument("--tokens", type=int, default=100_000, help="real tokens to scan")
+    parser.add_argument("--sizes", default="100000,1000000,10000000", help="indexed tokens")
+    parser.add_argument("--questions", type=int, default=20, help="questions timed per size")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    examples = haystacks(data_dir(args.data), n=max(1, args.tokens // 4000))
+    retriever = quiet_retriever()
+    t_scan = 0.0
+    for example in examples:
+        if retriever.corpus.n_positions >= args.tokens:
+            break
+        t, _ = _timed(lambda e=example: retriever.add_documents(e.documents, ids=e.doc_ids))
+        t_scan += t
+    base_tokens = retriever.corpus.n_positions
+    base_texts = list(retriever.corpus.texts)
+    questions = [e.question for e in examples][: args.questions]
+    for postings in retriever.postings.values():
+        check_replication(postings, base_tokens)
+
+    dense = DenseBaseline()
+    units = [text[s:e] for text in base_texts for s, e in split_units(text)]
+    t_embed, unit_vectors = _timed(lambda: dense.embed(units))
+
+    base = {
+        "tokens": base_tokens,
+        "documents": len(base_texts),
+        "scan_s": t_scan,
+        "scan_tokens_per_s": base_tokens / t_scan,
+        "minilm_units": len(units),
+        "minilm_embed_s": t_embed,
+    }
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="s3-latency-") as tmp:
+        retriever.save(Path(tmp) / "base")
+        for size in sizes:
+            copies = max(1, math.ceil(size / base_tokens))
+            grown = S3Retriever.load(Path(tmp) / "base")
+            replicate(grown, copies)
+            path = Path(tmp) / f"x{copies}"
+            t_save, _ = _timed(lambda g=grown, p=path: g.save(p))
+            n_postings = sum(int(p.indptr[-1]) for p in grown.postings.values())
+            del grown
+            gc.collect()
+            t_load, loaded = _timed(lambda p=path: S3Retriever.load(p))
+            loaded.scanner.config = retriever.scanner.config
+            row: dict[str, Any] = {
+                "target_tokens": size,
+                "tokens": loaded.corpus.n_positions,
+                "copies": copies,
+                "postings": n_postings,
+                "save_s": t_save,
+                "load_s": t_load,
+                "index_mib_on_disk": sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                / 2**20,
+                "exact": _s3_times(loaded, questions, "exact"),
+            }
+            if n_postings <= MAX_DECODED_POSTINGS:
+                row["aligned"] = _s3_times(loaded, questions, "aligned")
+            row["rss_mib_after_queries"] = _rss_mib()
+            del loaded
+            gc.collect()
+            row["bm25s"] = _bm25_times(base_texts * copies, questions)
+            row["dense"] = _dense_times(dense, unit_vectors, copies, questions)
+            rows.append(row)
+            _write(args, base, [list(h) for h in retriever.heads], rows)
+            for stale in path.rglob("*"):
+                if stale.is_file():
+                    stale.unlink()
 
 
 if __name__ == "__main__":
