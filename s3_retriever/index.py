@@ -327,6 +327,10 @@ class Postings:
         """What is inconsistent in the arrays (after loading a file), or ``None``."""
         if self.indptr.shape != (self.n_latents + 1,) or self.byteptr.shape != self.indptr.shape:
             return "postings pointers do not match the dictionary size"
+        if self.position_bytes.dtype != np.uint8 or self.activation_codes.dtype != self._code_dtype:
+            return "postings arrays have the wrong types"
+        if self.indptr.dtype.kind not in "iu" or self.byteptr.dtype.kind not in "iu":
+            return "postings pointers are not integers"
         if np.any(np.diff(self.indptr) < 0) or np.any(np.diff(self.byteptr) < 0):
             return "postings pointers are not monotonic"
         if int(self.indptr[-1]) != len(self.activation_codes) or int(self.byteptr[-1]) != len(

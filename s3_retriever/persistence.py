@@ -161,8 +161,8 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
     if not isinstance(manifest, dict) or manifest.get("format_version") not in _READABLE_VERSIONS:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise IndexLoadError(
-            f"{folder} is index format {version!r}; this s3-retriever reads format "
-            f"{FORMAT_VERSION}. Rebuild the index with this version."
+            f"{folder} is index format {version!r}; this s3-retriever reads formats "
+            f"{', '.join(map(str, _READABLE_VERSIONS))}. Rebuild the index with this version."
         )
     files = manifest.get("files")
     if not isinstance(files, dict):

@@ -231,6 +231,9 @@ def test_postings_check_flags_inconsistent_arrays() -> None:
     assert postings.check(40) is None
     postings.position_bytes = postings.position_bytes[:-1]
     assert postings.check(40) is not None
+    retyped = _build(_batches(8, 40, 2), exact=False)
+    retyped.activation_codes = retyped.activation_codes.astype(np.int64)
+    assert retyped.check(40) == "postings arrays have the wrong types"
 
 
 def test_keystore_round_trip_error_small() -> None:
