@@ -1,6 +1,7 @@
 """The ``s3-retriever`` command line.
 
-s3-retriever index FILE... --out DIR      scan files into an index directory
+s3-retriever index PATH... --out DIR      scan files, folders or JSONL into an index directory
+                                          (saved every --commit-every docs; --resume continues)
 s3-retriever query DIR "question"         print evidence spans with sources and scores
 s3-retriever train-sae --data PATH --out DIR   train an SAE bundle for a model
 s3-retriever sae-report --data PATH --out STEM  fidelity report of an SAE bundle
@@ -12,10 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from s3_retriever.errors import S3RetrieverError
+
+if TYPE_CHECKING:
+    from s3_retriever.bulk import SourceDocument
 
 
 class CLIError(Exception):
@@ -23,42 +28,59 @@ class CLIError(Exception):
 
 
 def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CLIError(
-            f"{path} is not valid UTF-8 (byte {exc.start}); convert it first, e.g. "
-            f"`iconv -f latin1 -t utf-8 {path} > {path}.utf8`"
-        ) from exc
+    from s3_retriever.bulk import read_text
+
+    return read_text(path)
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
+    from s3_retriever.bulk import count_documents, index_corpus, iter_documents
     from s3_retriever.persistence import has_index
     from s3_retriever.retriever import S3Retriever
 
-    paths = [Path(p) for p in args.files]
-    texts = [_read_text(p) for p in paths]
     out = Path(args.out)
+    total = count_documents(args.files)  # also checks that every input exists, before loading
     # has_index also sees an index that a killed save left only in its backup, so --append
-    # continues from it instead of starting an empty index that would hide it.
+    # or --resume continues from it instead of starting an empty index that would hide it.
     exists = has_index(out)
-    if exists and not args.append:
-        raise CLIError(f"{out} already holds an index; pass --append to add to it")
-    if args.append and exists:
+    if exists and not (args.append or args.resume):
+        raise CLIError(
+            f"{out} already holds an index; pass --resume to continue an interrupted run "
+            f"(documents already indexed are skipped) or --append to add new documents"
+        )
+    if exists:
         retriever = S3Retriever.load(out, model_path=args.model)
     else:
         retriever = S3Retriever.from_pretrained(args.model, sae_path=args.sae)
-    ids = [str(p) for p in paths]
-    metadatas = [{"source": str(p)} for p in paths]
-    retriever.add_documents(texts, ids=ids, metadatas=metadatas)
-    retriever.save(out)
-    n_tokens = retriever.corpus.n_positions
-    print(f"indexed {len(paths)} file(s), {n_tokens} tokens -> {out}")
+    documents = iter_documents(args.files)
+    if args.append and not args.resume:
+        documents = _refuse_indexed(documents, set(retriever.doc_ids))
+    report = index_corpus(
+        retriever,
+        documents,
+        out,
+        commit_every=args.commit_every,
+        total=total,
+        progress=not args.quiet,
+    )
+    skipped = f", skipped {report.skipped} already indexed" if report.skipped else ""
+    print(
+        f"indexed {report.added} document(s), {report.tokens} tokens{skipped} -> {out} "
+        f"({retriever.corpus.n_positions} tokens in all)"
+    )
     return 0
+
+
+def _refuse_indexed(
+    documents: Iterator[SourceDocument], indexed: set[str]
+) -> Iterator[SourceDocument]:
+    for doc in documents:
+        if doc.doc_id in indexed:
+            raise CLIError(
+                f"{doc.doc_id} is already indexed; pass --resume to skip documents already "
+                f"in the index"
+            )
+        yield doc
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
@@ -210,12 +232,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    index = sub.add_parser("index", help="index UTF-8 text files into a directory")
-    index.add_argument("files", nargs="+", help="text files to index")
+    index = sub.add_parser(
+        "index",
+        help="index UTF-8 text files, folders of them, or JSONL files into a directory",
+    )
+    index.add_argument(
+        "files",
+        nargs="+",
+        help='text files, folders (every file below) or .jsonl files ({"text", "id", "metadata"})',
+    )
     index.add_argument("--out", required=True, help="index directory to write")
     index.add_argument("--model", default=None, help="model folder (default: bundled SmolLM2)")
     index.add_argument("--sae", default=None, help="SAE bundle folder (default: shipped one)")
     index.add_argument("--append", action="store_true", help="add to an existing index")
+    index.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: skip documents whose ids the index already holds",
+    )
+    index.add_argument(
+        "--commit-every",
+        type=int,
+        default=200,
+        help="save the index after this many documents (default 200); a killed run loses at "
+        "most one batch",
+    )
+    index.add_argument("--quiet", action="store_true", help="no progress bar")
     index.set_defaults(run=_cmd_index)
 
     query = sub.add_parser("query", help="retrieve evidence spans for a question")
@@ -310,7 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"s3-retriever: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("s3-retriever: interrupted; nothing was written", file=sys.stderr)
+        print(
+            "s3-retriever: interrupted; the index holds everything up to its last save "
+            "(for `index`, rerun with --resume to continue)",
+            file=sys.stderr,
+        )
         return 130
 
 

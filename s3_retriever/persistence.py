@@ -7,11 +7,16 @@ Layout::
     documents.json       ids, texts and metadata
     corpus/*.npy         token and unit tables
     keys/L{l}_H{h}_{codes,scales}.npy
-    postings/L{l}_H{h}_{indptr,positions,activations}.npy
+    postings/L{l}_H{h}_{indptr,byteptr,position_bytes,activation_codes}.npy
+                         compact postings (see :mod:`s3_retriever.index`)
     sae/                 a copy of the SAE bundle the index was built with
 
 A save is written to a sibling staging folder and swapped in with renames, so a crash at any
 moment leaves either the old or the new complete index.
+
+Loading verifies every checksum, then memory-maps the large arrays (keys and postings): the
+operating system pages them in as searches touch them, so a big index opens without a copy in
+memory. Format 1 indexes (int32 positions, float16 activations) are read and re-encoded.
 """
 
 from __future__ import annotations
@@ -30,20 +35,27 @@ import numpy as np
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.corpus import Corpus
 from s3_retriever.errors import IndexLoadError
+from s3_retriever.index import Postings
 from s3_retriever.untrusted import (
     UntrustedFileError,
     check_manifest_fields,
     corpus_problem,
     documents_fit,
-    load_npy,
-    postings_fit,
+    npy_header,
     read_json_file,
 )
 
 if TYPE_CHECKING:
     from s3_retriever.retriever import S3Retriever
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+_POSTINGS_PARTS = (
+    "indptr",
+    "byteptr",
+    "position_bytes",
+    "activation_codes",
+)
 _CORPUS_ARRAYS = (
     "doc_token_start",
     "doc_token_count",
@@ -126,7 +138,7 @@ def _write_contents(retriever: S3Retriever, folder: Path) -> None:
         _write_npy(folder / "keys" / f"L{layer}_H{kv}_scales.npy", store.scales)
     for (layer, kv), postings in retriever.postings.items():
         postings.flush()
-        for part in ("indptr", "positions", "activations"):
+        for part in _POSTINGS_PARTS:
             _write_npy(folder / "postings" / f"L{layer}_H{kv}_{part}.npy", getattr(postings, part))
     retriever.bundle.save(folder / "sae")
     files = {
@@ -193,11 +205,11 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
         manifest = read_json_file(folder / "manifest.json")
     except UntrustedFileError as exc:
         raise IndexLoadError(f"{exc}; the index is damaged. Rebuild the index.") from exc
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format_version") not in _READABLE_VERSIONS:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise IndexLoadError(
-            f"{folder} is index format {version!r}; this s3-retriever reads format "
-            f"{FORMAT_VERSION}. Rebuild the index with this version."
+            f"{folder} is index format {version!r}; this s3-retriever reads formats "
+            f"{', '.join(map(str, _READABLE_VERSIONS))}. Rebuild the index with this version."
         )
     try:
         check_manifest_fields(manifest)
@@ -228,11 +240,13 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
     return folder, manifest
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     if not path.is_file():
         raise IndexLoadError(f"{path} is missing; the index is damaged. Rebuild the index.")
     try:
-        array = load_npy(path)
+        # The header is checked against the file size before numpy allocates or maps anything.
+        npy_header(path)
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError) as exc:
         raise IndexLoadError(f"{path} is not a plain numeric .npy array ({exc}); refused.") from exc
     if not isinstance(array, np.ndarray) or array.dtype.hasobject:
@@ -297,24 +311,40 @@ def _fill(retriever: S3Retriever, folder: Path, manifest: dict[str, Any]) -> Non
         raise IndexLoadError(f"{folder}: {problem}; the index is damaged. Rebuild the index.")
     retriever.corpus = corpus
     for (layer, kv), store in retriever.key_stores.items():
-        store.codes = _load_npy(folder / "keys" / f"L{layer}_H{kv}_codes.npy")
-        store.scales = _load_npy(folder / "keys" / f"L{layer}_H{kv}_scales.npy")
+        store.codes = _load_npy(folder / "keys" / f"L{layer}_H{kv}_codes.npy", mmap=True)
+        store.scales = _load_npy(folder / "keys" / f"L{layer}_H{kv}_scales.npy", mmap=True)
         if store.codes.shape != (corpus.n_positions, store.head_dim) or store.scales.shape != (
             corpus.n_positions,
         ):
             raise IndexLoadError(f"{folder}: stored keys have the wrong shape; rebuild the index.")
+    version = manifest["format_version"]
     for (layer, kv), postings in retriever.postings.items():
-        postings.indptr = _load_npy(folder / "postings" / f"L{layer}_H{kv}_indptr.npy")
-        postings.positions = _load_npy(folder / "postings" / f"L{layer}_H{kv}_positions.npy")
-        postings.activations = _load_npy(folder / "postings" / f"L{layer}_H{kv}_activations.npy")
-        if not postings_fit(
-            postings.indptr,
-            postings.positions,
-            postings.activations,
-            postings.n_latents,
-            corpus.n_positions,
-        ):
-            raise IndexLoadError(f"{folder}: postings do not fit the corpus; rebuild the index.")
+        stem = folder / "postings" / f"L{layer}_H{kv}"
+        if version == 1:
+            _read_v1_postings(postings, stem)
+        else:
+            for part in _POSTINGS_PARTS:
+                setattr(postings, part, _load_npy(Path(f"{stem}_{part}.npy"), mmap=True))
+        problem = postings.check(corpus.n_positions)
+        if problem:
+            raise IndexLoadError(f"{folder}: {problem}; rebuild the index.")
+
+
+def _read_v1_postings(postings: Postings, stem: Path) -> None:
+    """Format 1 kept int32 positions and float16 activations; encode them compactly."""
+    indptr = _load_npy(Path(f"{stem}_indptr.npy"))
+    positions = _load_npy(Path(f"{stem}_positions.npy"))
+    activations = _load_npy(Path(f"{stem}_activations.npy"))
+    lengths = np.diff(indptr)
+    if (
+        indptr.shape != (postings.n_latents + 1,)
+        or len(positions) != len(activations)
+        or (np.any(lengths < 0) or int(indptr[-1]) != len(positions))
+    ):
+        raise IndexLoadError(f"{stem}: format-1 postings are inconsistent; rebuild the index.")
+    ids = np.repeat(np.arange(postings.n_latents), lengths)
+    postings.append(positions.astype(np.int64), ids[:, None], activations[:, None])
+    postings.flush()
 
 
 def _read_documents(folder: Path) -> Corpus:

@@ -18,7 +18,8 @@ max- or mean-of-logits. Heads are averaged with equal weight.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,10 @@ SCORERS: tuple[str, ...] = ("exact", "aligned", "coactivation")
 # Positions per block when streaming the exact scorer's softmax: bounds memory at
 # block x question tokens x 4 bytes whatever the corpus size.
 _BLOCK = 1 << 18
+# Float logits the fast exact path holds at once (elements): 256 MiB.
+_LOGIT_BUDGET = 1 << 26
+# Fine steps per coarse step of the int8 question codes (the fast exact path).
+_FINE_STEPS = 256
 
 
 @dataclass(frozen=True)
@@ -98,17 +103,7 @@ def content_token_indices(text: str, starts: np.ndarray, ends: np.ndarray) -> np
     return np.asarray(keep, dtype=np.int64)
 
 
-def _masked_softmax_mean(logits: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-    """Mean over rows of softmax over columns (rows: question tokens, columns: positions)."""
-    if allowed is not None:
-        logits = np.where(allowed[None, :], logits, -np.inf)
-    top = logits.max(axis=1, keepdims=True)
-    weights = np.exp(logits - top)
-    weights /= weights.sum(axis=1, keepdims=True)
-    return weights.mean(axis=0)
-
-
-def exact_scores(
+def exact_scores_reference(
     queries: np.ndarray,
     keys: KeyStore,
     n_positions: int,
@@ -117,8 +112,8 @@ def exact_scores(
 ) -> np.ndarray:
     """Mean attention of (n_q, d) question vectors over the stored keys, streamed in blocks.
 
-    With ``allowed``, only those positions take part (and are computed at all): a filter to a
-    few documents costs what those documents cost, not the whole index.
+    The straightforward float32 computation, kept as the reference that :func:`exact_scores`
+    (the fast path used for search) is tested against.
     """
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
     q = queries.astype(np.float32) * scale
@@ -149,6 +144,94 @@ def exact_scores(
     return out
 
 
+def exact_scores(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    allowed: np.ndarray | None = None,
+    temperature: float = 1.0,
+    groups: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Mean attention of (n_q, d) question vectors over the stored keys: the search fast path.
+
+    The int8 keys are multiplied as they are stored, by int8 question vectors (absmax per row),
+    with integer accumulation; the two scales are applied to the int32 logits. This avoids
+    dequantising every key, which dominated the float path (docs/performance.md: the two paths
+    agree within a tolerance measured there and tested in tests/test_scoring.py).
+
+    ``groups`` splits the rows into consecutive groups (query heads that read this key field):
+    the keys are read once for all of them and the result is the sum over groups of each
+    group's mean attention. With ``allowed``, only those positions take part (and are computed
+    at all): a filter to a few documents costs what those documents cost, not the whole index.
+    """
+    n_rows = queries.shape[0]
+    group_sizes = list(groups) if groups is not None else [n_rows]
+    out = np.zeros(n_positions, np.float32)
+    candidates = None if allowed is None else np.flatnonzero(allowed)
+    n_candidates = n_positions if candidates is None else len(candidates)
+    if n_candidates == 0 or n_rows == 0:
+        return out
+    scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
+    coarse, fine, step = _int16_as_two_int8(queries)
+    row_weight = np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
+    codes, key_scales = _candidate_keys(keys, candidates, n_positions)
+    # One float multiply per logit: the question's step and the softmax scale ride on the keys'.
+    key_factor = key_scales * torch.tensor(step * scale, dtype=torch.float32)
+    total = torch.zeros(n_candidates, dtype=torch.float32)
+    # Rows are independent softmaxes, so memory stays bounded by computing a few rows over all
+    # candidates at a time.
+    rows_per_pass = max(1, _LOGIT_BUDGET // max(n_candidates, 1))
+    for lo in range(0, n_rows, rows_per_pass):
+        hi = min(n_rows, lo + rows_per_pass)
+        rows = hi - lo
+        q_codes = torch.from_numpy(np.concatenate([coarse[lo:hi], fine[lo:hi]])).T.contiguous()
+        # Row-major (question rows x positions), so the softmax runs over contiguous memory.
+        logits = torch.empty((rows, n_candidates), dtype=torch.float32)
+        for start in range(0, n_candidates, _BLOCK):
+            stop = min(n_candidates, start + _BLOCK)
+            both = torch._int_mm(codes[start:stop], q_codes)
+            # |coarse logit| <= 64 * 127 * 127 (for 64 dims), so x256 stays inside int32.
+            combined = both[:, :rows] * _FINE_STEPS + both[:, rows:]
+            torch.mul(combined.T, key_factor[None, start:stop], out=logits[:, start:stop])
+        weights = torch.softmax(logits, dim=1)
+        total += torch.from_numpy(row_weight[lo:hi]) @ weights
+    mass = total.numpy()
+    if candidates is None:
+        out[:] = mass
+    else:
+        out[candidates] = mass
+    return out
+
+
+def _int16_as_two_int8(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Question vectors as ``(coarse * 256 + fine) * step`` with int8 ``coarse`` and ``fine``.
+
+    One step for all rows (absmax / 127 / 256) gives every row about 16 bits, so the keys' own
+    int8 rounding, which the float reference shares, stays the only coarse step.
+    """
+    peak = float(np.abs(rows).max()) if rows.size else 0.0
+    coarse_step = peak / 127.0 if peak > 0 else 1.0
+    scaled = rows.astype(np.float64) / coarse_step
+    coarse = np.clip(np.rint(scaled), -127, 127)
+    fine = np.clip(np.rint((scaled - coarse) * _FINE_STEPS), -127, 127)
+    return coarse.astype(np.int8), fine.astype(np.int8), coarse_step / _FINE_STEPS
+
+
+def _candidate_keys(
+    keys: KeyStore, candidates: np.ndarray | None, n_positions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes and float32 scales of the candidate positions, as torch tensors (no copy
+    when every position is a candidate; memory-mapped stores stay mapped)."""
+    codes = np.asarray(keys.codes[:n_positions])
+    scales = np.asarray(keys.scales[:n_positions], dtype=np.float32)
+    if candidates is not None:
+        codes, scales = codes[candidates], scales[candidates]
+    with warnings.catch_warnings():
+        # Read-only (memory-mapped) arrays: torch warns because it could write; it never does.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(codes), torch.from_numpy(scales)
+
+
 def _block_keys(keys: KeyStore, candidates: np.ndarray | None, start: int, stop: int) -> np.ndarray:
     """Dequantised keys of candidate slots [start, stop) (all positions when no candidates)."""
     if candidates is None:
@@ -166,20 +249,37 @@ def aligned_scores(
     allowed: np.ndarray | None = None,
     temperature: float = 1.0,
 ) -> np.ndarray:
-    """Attention through the SAE: each question token keeps its top atoms by ``q.d_j``."""
+    """Attention through the SAE: each question token keeps its top atoms by ``q.d_j``.
+
+    The logit of position t for question row r is ``sum_i a_i(t) w_r[j_i(t)]`` over t's postings,
+    with ``w_r`` zero outside the row's chosen atoms. All rows are computed in one pass over the
+    postings grouped by position (``embedding_bag`` with per-posting weights), which reads each
+    posting once instead of once per question row.
+    """
     atoms = sae.W_dec.detach().float().numpy()
     weights = queries.astype(np.float32) @ atoms.T  # (n_q, n_latents): q.d_j
     m = min(atoms_per_query, atoms.shape[0])
-    chosen = np.argpartition(-weights, m - 1, axis=1)[:, :m]
+    if m < atoms.shape[0]:
+        chosen = np.argpartition(-weights, m - 1, axis=1)[:, :m]
+        kept = np.zeros_like(weights)
+        np.put_along_axis(kept, chosen, np.take_along_axis(weights, chosen, axis=1), axis=1)
+        weights = kept
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
-    out = np.zeros(n_positions, np.float64)
-    for row in range(queries.shape[0]):
-        latents = chosen[row]
-        positions, acts, owner = postings.gather(latents)
-        contribution = acts * weights[row, latents][owner] * scale
-        logits = np.bincount(positions, weights=contribution, minlength=n_positions)
-        out += _masked_softmax_mean(logits[None, :], allowed)
-    return (out / max(queries.shape[0], 1)).astype(np.float32)
+    if n_positions == 0 or queries.shape[0] == 0:
+        return np.zeros(n_positions, np.float32)
+    ids, acts, offsets = postings.by_position(n_positions)
+    logits = torch.nn.functional.embedding_bag(
+        torch.from_numpy(ids),
+        torch.from_numpy(np.ascontiguousarray(weights.T * np.float32(scale))),
+        torch.from_numpy(offsets),
+        mode="sum",
+        per_sample_weights=torch.from_numpy(acts),
+    ).T.contiguous()  # (n_q, n_positions)
+    if allowed is not None:
+        if not allowed.any():
+            return np.zeros(n_positions, np.float32)
+        logits.masked_fill_(~torch.from_numpy(allowed)[None, :], -math.inf)
+    return torch.softmax(logits, dim=1).mean(dim=0).numpy().astype(np.float32)
 
 
 def coactivation_scores(
@@ -227,15 +327,16 @@ def score_positions(
     total = np.zeros(n_positions, np.float32)
     if n_positions == 0 or not head_queries:
         return total
+    exact_by_field: dict[Field, list[np.ndarray]] = {}
     for (layer, head), vectors in head_queries.items():
         field_key = (layer, head // kv_group)
         q = vectors
         if config.center_queries and config.scorer != "coactivation" and layer in query_means:
             q = vectors - query_means[layer][head].numpy()[None, :]
         if config.scorer == "exact":
-            total += exact_scores(
-                q, key_stores[field_key], n_positions, allowed, config.temperature
-            )
+            # Heads sharing a KV head (GQA) are scored together: their keys are read once.
+            if len(q):
+                exact_by_field.setdefault(field_key, []).append(q)
         elif config.scorer == "aligned":
             total += aligned_scores(
                 bundle.map_queries(layer, q),
@@ -254,4 +355,13 @@ def score_positions(
                 n_positions,
                 allowed,
             )
+    for field_key, group in exact_by_field.items():
+        total += exact_scores(
+            np.concatenate(group),
+            key_stores[field_key],
+            n_positions,
+            allowed,
+            config.temperature,
+            groups=[len(q) for q in group],
+        )
     return total / len(head_queries)

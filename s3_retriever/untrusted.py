@@ -118,12 +118,6 @@ def npy_header(path: Path, max_bytes: int = MAX_ARRAY_BYTES) -> tuple[tuple[int,
     return tuple(int(d) for d in shape), dtype
 
 
-def load_npy(path: Path) -> np.ndarray:
-    """Load a .npy file after :func:`npy_header` accepted it; never unpickles."""
-    npy_header(path)
-    return np.load(path, allow_pickle=False)
-
-
 def safetensors_shapes(path: Path, max_bytes: int = MAX_ARRAY_BYTES) -> dict[str, tuple[int, ...]]:
     """Tensor shapes a safetensors file declares, read from its header without loading tensors."""
     size = path.stat().st_size
@@ -174,24 +168,6 @@ def _int_list(value: Any, length: int | None = None) -> bool:
         isinstance(value, list)
         and (length is None or len(value) == length)
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
-    )
-
-
-def postings_fit(
-    indptr: np.ndarray, positions: np.ndarray, acts: np.ndarray, n_latents: int, n_positions: int
-) -> bool:
-    """CSR arrays are consistent and only name positions that exist."""
-    return (
-        indptr.shape == (n_latents + 1,)
-        and positions.ndim == 1
-        and acts.shape == positions.shape
-        and int(indptr[0]) == 0
-        and int(indptr[-1]) == len(positions)
-        and bool((np.diff(indptr) >= 0).all())
-        and (
-            len(positions) == 0
-            or (int(positions.min()) >= 0 and int(positions.max()) < n_positions)
-        )
     )
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from s3_retriever import S3Retriever
@@ -100,7 +101,7 @@ def test_index_and_query_round_trip(
     )
     out = capsys.readouterr()
     assert status == 0, out.err
-    assert out.out.startswith("indexed 2 file(s)")
+    assert out.out.startswith("indexed 2 document(s)")
     assert (index / "manifest.json").is_file()
     assert len(tiny_from_pretrained) == 1
 
@@ -164,6 +165,112 @@ def test_index_refuses_existing_then_appends(
     restored = S3Retriever.load(index, model_path=model_dir)
     assert restored.doc_ids == [str(files[0]), str(files[2])]
     assert restored.corpus.metadatas[1] == {"source": str(files[2])}
+
+
+def test_folder_and_jsonl_inputs(
+    tmp_path: Path,
+    corpus: dict[str, str],
+    model_dir: Path,
+    tiny_from_pretrained: list[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A folder contributes every file below it; a JSONL file one document a line, with its id
+    (or path:line) and metadata."""
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "b.txt").write_text(corpus["trains"], encoding="utf-8")
+    (folder / "sub" / "a.txt").write_text(corpus["rivers"], encoding="utf-8")
+    jsonl = tmp_path / "more.jsonl"
+    lines = [
+        json.dumps({"id": "h", "text": corpus["hospital"], "metadata": {"year": 2022}}),
+        "",
+        json.dumps({"text": corpus["unicode"]}),
+    ]
+    jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    index = tmp_path / "index"
+    argv = ["index", str(folder), str(jsonl), "--out", str(index), "--quiet"]
+    assert main([*argv, "--commit-every", "2"]) == 0, capsys.readouterr().err
+    restored = S3Retriever.load(index, model_path=model_dir)
+    assert restored.doc_ids == [
+        str(folder / "b.txt"),
+        str(folder / "sub" / "a.txt"),
+        "h",
+        f"{jsonl}:3",
+    ]
+    assert restored.corpus.metadatas[2] == {"source": str(jsonl), "year": 2022}
+    assert restored.corpus.texts[3] == corpus["unicode"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [("{not json", "not valid JSON"), ('{"id": 1}', '"text" string'), ("[1]", '"text" string')],
+)
+def test_bad_jsonl_line_is_one_line_error(
+    tmp_path: Path,
+    line: str,
+    message: str,
+    tiny_from_pretrained: list[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A malformed JSONL line fails with one error line giving the file and line number."""
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text('{"text": "fine"}\n' + line + "\n", encoding="utf-8")
+    status = main(["index", str(jsonl), "--out", str(tmp_path / "i"), "--quiet"])
+    err = _one_error_line(capsys.readouterr().err)
+    assert status != 0
+    assert f"{jsonl}:2" in err and message in err
+
+
+def test_killed_run_resumes_where_it_stopped(
+    tmp_path: Path,
+    corpus: dict[str, str],
+    model_dir: Path,
+    make_retriever: RetrieverFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_from_pretrained: list[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run killed after its second commit keeps two batches; --resume scans only the rest,
+    and the final index equals one built in a single run."""
+    import s3_retriever.bulk as bulk
+
+    jsonl = tmp_path / "docs.jsonl"
+    names = list(corpus)
+    jsonl.write_text(
+        "".join(json.dumps({"id": n, "text": corpus[n]}) + "\n" for n in names), encoding="utf-8"
+    )
+    index = tmp_path / "index"
+    argv = ["index", str(jsonl), "--out", str(index), "--commit-every", "1", "--quiet"]
+    argv += ["--model", str(model_dir)]
+    real = bulk.index_corpus
+
+    def killed_after_two_commits(*args: Any, **kwargs: Any) -> Any:
+        def kill(report: bulk.BulkReport) -> None:
+            if report.commits == 2:
+                raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "on_commit": kill})
+
+    monkeypatch.setattr(bulk, "index_corpus", killed_after_two_commits)
+    assert main(argv) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert S3Retriever.load(index, model_path=model_dir).doc_ids == names[:2]
+    monkeypatch.setattr(bulk, "index_corpus", real)
+    capsys.readouterr()
+    assert main(argv) != 0  # an existing index needs --resume or --append
+    assert "--resume" in _one_error_line(capsys.readouterr().err)
+    assert main([*argv, "--resume"]) == 0
+    assert "skipped 2 already indexed" in capsys.readouterr().out
+    resumed = S3Retriever.load(index, model_path=model_dir)
+    fresh = make_retriever()
+    fresh.add_documents([corpus[n] for n in names], ids=names)
+    assert resumed.doc_ids == fresh.doc_ids
+    for field_key, postings in fresh.postings.items():
+        got, want = resumed.postings[field_key], postings
+        assert np.array_equal(got.position_bytes, want.position_bytes)
+        assert np.array_equal(got.activation_codes, want.activation_codes)
+    for field_key, store in fresh.key_stores.items():
+        assert np.array_equal(resumed.key_stores[field_key].codes, store.codes)
 
 
 def test_query_with_bad_budget_reports_error(

@@ -7,7 +7,14 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from s3_retriever.index import KeyStore, Postings
+from s3_retriever.index import (
+    KeyStore,
+    Postings,
+    decode_varints,
+    dequantize_activations,
+    encode_varints,
+    quantize_activations,
+)
 
 N_LATENTS = 40
 K = 3
@@ -53,9 +60,12 @@ def _as_dict(postings: Postings) -> dict[int, list[tuple[int, float]]]:
 
 
 def _build(
-    batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], flush_every: int = 0
+    batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    flush_every: int = 0,
+    exact: bool = True,
 ) -> Postings:
-    postings = Postings(N_LATENTS)
+    """Postings with float16 activations (``exact``) so lists compare equal to the reference."""
+    postings = Postings(N_LATENTS, exact_activations=exact)
     for i, (positions, ids, acts) in enumerate(batches):
         postings.append(positions, ids, acts)
         if flush_every and i % flush_every == 0:
@@ -70,11 +80,12 @@ def test_postings_match_dict_of_lists(flush_every: int) -> None:
     batches = _batches(0, 120, 5)
     postings = _build(batches, flush_every)
     assert _as_dict(postings) == _reference(batches)
+    positions, _ = postings.decode()
     for j in range(N_LATENTS):
         lo, hi = postings.indptr[j], postings.indptr[j + 1]
-        assert np.all(np.diff(postings.positions[lo:hi]) > 0)
-    assert postings.positions.dtype == np.int32
-    assert postings.activations.dtype == np.float16
+        assert np.all(np.diff(positions[lo:hi]) > 0)
+    assert postings.position_bytes.dtype == np.uint8
+    assert postings.activation_codes.dtype == np.float16
     assert postings.indptr[-1] == 120 * K
 
 
@@ -119,8 +130,30 @@ def test_postings_independent_of_append_order() -> None:
     shuffled = _build([batches[i] for i in (2, 0, 5, 1, 4, 3)], flush_every=1)
     for other in (backward, shuffled):
         assert np.array_equal(forward.indptr, other.indptr)
-        assert np.array_equal(forward.positions, other.positions)
-        assert np.array_equal(forward.activations, other.activations)
+        assert np.array_equal(forward.byteptr, other.byteptr)
+        assert np.array_equal(forward.position_bytes, other.position_bytes)
+        assert np.array_equal(forward.activation_codes, other.activation_codes)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_appended_batches_splice_to_the_same_bytes(exact: bool) -> None:
+    """Batches at ever larger positions (appends, merged without decoding) give the arrays of
+    one sorted store, including latents that gain their first posting late."""
+    rng = np.random.default_rng(9)
+    batches = []
+    start = 0
+    for size in (30, 1, 45, 20):
+        ids, acts = _codes(rng, size)
+        if start == 0:  # latent 7 first appears in a later batch
+            others = [j for j in range(N_LATENTS) if j != 7]
+            ids = np.stack([rng.choice(others, size=K, replace=False) for _ in range(size)])
+        batches.append((np.arange(start, start + size, dtype=np.int64), ids, acts))
+        start += size
+    one_shot = _build(batches, exact=exact)
+    spliced = _build(batches, flush_every=1, exact=exact)
+    for part in ("indptr", "byteptr", "position_bytes", "activation_codes"):
+        assert np.array_equal(getattr(spliced, part), getattr(one_shot, part)), part
+    assert _as_dict(spliced) == _as_dict(one_shot)
 
 
 def test_postings_keep_drops_and_renumbers() -> None:
@@ -138,7 +171,7 @@ def test_postings_keep_drops_and_renumbers() -> None:
             expected[j] = kept
     postings.keep(keep)
     assert _as_dict(postings) == expected
-    assert postings.indptr[-1] == len(postings.positions) == int(keep.sum()) * K
+    assert postings.indptr[-1] == len(postings.decode()[0]) == int(keep.sum()) * K
 
 
 def test_postings_keep_flushes_pending() -> None:
@@ -151,7 +184,56 @@ def test_postings_keep_flushes_pending() -> None:
     keep[:10] = False
     postings.keep(keep)
     assert postings.indptr[-1] == 20 * K
-    assert int(postings.positions.max()) == 19
+    assert int(postings.decode()[0].max()) == 19
+
+
+@pytest.mark.parametrize("flush_every", [0, 1])
+def test_compact_activations_within_grid_rounding(flush_every: int) -> None:
+    """uint8 activations: positions exact, each activation within 2.2% relative whatever the
+    flushes, and codes identical however the postings arrived (the grid is fixed)."""
+    batches = _batches(7, 150, 5)
+    compact = _build(batches, flush_every, exact=False)
+    assert compact.activation_codes.dtype == np.uint8
+    reference = _build(batches, flush_every)
+    ref_pos, ref_act = reference.decode()
+    pos, act = compact.decode()
+    assert np.array_equal(pos, ref_pos)
+    np.testing.assert_allclose(act, ref_act, rtol=0.022 + 1e-3)
+    assert compact.nbytes < reference.nbytes
+    other = _build(batches[::-1], flush_every=1, exact=False)
+    assert np.array_equal(other.activation_codes, compact.activation_codes)
+
+
+def test_activation_grid_edges() -> None:
+    """Zero stays zero, tiny values keep the first code, huge ones saturate, codes round-trip."""
+    acts = np.array([0.0, 1e-9, 2.0**-8, 1.0, 2.0**8, 1e9])
+    codes = quantize_activations(acts)
+    assert codes.tolist()[:2] == [0, 1] and codes[-1] == 255
+    values = dequantize_activations(codes)
+    assert values[0] == 0 and values[3] == pytest.approx(1.0, rel=0.022)
+    assert np.array_equal(quantize_activations(values), codes)
+
+
+@pytest.mark.parametrize("gaps", [[0], [0, 127, 128, 16383, 16384, 2**21, 2**28, 2**34 - 1]])
+def test_varints_round_trip(gaps: list[int]) -> None:
+    """LEB128 gaps decode to the same integers, one to five bytes each."""
+    values = np.array(gaps + list(np.random.default_rng(0).integers(0, 2**34, 500)), np.int64)
+    data = encode_varints(values)
+    assert np.array_equal(decode_varints(data), values)
+    assert int(np.count_nonzero(data < 0x80)) == len(values)
+    with pytest.raises(ValueError, match="non-negative"):
+        encode_varints(np.array([-1]))
+
+
+def test_postings_check_flags_inconsistent_arrays() -> None:
+    """check() reports pointers that do not cover the arrays (a damaged or forged file)."""
+    postings = _build(_batches(8, 40, 2), exact=False)
+    assert postings.check(40) is None
+    postings.position_bytes = postings.position_bytes[:-1]
+    assert postings.check(40) is not None
+    retyped = _build(_batches(8, 40, 2), exact=False)
+    retyped.activation_codes = retyped.activation_codes.astype(np.int64)
+    assert retyped.check(40) == "postings arrays have the wrong types"
 
 
 def test_keystore_round_trip_error_small() -> None:

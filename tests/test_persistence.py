@@ -183,11 +183,51 @@ def test_model_path_is_required_for_other_models(saved: Path) -> None:
         S3Retriever.load(saved)
 
 
+def test_large_arrays_are_memory_mapped(saved: Path, model_dir: Path) -> None:
+    """Keys and postings are mapped from disk, not read into memory, and still search."""
+    restored = S3Retriever.load(saved, model_path=model_dir)
+    for store in restored.key_stores.values():
+        assert isinstance(store.codes, np.memmap)
+    for postings in restored.postings.values():
+        assert isinstance(postings.position_bytes, np.memmap)
+    assert restored.retrieve(QUESTIONS[0], token_budget=30, mode="s3")
+
+
+def _downgrade_to_format_1(index: Path, built: S3Retriever) -> None:
+    """Rewrite an index's postings the way format 1 stored them (int32 + float16 lists)."""
+    manifest = json.loads((index / "manifest.json").read_text())
+    for (layer, kv), postings in built.postings.items():
+        stem = f"postings/L{layer}_H{kv}"
+        for part in ("byteptr", "position_bytes", "activation_codes"):
+            (index / f"{stem}_{part}.npy").unlink()
+            del manifest["files"][f"{stem}_{part}.npy"]
+        positions, acts = postings.decode()
+        np.save(index / f"{stem}_positions.npy", positions.astype(np.int32))
+        np.save(index / f"{stem}_activations.npy", acts.astype(np.float16))
+        for part in ("indptr", "positions", "activations"):
+            manifest["files"][f"{stem}_{part}.npy"] = _sha256(index / f"{stem}_{part}.npy")
+    manifest["format_version"] = 1
+    (index / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_format_1_index_is_read(saved: Path, built: S3Retriever, model_dir: Path) -> None:
+    """An index saved before compact postings loads, with the same postings positions."""
+    _downgrade_to_format_1(saved, built)
+    restored = S3Retriever.load(saved, model_path=model_dir)
+    for field_key, postings in restored.postings.items():
+        want_pos, want_act = built.postings[field_key].decode()
+        got_pos, got_act = postings.decode()
+        assert np.array_equal(got_pos, want_pos)
+        np.testing.assert_array_equal(got_act, want_act)  # codes survive float16 exactly
+    assert _results(restored)[:4] == _results(built)[:4]  # exact scorer: keys unchanged
+
+
 @pytest.mark.parametrize(
     "name",
     [
         "keys/L1_H0_codes.npy",
-        "postings/L2_H1_positions.npy",
+        "postings/L2_H1_position_bytes.npy",
+        "postings/L1_H0_activation_codes.npy",
         "corpus/unit_chars.npy",
         "documents.json",
     ],
@@ -216,7 +256,7 @@ def test_bad_manifest_is_refused(saved: Path, model_dir: Path) -> None:
     manifest.write_text("{not json")
     with pytest.raises(IndexLoadError, match="JSON"):
         S3Retriever.load(saved, model_path=model_dir)
-    manifest.write_text(original.replace('"format_version": 1', '"format_version": 99'))
+    manifest.write_text(original.replace('"format_version": 2', '"format_version": 99'))
     with pytest.raises(IndexLoadError, match="format"):
         S3Retriever.load(saved, model_path=model_dir)
     data = json.loads(original)

@@ -1,0 +1,243 @@
+"""Query latency on CPU at 100k, 1M and 10M indexed tokens, against bm25s and dense MiniLM.
+
+Each query is split into the model's forward pass over the question and the index search
+(position scores over every indexed token). The index is saved and loaded memory-mapped at each
+size. Peers at the same corpus sizes, timed in the same run on the same questions:
+
+- bm25s (``BM25Baseline``) over the same texts, split into the same sentence units;
+- dense all-MiniLM-L6-v2 flat search (``DenseBaseline.embed`` for the question, a dot product
+  with every unit embedding, top 10).
+
+~100k tokens of real text (HotpotQA haystacks) are scanned once; 1M and 10M are that index
+repeated (benchmarks/replicate.py), since scanning 10M tokens here would take hours. MiniLM
+embeds the base units once and its vectors are repeated the same way.
+
+    python -m benchmarks.query_latency --tokens 100000 --sizes 100000,1000000,10000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import markdown_table, write_result
+from benchmarks.real_corpus import data_dir, haystacks, quiet_retriever
+from benchmarks.replicate import check_replication, replicate
+from s3_retriever import S3Retriever, ScoringConfig
+from s3_retriever.eval.baselines import BM25Baseline, DenseBaseline, split_units
+from s3_retriever.scoring import score_positions
+
+# Decoded postings cost 8 bytes each (int32 position, float32 activation); past this many the
+# aligned scorer's cache would exceed the benchmark's memory budget.
+MAX_DECODED_POSTINGS = 200_000_000
+
+
+def _median_ms(samples: list[float]) -> float:
+    return 1000.0 * float(np.median(samples))
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _s3_times(retriever: S3Retriever, questions: list[str], scorer: str) -> dict[str, float]:
+    """Median forward, search and end-to-end (s3 mode, 1,024-token budget) times in ms."""
+    retriever.config = retriever.config.replace(scoring=ScoringConfig(scorer=scorer))  # type: ignore[arg-type]
+    first, _ = _timed(lambda: retriever.retrieve(questions[0], token_budget=1024, mode="s3"))
+    forward, search, total = [], [], []
+    for question in questions:
+        t_fwd, vectors = _timed(lambda q=question: retriever.question_vectors(q))
+        t_search, _ = _timed(
+            lambda v=vectors: score_positions(
+                v,
+                retriever.config.scoring,
+                retriever.corpus.n_positions,
+                retriever.kv_group,
+                retriever.key_stores,
+                retriever.postings,
+                retriever.bundle,
+            )
+        )
+        t_all, _ = _timed(lambda q=question: retriever.retrieve(q, token_budget=1024, mode="s3"))
+        forward.append(t_fwd)
+        search.append(t_search)
+        total.append(t_all)
+    return {
+        "first_query_ms": 1000.0 * first,
+        "forward_ms": _median_ms(forward),
+        "search_ms": _median_ms(search),
+        "end_to_end_ms": _median_ms(total),
+    }
+
+
+def _bm25_times(texts: list[str], questions: list[str]) -> dict[str, float]:
+    bm25 = BM25Baseline()
+    t_index, _ = _timed(lambda: bm25.add_documents(texts))
+    samples = [_timed(lambda q=q: bm25.scores(q))[0] for q in questions]
+    return {"index_s": t_index, "query_ms": _median_ms(samples), "units": len(bm25.store.units)}
+
+
+def _dense_times(
+    dense: DenseBaseline, unit_vectors: np.ndarray, copies: int, questions: list[str]
+) -> dict[str, float]:
+    vectors = np.tile(unit_vectors, (copies, 1))
+    embed, search = [], []
+    for question in questions:
+        t_embed, query = _timed(lambda q=question: dense.embed([q])[0])
+
+        def flat_search(v: np.ndarray = query) -> np.ndarray:
+            scores = vectors @ v
+            return np.argpartition(-scores, 10)[:10]
+
+        embed.append(t_embed)
+        search.append(_timed(flat_search)[0])
+    return {
+        "embed_ms": _median_ms(embed),
+        "search_ms": _median_ms(search),
+        "units": len(vectors),
+        "vectors_mib": vectors.nbytes / 2**20,
+    }
+
+
+def _write(
+    args: argparse.Namespace, base: dict[str, Any], heads: Any, rows: list[dict[str, Any]]
+) -> None:
+    """Write the result files; called after every size, so a long run leaves what it measured."""
+    payload = {
+        "settings": {**vars(args), "token_budget": 1024, "mode": "s3"},
+        "base": base,
+        "heads": heads,
+        "rows": rows,
+    }
+    table_rows = []
+    for r in rows:
+        exact, bm25, dense_t = r["exact"], r["bm25s"], r["dense"]
+        aligned = r.get("aligned")
+        s3_query = exact["forward_ms"] + exact["search_ms"]
+        table_rows.append(
+            [
+                f"{r['tokens']:,}",
+                f"{exact['search_ms']:.1f}",
+                f"{exact['search_ms'] / bm25['query_ms']:.2f}",
+                f"{exact['search_ms'] / dense_t['search_ms']:.2f}",
+                f"{aligned['search_ms']:.0f}" if aligned else "not run",
+                f"{exact['forward_ms']:.1f}",
+                f"{exact['forward_ms'] / dense_t['embed_ms']:.2f}",
+                f"{s3_query / bm25['query_ms']:.1f}",
+                f"{s3_query / (dense_t['embed_ms'] + dense_t['search_ms']):.2f}",
+                f"{r['load_s']:.1f}",
+                f"{r['rss_mib_after_queries']:.0f}",
+            ]
+        )
+    table = markdown_table(
+        [
+            "indexed tokens",
+            "S3 search ms (exact)",
+            "search / bm25s query",
+            "search / MiniLM flat search",
+            "aligned search ms",
+            "question forward ms",
+            "forward / MiniLM query embed",
+            "S3 query / bm25s query",
+            "S3 query / MiniLM query",
+            "load s (mmap, checksums)",
+            "RSS MiB",
+        ],
+        table_rows,
+    )
+    write_result("query_latency", payload, table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="evaluation data folder")
+    parser.add_argument("--tokens", type=int, default=100_000, help="real tokens to scan")
+    parser.add_argument("--sizes", default="100000,1000000,10000000", help="indexed tokens")
+    parser.add_argument("--questions", type=int, default=20, help="questions timed per size")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    examples = haystacks(data_dir(args.data), n=max(1, args.tokens // 4000))
+    retriever = quiet_retriever()
+    t_scan = 0.0
+    for example in examples:
+        if retriever.corpus.n_positions >= args.tokens:
+            break
+        t, _ = _timed(lambda e=example: retriever.add_documents(e.documents, ids=e.doc_ids))
+        t_scan += t
+    base_tokens = retriever.corpus.n_positions
+    base_texts = list(retriever.corpus.texts)
+    questions = [e.question for e in examples][: args.questions]
+    for postings in retriever.postings.values():
+        check_replication(postings, base_tokens)
+
+    dense = DenseBaseline()
+    units = [text[s:e] for text in base_texts for s, e in split_units(text)]
+    t_embed, unit_vectors = _timed(lambda: dense.embed(units))
+
+    base = {
+        "tokens": base_tokens,
+        "documents": len(base_texts),
+        "scan_s": t_scan,
+        "scan_tokens_per_s": base_tokens / t_scan,
+        "minilm_units": len(units),
+        "minilm_embed_s": t_embed,
+    }
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="s3-latency-") as tmp:
+        retriever.save(Path(tmp) / "base")
+        for size in sizes:
+            copies = max(1, math.ceil(size / base_tokens))
+            grown = S3Retriever.load(Path(tmp) / "base")
+            replicate(grown, copies)
+            path = Path(tmp) / f"x{copies}"
+            t_save, _ = _timed(lambda g=grown, p=path: g.save(p))
+            n_postings = sum(int(p.indptr[-1]) for p in grown.postings.values())
+            del grown
+            gc.collect()
+            t_load, loaded = _timed(lambda p=path: S3Retriever.load(p))
+            loaded.scanner.config = retriever.scanner.config
+            row: dict[str, Any] = {
+                "target_tokens": size,
+                "tokens": loaded.corpus.n_positions,
+                "copies": copies,
+                "postings": n_postings,
+                "save_s": t_save,
+                "load_s": t_load,
+                "index_mib_on_disk": sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                / 2**20,
+                "exact": _s3_times(loaded, questions, "exact"),
+            }
+            if n_postings <= MAX_DECODED_POSTINGS:
+                row["aligned"] = _s3_times(loaded, questions, "aligned")
+            row["rss_mib_after_queries"] = _rss_mib()
+            del loaded
+            gc.collect()
+            row["bm25s"] = _bm25_times(base_texts * copies, questions)
+            row["dense"] = _dense_times(dense, unit_vectors, copies, questions)
+            rows.append(row)
+            _write(args, base, [list(h) for h in retriever.heads], rows)
+            for stale in path.rglob("*"):
+                if stale.is_file():
+                    stale.unlink()
+
+
+if __name__ == "__main__":
+    main()
