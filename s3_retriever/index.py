@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from s3_retriever.errors import IndexLoadError
+
 Field = tuple[int, int]
 """(layer, kv_head): one stream of keys."""
 
@@ -283,6 +285,13 @@ class Postings:
         self.flush()
         if self._by_position is None or len(self._by_position[2]) != n_positions:
             positions, acts = self.decode()
+            if len(positions) and (int(positions.min()) < 0 or int(positions.max()) >= n_positions):
+                # Gaps are only checksummed at load (decoding them all would cost the load its
+                # speed); a file crafted with a valid checksum is caught here, before any use.
+                raise IndexLoadError(
+                    "postings hold positions outside the indexed tokens; the index is damaged. "
+                    "Rebuild the index."
+                )
             order = np.argsort(positions, kind="stable")
             counts = np.bincount(positions, minlength=n_positions)
             # embedding_bag wants ids and offsets of one integer type; int32 while it can count.

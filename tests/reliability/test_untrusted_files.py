@@ -7,6 +7,7 @@ and tables, and the same for SAE bundles.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -93,10 +94,10 @@ def test_raw_pickle_in_place_of_an_array_is_never_run(
     """A plain pickle file (no .npy header) under an array's name, checksum updated: refused,
     and its payload does not run."""
     marker = tmp_path / "ran"
-    name = "postings/L1_H0_positions.npy"
+    name = "postings/L1_H0_position_bytes.npy"
     (saved / name).write_bytes(pickle.dumps(_Trap(marker)))
     _refresh_checksum(saved, name)
-    with pytest.raises(IndexLoadError, match=r"L1_H0_positions\.npy"):
+    with pytest.raises(IndexLoadError, match=r"L1_H0_position_bytes\.npy"):
         _load(saved, model_dir)
     assert not marker.exists()
 
@@ -171,8 +172,8 @@ def test_huge_manifest_is_refused_unread(
         ("corpus/unit_tokens.npy", lambda a: a - 10**6, "token ranges"),
         ("corpus/unit_doc.npy", lambda a: a + 100, "documents that do not exist"),
         ("corpus/doc_token_start.npy", lambda a: a + 1, "not contiguous"),
-        ("postings/L1_H0_positions.npy", lambda a: a + 10**6, "postings do not fit"),
-        ("postings/L1_H0_indptr.npy", lambda a: a[::-1].copy(), "postings do not fit"),
+        ("postings/L1_H0_position_bytes.npy", lambda a: a | 0x80, "one value per posting"),
+        ("postings/L1_H0_indptr.npy", lambda a: a[::-1].copy(), "not monotonic"),
         ("keys/L1_H0_scales.npy", lambda a: a[:-1].copy(), "wrong shape"),
     ],
 )
@@ -272,3 +273,28 @@ def test_malformed_sae_config_is_refused(sae_copy: Path, change: Any, match: str
     (sae_copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(SAEError, match=match):
         SAEBundle.load(sae_copy)
+
+
+def test_postings_gaps_beyond_the_corpus_fail_clearly_at_first_use(
+    saved: Path, model_dir: Path
+) -> None:
+    """Gaps are checksummed, not decoded, at load; a crafted gap is refused before any search."""
+    name = "postings/L1_H0_position_bytes.npy"
+    data = np.load(saved / name)
+    last_value_end = np.flatnonzero((data & 0x80) == 0)[-1]
+    # Two continuation bytes before the final value's last byte make that gap at least 2**14,
+    # far beyond the few hundred tokens the fixture indexes.
+    crafted = np.insert(data, last_value_end, [0xFF, 0xFF]).astype(np.uint8)
+    byteptr_name = "postings/L1_H0_byteptr.npy"
+    byteptr = np.load(saved / byteptr_name)
+    byteptr[byteptr > last_value_end] += 2
+    np.save(saved / name, crafted, allow_pickle=False)
+    np.save(saved / byteptr_name, byteptr, allow_pickle=False)
+    _refresh_checksum(saved, name)
+    _refresh_checksum(saved, byteptr_name)
+    retriever = _load(saved, model_dir)
+    retriever.config = retriever.config.replace(
+        scoring=dataclasses.replace(retriever.config.scoring, scorer="aligned")
+    )
+    with pytest.raises(IndexLoadError, match="outside the indexed tokens"):
+        retriever.retrieve("anything at all", token_budget=64, mode="s3")
