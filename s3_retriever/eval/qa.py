@@ -94,6 +94,9 @@ class Generator:
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                # Only the first line is scored, so decoding stops there.
+                stop_strings=["\n"],
+                tokenizer=tokenizer,
             )
         text = str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         lines = text.strip().splitlines()
