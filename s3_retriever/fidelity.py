@@ -151,13 +151,15 @@ def dual_budget_perplexity(
     values: SAEBundle,
     token_ids: np.ndarray,
     budgets: Sequence[tuple[int, int]] = DUAL_BUDGETS,
+    known: dict[tuple[int | None, int | None], float] | None = None,
 ) -> list[dict[str, float]]:
     """Perplexity with keys, values, or both replaced by SAE reconstructions (STA's dual budget).
 
     Returns one row per ``(k_keys, k_values)``: the three perplexities. Each budget's k is clamped
     to the k its SAEs were trained at, since more latents than that were never trained to help.
+    ``known`` holds perplexities already measured, keyed ``(k_keys or None, k_values or None)``.
     """
-    cache: dict[tuple[int | None, int | None], float] = {}
+    cache: dict[tuple[int | None, int | None], float] = dict(known or {})
 
     def measured(k_keys: int | None, k_values: int | None) -> float:
         if (k_keys, k_values) not in cache:
@@ -266,8 +268,12 @@ def build_report(
     }
     if values is not None:
         report["value_sae_checksum"] = values.checksum
+        key_ks = {sae.config.k for sae in bundle.saes.values()}
+        known: dict[tuple[int | None, int | None], float] = {}
+        if len(key_ks) == 1:
+            known[(key_ks.pop(), None)] = with_keys
         report["perplexity"]["dual_budget"] = dual_budget_perplexity(
-            loaded.model, bundle, values, held_out, budgets
+            loaded.model, bundle, values, held_out, budgets, known
         )
     return report
 
