@@ -117,8 +117,10 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _cmd_train_sae(args: argparse.Namespace) -> int:
     from s3_retriever.models import attention_shape, load_model
     from s3_retriever.sae import SAEConfig
-    from s3_retriever.sae_training import TrainConfig, train_bundle
+    from s3_retriever.sae_training import TrainConfig, train_bundles
 
+    if args.resume and not args.checkpoint:
+        raise CLIError("--resume continues from --checkpoint DIR; pass the folder to resume from")
     texts = [_read_text(Path(p)) for p in args.data]
     loaded = load_model(args.model)
     layers = [int(x) for x in args.layers.split(",")]
@@ -126,24 +128,48 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
         [tuple(int(v) for v in h.split(":")) for h in args.heads.split(",")] if args.heads else []
     )
     _, _, _, head_dim = attention_shape(loaded.model)
-    bundle, reports = train_bundle(
+    value_config = None
+    if args.values:
+        value_config = SAEConfig(d_in=head_dim, n_latents=args.latents, k=args.k_values)
+    trained = train_bundles(
         loaded.model,
         loaded.tokenizer,
         loaded.model_id,
         texts,
         layers,
-        SAEConfig(d_in=head_dim, n_latents=args.latents, k=args.k),
+        SAEConfig(d_in=head_dim, n_latents=args.latents, k=args.k_keys),
         TrainConfig(steps=args.steps),
         max_tokens=args.max_tokens,
         retrieval_heads=[(a, b) for a, b in heads],
         question_texts=_read_lines(args.questions),
         metric=args.metric,
+        value_sae_config=value_config,
+        checkpoint_dir=args.checkpoint,
+        resume=args.resume,
     )
-    bundle.info = {"reports": [r.__dict__ for r in reports], "command": " ".join(sys.argv)}
-    bundle.save(args.out)
-    for r in reports:
-        print(f"layer {r.layer}: held-out FVU {r.held_out_fvu:.4f}, dead {r.dead_fraction:.1%}")
+    command = " ".join(sys.argv)
+    trained.keys.info = {
+        "reports": [r.__dict__ for r in trained.reports if r.vectors == "keys"],
+        "command": command,
+    }
+    trained.keys.save(args.out)
+    if trained.values is not None:
+        trained.values.info.update(
+            reports=[r.__dict__ for r in trained.reports if r.vectors == "values"],
+            command=command,
+        )
+        trained.values.save(Path(args.out) / VALUES_SUBFOLDER)
+    for r in trained.reports:
+        print(
+            f"layer {r.layer} {r.vectors}: held-out FVU {r.held_out_fvu:.4f}, "
+            f"dead {r.dead_fraction:.1%}"
+        )
     return 0
+
+
+VALUES_SUBFOLDER = "values"
+"""Where ``train-sae --values`` puts the value bundle, inside the key bundle's folder (the key
+bundle's checksum covers only its own files, so retrieval sees the same bundle either way)."""
 
 
 def _read_lines(path: str | None) -> list[str]:
@@ -160,8 +186,13 @@ def _cmd_sae_report(args: argparse.Namespace) -> int:
     texts = [_read_text(Path(p)) for p in args.data]
     questions = _read_lines(args.questions)
     loaded = load_model(args.model)
-    bundle = SAEBundle.load(Path(args.sae) if args.sae else shipped_bundle_dir(loaded.model_id))
-    report = build_report(loaded, bundle, texts, questions, args.max_tokens)
+    folder = Path(args.sae) if args.sae else shipped_bundle_dir(loaded.model_id)
+    bundle = SAEBundle.load(folder)
+    values_folder = Path(args.values) if args.values else folder / VALUES_SUBFOLDER
+    values = None
+    if args.values or (values_folder / "config.json").is_file():
+        values = SAEBundle.load(values_folder)
+    report = build_report(loaded, bundle, texts, questions, args.max_tokens, values=values)
     markdown, plotted = write_report(report, args.out)
     print(markdown)
     if not plotted:
@@ -309,14 +340,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="output path stem (.json, .md, .png)")
     evaluate.set_defaults(run=_cmd_eval)
 
-    train = sub.add_parser("train-sae", help="train Top-K SAEs on a model's keys")
+    train = sub.add_parser("train-sae", help="train Top-K SAEs on a model's keys (and values)")
     train.add_argument("--data", nargs="+", required=True, help="UTF-8 text files to train on")
     train.add_argument("--out", required=True, help="bundle folder to write")
     train.add_argument("--model", default=None, help="model folder (default: bundled SmolLM2)")
     train.add_argument("--layers", required=True, help="comma-separated layers, e.g. 5,8")
     train.add_argument("--heads", default="", help="retrieval heads layer:head, e.g. 5:6,8:1")
     train.add_argument("--latents", type=int, default=2048, help="dictionary size")
-    train.add_argument("--k", type=int, default=32, help="active latents per key")
+    train.add_argument(
+        "--k-keys", "--k", dest="k_keys", type=int, default=32, help="active latents per key"
+    )
+    train.add_argument(
+        "--values",
+        action="store_true",
+        help="also train value SAEs, written to OUT/values (STA's dual budget)",
+    )
+    train.add_argument(
+        "--k-values", type=int, default=32, help="active latents per value (with --values)"
+    )
+    train.add_argument(
+        "--checkpoint", default=None, help="folder for training checkpoints (one per SAE)"
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="continue the checkpoints in --checkpoint"
+    )
     train.add_argument("--steps", type=int, default=3000, help="optimiser steps per layer")
     train.add_argument("--max-tokens", type=int, default=200_000, help="tokens of text to scan")
     train.add_argument(
@@ -334,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--data", nargs="+", required=True, help="held-out UTF-8 text files")
     report.add_argument("--questions", default=None, help="file of questions, one per line")
     report.add_argument("--sae", default=None, help="SAE bundle folder (default: shipped one)")
+    report.add_argument(
+        "--values", default=None, help="value SAE bundle folder (default: SAE/values if present)"
+    )
     report.add_argument("--model", default=None, help="model folder (default: bundled SmolLM2)")
     report.add_argument("--max-tokens", type=int, default=30_000, help="held-out tokens to use")
     report.add_argument("--out", required=True, help="output path stem (.json, .md, .png)")

@@ -3,12 +3,14 @@
 - fraction of variance unexplained of keys, and its curve over k (the "semantic elbow");
 - attention-logit fidelity: correlation and top-k overlap between ``q.k`` and ``q.k_hat`` for
   real question queries against real keys;
-- the model's perplexity when every instrumented layer's keys are replaced by their SAE
-  reconstructions inside the attention.
+- the model's perplexity when every instrumented layer's keys, values or both are replaced by
+  their SAE reconstructions inside the attention (STA's dual-budget test);
+- the same FVU and elbow for values, when a value bundle is given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -83,8 +85,16 @@ def logit_fidelity(
 
 
 @contextmanager
-def reconstructed_keys(model: Any, bundle: SAEBundle) -> Iterator[None]:
-    """Inside this block, every bundle layer's ``k_proj`` output is its SAE reconstruction."""
+def reconstructed_projections(
+    model: Any, bundle: SAEBundle, projection: str = "k_proj", k: int | None = None
+) -> Iterator[None]:
+    """Inside this block, every bundle layer's ``projection`` output is its SAE reconstruction.
+
+    ``projection`` is ``k_proj`` (a key bundle) or ``v_proj`` (a value bundle); ``k`` overrides
+    the number of active latents (STA's dual budget: a small k for keys, a larger one for values).
+    """
+    if projection not in ("k_proj", "v_proj"):
+        raise ValueError(f"projection must be 'k_proj' or 'v_proj', got {projection!r}")
     _, _, n_kv, head_dim = attention_shape(model)
     layers = decoder_layers(model)
     handles = []
@@ -92,18 +102,24 @@ def reconstructed_keys(model: Any, bundle: SAEBundle) -> Iterator[None]:
     def hook_for(layer: int) -> Any:
         def hook(_module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
             heads = output.reshape(*output.shape[:-1], n_kv, head_dim)
-            rebuilt = reconstruct(bundle, layer, heads)
+            rebuilt = reconstruct(bundle, layer, heads, k)
             return rebuilt.reshape(output.shape).to(output.dtype)
 
         return hook
 
     try:
         for layer in bundle.layers:
-            handles.append(layers[layer].self_attn.k_proj.register_forward_hook(hook_for(layer)))
+            module = getattr(layers[layer].self_attn, projection)
+            handles.append(module.register_forward_hook(hook_for(layer)))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def reconstructed_keys(model: Any, bundle: SAEBundle) -> contextlib.AbstractContextManager[None]:
+    """Inside this block, every bundle layer's ``k_proj`` output is its SAE reconstruction."""
+    return reconstructed_projections(model, bundle, "k_proj")
 
 
 def perplexity(model: Any, token_ids: np.ndarray, chunk_size: int = 1024) -> float:
@@ -123,6 +139,63 @@ def perplexity(model: Any, token_ids: np.ndarray, chunk_size: int = 1024) -> flo
 
 ELBOW_KS = (1, 2, 4, 8, 16, 32, 64, 128)
 
+DUAL_BUDGETS = ((8, 8), (8, 16), (8, 32), (16, 16), (32, 32))
+"""(k for keys, k for values) pairs for the perplexity test: STA's dual budget is a small k for
+keys (its key elbow sits near 8) and a larger one for values (16 of 128 dims there); the equal-k
+pairs show which of the two needs more latents."""
+
+
+def dual_budget_perplexity(
+    model: Any,
+    keys: SAEBundle,
+    values: SAEBundle,
+    token_ids: np.ndarray,
+    budgets: Sequence[tuple[int, int]] = DUAL_BUDGETS,
+    known: dict[tuple[int | None, int | None], float] | None = None,
+) -> list[dict[str, float]]:
+    """Perplexity with keys, values, or both replaced by SAE reconstructions (STA's dual budget).
+
+    Returns one row per ``(k_keys, k_values)``: the three perplexities. Each budget's k is clamped
+    to the k its SAEs were trained at, since more latents than that were never trained to help.
+    ``known`` holds perplexities already measured, keyed ``(k_keys or None, k_values or None)``.
+    """
+    cache: dict[tuple[int | None, int | None], float] = dict(known or {})
+
+    def measured(k_keys: int | None, k_values: int | None) -> float:
+        if (k_keys, k_values) not in cache:
+            with contextlib.ExitStack() as stack:
+                if k_keys is not None:
+                    stack.enter_context(reconstructed_projections(model, keys, "k_proj", k_keys))
+                if k_values is not None:
+                    stack.enter_context(
+                        reconstructed_projections(model, values, "v_proj", k_values)
+                    )
+                cache[(k_keys, k_values)] = perplexity(model, token_ids)
+        return cache[(k_keys, k_values)]
+
+    key_cap = min(sae.config.k for sae in keys.saes.values())
+    value_cap = min(sae.config.k for sae in values.saes.values())
+    rows = []
+    for k_keys, k_values in budgets:
+        k_keys, k_values = min(k_keys, key_cap), min(k_values, value_cap)
+        row = {
+            "k_keys": k_keys,
+            "k_values": k_values,
+            "keys_only": measured(k_keys, None),
+            "values_only": measured(None, k_values),
+            "keys_and_values": measured(k_keys, k_values),
+        }
+        if row not in rows:
+            rows.append(row)
+    return rows
+
+
+def _elbow_row(bundle: SAEBundle, layer: int, vectors: torch.Tensor) -> dict[str, Any]:
+    trained_k = bundle.saes[layer].config.k
+    ks = [k for k in ELBOW_KS if k <= trained_k]
+    curve = elbow(bundle, layer, vectors, ks)
+    return {"k": trained_k, "fvu": curve[-1], "elbow": dict(zip(map(str, ks), curve, strict=True))}
+
 
 def build_report(
     loaded: Any,
@@ -131,11 +204,15 @@ def build_report(
     questions: Sequence[str],
     max_tokens: int = 30_000,
     seed: int = 0,
+    values: SAEBundle | None = None,
+    budgets: Sequence[tuple[int, int]] = DUAL_BUDGETS,
 ) -> dict[str, Any]:
     """Fidelity of ``bundle`` on held-out ``texts``, with logits from ``questions``' queries.
 
     Returns a JSON-ready dict: per layer the FVU, the elbow curve and, per retrieval head, the
     logit correlation and top-10 overlap; plus perplexity with and without reconstructed keys.
+    With a value bundle ``values``, also per layer the values' FVU and elbow, and perplexity with
+    keys only, values only, and both reconstructed at each ``(k_keys, k_values)`` of ``budgets``.
     """
     from s3_retriever.sae_training import collect_vectors, question_queries
     from s3_retriever.scan import tokenize
@@ -143,15 +220,20 @@ def build_report(
     _, n_heads, n_kv, head_dim = attention_shape(loaded.model)
     group = n_heads // n_kv
     layers = list(bundle.layers)
-    captured = collect_vectors(loaded.model, loaded.tokenizer, texts, layers, max_tokens)
+    value_layers = list(values.layers) if values is not None else []
+    captured = collect_vectors(
+        loaded.model,
+        loaded.tokenizer,
+        texts,
+        sorted({*layers, *value_layers}),
+        max_tokens,
+        want_values=values is not None,
+    )
     asked = question_queries(loaded.model, loaded.tokenizer, questions, layers)
     generator = torch.Generator().manual_seed(seed)
     per_layer: dict[str, Any] = {}
     for layer in layers:
         keys = captured.keys[layer]
-        trained_k = bundle.saes[layer].config.k
-        ks = [k for k in ELBOW_KS if k <= trained_k]
-        curve = elbow(bundle, layer, keys, ks)
         heads: dict[str, Any] = {}
         for head_layer, head in bundle.retrieval_heads:
             if head_layer != layer or not asked:
@@ -163,18 +245,17 @@ def build_report(
                 centred = centred - bundle.query_means[layer][head]
             fid = logit_fidelity(centred, sample, reconstruct(bundle, layer, sample))
             heads[f"{layer}:{head}"] = fid.__dict__
-        per_layer[str(layer)] = {
-            "k": trained_k,
-            "fvu": curve[-1],
-            "elbow": dict(zip(map(str, ks), curve, strict=True)),
-            "logit_fidelity": heads,
-        }
+        per_layer[str(layer)] = {**_elbow_row(bundle, layer, keys), "logit_fidelity": heads}
+    if values is not None:
+        for layer in value_layers:
+            row = _elbow_row(values, layer, captured.values[layer])
+            per_layer.setdefault(str(layer), {})["values"] = row
     held_out = np.concatenate([tokenize(loaded.tokenizer, t).input_ids for t in texts])
     held_out = held_out[:max_tokens]
     base = perplexity(loaded.model, held_out)
     with reconstructed_keys(loaded.model, bundle):
         with_keys = perplexity(loaded.model, held_out)
-    return {
+    report: dict[str, Any] = {
         "model": loaded.model_id,
         "sae_checksum": bundle.checksum,
         "layers": per_layer,
@@ -185,24 +266,32 @@ def build_report(
             "relative_change": with_keys / base - 1,
         },
     }
+    if values is not None:
+        report["value_sae_checksum"] = values.checksum
+        key_ks = {sae.config.k for sae in bundle.saes.values()}
+        known: dict[tuple[int | None, int | None], float] = {}
+        if len(key_ks) == 1:
+            known[(key_ks.pop(), None)] = with_keys
+        report["perplexity"]["dual_budget"] = dual_budget_perplexity(
+            loaded.model, bundle, values, held_out, budgets, known
+        )
+    return report
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    """The report as a markdown table plus one perplexity line."""
+    """The report as markdown: a fidelity table, an elbow table and the perplexity results."""
     lines = [
-        "| layer | k | held-out FVU | FVU at k = "
-        + "/".join(next(iter(report["layers"].values()))["elbow"])
-        + " | logit corr (head) | top-10 overlap |",
-        "|---|---|---|---|---|---|",
+        "| layer | k | held-out FVU | logit corr (head) | top-10 overlap |",
+        "|---|---|---|---|---|",
     ]
     for layer, row in report["layers"].items():
-        curve = " / ".join(f"{v:.3f}" for v in row["elbow"].values())
+        if "fvu" not in row:
+            continue
         for head, fid in row["logit_fidelity"].items() or {"-": None}.items():
             corr = f"{fid['correlation']:.3f} ({head})" if fid else "-"
             overlap = f"{fid['top_overlap']:.2f}" if fid else "-"
-            lines.append(
-                f"| {layer} | {row['k']} | {row['fvu']:.3f} | {curve} | {corr} | {overlap} |"
-            )
+            lines.append(f"| {layer} | {row['k']} | {row['fvu']:.3f} | {corr} | {overlap} |")
+    lines += ["", *elbow_markdown(report)]
     ppl = report["perplexity"]
     lines += [
         "",
@@ -210,11 +299,59 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{ppl['keys_reconstructed']:.2f} with the bundle's layers' keys reconstructed "
         f"({100 * ppl['relative_change']:+.1f}%).",
     ]
+    if "dual_budget" in ppl:
+        lines += ["", *_dual_budget_markdown(ppl)]
     return "\n".join(lines) + "\n"
 
 
+def _elbow_rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float]]]:
+    """(layer, keys or values, {k: FVU}) for every SAE in the report."""
+    rows = []
+    for layer, row in report["layers"].items():
+        if "elbow" in row:
+            rows.append((layer, "keys", row["elbow"]))
+        if "values" in row:
+            rows.append((layer, "values", row["values"]["elbow"]))
+    return rows
+
+
+def elbow_markdown(report: dict[str, Any]) -> list[str]:
+    """The semantic elbow as a table: held-out FVU at each k, one row per layer and kind."""
+    rows = _elbow_rows(report)
+    ks = sorted({int(k) for _, _, curve in rows for k in curve})
+    lines = [
+        "| layer | vectors | " + " | ".join(f"FVU at k={k}" for k in ks) + " |",
+        "|---|---|" + "---|" * len(ks),
+    ]
+    for layer, kind, curve in rows:
+        cells = [f"{curve[str(k)]:.3f}" if str(k) in curve else "-" for k in ks]
+        lines.append(f"| {layer} | {kind} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _dual_budget_markdown(ppl: dict[str, Any]) -> list[str]:
+    base = ppl["original"]
+
+    def cell(value: float) -> str:
+        return f"{value:.2f} ({100 * (value / base - 1):+.1f}%)"
+
+    lines = [
+        f"Perplexity with SAE reconstructions in the attention (original {base:.2f}):",
+        "",
+        "| k keys | k values | K only | V only | K + V |",
+        "|---|---|---|---|---|",
+    ]
+    for row in ppl["dual_budget"]:
+        lines.append(
+            f"| {row['k_keys']} | {row['k_values']} | {cell(row['keys_only'])} | "
+            f"{cell(row['values_only'])} | {cell(row['keys_and_values'])} |"
+        )
+    return lines
+
+
 def plot_elbow(report: dict[str, Any], path: str) -> bool:
-    """Draw FVU against k per layer to a PNG; False when matplotlib is not installed."""
+    """Draw FVU against k per layer (keys solid, values dashed) to a PNG; False without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -222,14 +359,17 @@ def plot_elbow(report: dict[str, Any], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    rows = _elbow_rows(report)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for layer, row in report["layers"].items():
-        ks = [int(k) for k in row["elbow"]]
-        ax.plot(ks, list(row["elbow"].values()), "o-", label=f"layer {layer} keys")
+    for layer, kind, curve in rows:
+        ks = [int(k) for k in curve]
+        style = "o-" if kind == "keys" else "s--"
+        ax.plot(ks, list(curve.values()), style, label=f"layer {layer} {kind}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("active latents k")
     ax.set_ylabel("held-out FVU")
-    ax.set_title("Key reconstruction against k")
+    has_values = any(kind == "values" for _, kind, _ in rows)
+    ax.set_title(("Keys and values" if has_values else "Keys") + ": reconstruction against k")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,21 +1,32 @@
-"""Training Top-K SAEs on captured pre-RoPE keys, with the established recipe.
+"""Training Top-K SAEs on captured pre-RoPE keys (and values), with the established recipe.
 
 - the decoder bias starts at the data mean and is subtracted before encoding;
 - the encoder starts as the decoder's transpose;
 - decoder atoms stay at unit norm, and the gradient along each atom is removed;
 - an auxiliary Top-K loss on dead latents (Gao et al., 2024) brings them back.
+
+Runs can be checkpointed and resumed exactly (:mod:`s3_retriever.sae_checkpoint`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from s3_retriever.models import decoder_layers
 from s3_retriever.sae import SAEConfig, TopKSAE, fraction_of_variance_unexplained
+from s3_retriever.sae_checkpoint import (
+    TrainingState,
+    load_checkpoint,
+    run_settings,
+    save_checkpoint,
+)
 from s3_retriever.scan import ScanConfig, Scanner, TokenizedText, tokenize
 
 
@@ -70,12 +81,19 @@ def train_topk_sae(
     config: TrainConfig | None = None,
     show_progress: bool = False,
     device: str | torch.device | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 250,
 ) -> TrainResult:
     """Train one Top-K SAE on a (n, d_in) float tensor of vectors.
 
     Training runs on ``device`` (default: CUDA when present, else CPU); the returned SAE is on
     the CPU. Initialisation and batch order come from a CPU generator, so a seed draws the same
     batches on every device.
+
+    With ``checkpoint`` (a file path) the run's whole state is saved there every
+    ``checkpoint_every`` steps and at the end; ``resume=True`` continues from that file when it
+    exists, so that the result equals an uninterrupted run of ``config.steps`` steps.
     """
     config = config or TrainConfig()
     device = torch.device(device or default_device())
@@ -93,8 +111,15 @@ def train_topk_sae(
     since_fired = torch.zeros(sae_config.n_latents, dtype=torch.long, device=device)
     scale = (data - data.mean(dim=0)).pow(2).sum(dim=-1).mean()
     fvu = float("nan")
+    state = TrainingState(sae, optimiser, since_fired, generator)
+    settings = run_settings(sae_config, config, data) if checkpoint is not None else {}
+    if checkpoint is not None and resume and Path(checkpoint).is_file():
+        load_checkpoint(checkpoint, state, settings)
+        fvu = state.train_fvu
     progress = _progress(config.steps, show_progress)
-    for step in range(config.steps):
+    if progress is not None:
+        progress.update(state.step)
+    for step in range(state.step, config.steps):
         rows = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
         x = data[rows.to(device)]
         pre = sae.pre_activations(x)
@@ -132,6 +157,11 @@ def train_topk_sae(
                 progress.set_postfix(fvu=f"{fvu:.4f}", dead=f"{dead_share:.1%}")
         if progress is not None:
             progress.update(1)
+        if checkpoint is not None and (
+            (step + 1) % checkpoint_every == 0 or step + 1 == config.steps
+        ):
+            state.step, state.train_fvu = step + 1, fvu
+            save_checkpoint(checkpoint, state, settings)
     if progress is not None:
         progress.close()
     sae.cpu().eval().requires_grad_(False)
@@ -152,12 +182,56 @@ def _remove_parallel_gradient(sae: TopKSAE) -> None:
 
 @dataclass
 class CapturedVectors:
-    """Pre-RoPE keys and queries gathered from a corpus, per layer."""
+    """Pre-RoPE keys and queries (and values when asked) gathered from a corpus, per layer."""
 
     keys: dict[int, torch.Tensor]
     """layer -> (tokens * kv_heads, head_dim) keys."""
     queries: dict[int, torch.Tensor]
     """layer -> (tokens, query_heads, head_dim) queries."""
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    """layer -> (tokens * kv_heads, head_dim) values; empty unless values were asked for."""
+
+
+class _ValueTap:
+    """Computes ``v_proj`` of each instrumented layer alongside the scanner's ``k_proj`` capture.
+
+    ``v_proj`` reads the same normed hidden state as ``k_proj`` but runs after it, past the point
+    where the scanner stops the forward pass; a pre-hook on ``k_proj`` applies ``v_proj`` to that
+    input first. The scanner must run one chunk per forward pass, so the tap's single row is the
+    chunk just yielded.
+    """
+
+    def __init__(self, model: Any, layers: Sequence[int]) -> None:
+        self._attention = {layer: decoder_layers(model)[layer].self_attn for layer in layers}
+        self._latest: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _ValueTap:
+        for layer, attn in self._attention.items():
+            self._handles.append(attn.k_proj.register_forward_pre_hook(self._hook(layer)))
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _hook(self, layer: int) -> Any:
+        v_proj = self._attention[layer].v_proj
+
+        def hook(_module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+            self._latest[layer] = v_proj(inputs[0]).detach()
+
+        return hook
+
+    def take(self, layer: int, n_tokens: int, head_dim: int) -> torch.Tensor:
+        """The last chunk's ``n_tokens`` values at ``layer``, as (n_tokens * kv_heads, head_dim)."""
+        batch = self._latest.pop(layer)
+        if batch.shape[0] != 1 or not 0 <= batch.shape[1] - n_tokens <= 1:
+            raise RuntimeError(
+                f"value capture expected one chunk of {n_tokens} tokens (plus BOS), got a batch "
+                f"of shape {tuple(batch.shape[:2])}; scan with batch_size=1"
+            )
+        return batch[0, batch.shape[1] - n_tokens :].reshape(-1, head_dim)
 
 
 def collect_vectors(
@@ -168,11 +242,14 @@ def collect_vectors(
     max_tokens: int,
     scan_config: ScanConfig | None = None,
     device: str | torch.device | None = None,
+    want_values: bool = False,
 ) -> CapturedVectors:
     """Scan ``texts`` (up to ``max_tokens`` tokens) and keep every key and query at ``layers``.
 
     The scan runs where ``model`` is; the vectors are kept on ``device`` (default: the model's
     device), so a GPU scan can feed GPU training without a round trip through the CPU.
+    ``want_values`` also keeps the values (``v_proj`` outputs); chunks then run one per forward
+    pass. Memory is bounded by ``max_tokens``: vectors are kept in bf16 as they stream in.
     """
     keep_on = torch.device(device) if device is not None else next(model.parameters()).device
     docs: list[TokenizedText] = []
@@ -185,17 +262,26 @@ def collect_vectors(
         total += len(doc)
         if total >= max_tokens:
             break
+    if want_values:
+        scan_config = replace(scan_config or ScanConfig(), batch_size=1)
     scanner = Scanner(model, layers, layers, scan_config, bos_token_id=tokenizer.bos_token_id)
     keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     queries: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    for capture in scanner.scan(docs, want_queries=True, desc="collecting"):
-        for layer in layers:
-            k = capture.keys[layer]
-            keys[layer].append(k.reshape(-1, k.shape[-1]).to(keep_on, torch.bfloat16))
-            queries[layer].append(capture.queries[layer].to(keep_on, torch.bfloat16))
+    values: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers} if want_values else {}
+    tap = _ValueTap(model, layers if want_values else ())
+    with tap:
+        for capture in scanner.scan(docs, want_queries=True, desc="collecting"):
+            for layer in layers:
+                k = capture.keys[layer]
+                keys[layer].append(k.reshape(-1, k.shape[-1]).to(keep_on, torch.bfloat16))
+                queries[layer].append(capture.queries[layer].to(keep_on, torch.bfloat16))
+                if want_values:
+                    v = tap.take(layer, k.shape[0], k.shape[-1])
+                    values[layer].append(v.to(keep_on, torch.bfloat16))
     return CapturedVectors(
         keys={layer: torch.cat(parts).float() for layer, parts in keys.items()},
         queries={layer: torch.cat(parts).float() for layer, parts in queries.items()},
+        values={layer: torch.cat(parts).float() for layer, parts in values.items()},
     )
 
 
@@ -223,9 +309,26 @@ class LayerReport:
     held_out_fvu: float
     dead_fraction: float
     n_vectors: int
+    vectors: str = "keys"
+    """What the SAE encodes: ``keys`` or ``values``."""
 
 
-def train_bundle(
+class TrainedBundles(NamedTuple):
+    """What :func:`train_bundles` produced."""
+
+    keys: Any
+    """The key :class:`SAEBundle`, the one retrieval uses."""
+    values: Any
+    """A value :class:`SAEBundle` (same layers, no query centres), or None if not asked for."""
+    reports: list[LayerReport]
+    """One report per (layer, keys or values) SAE."""
+
+
+VALUE_BUNDLE_KIND = "values"
+"""``info["vectors"]`` of a value bundle, so a value bundle is never mistaken for a key one."""
+
+
+def train_bundles(
     loaded_model: Any,
     tokenizer: Any,
     model_id: str,
@@ -238,16 +341,22 @@ def train_bundle(
     retrieval_heads: Sequence[tuple[int, int]] = (),
     question_texts: Sequence[str] = (),
     metric: str = "reconstruction",
-) -> tuple[Any, list[LayerReport]]:
-    """Collect keys from ``texts``, train one SAE per layer, and package an :class:`SAEBundle`.
+    value_sae_config: SAEConfig | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+) -> TrainedBundles:
+    """Collect keys (and values) from ``texts``, train one SAE per layer each, package bundles.
 
     Query means (the centres subtracted from question vectors) are the mean pre-RoPE query of
     ``question_texts`` when given, else of the corpus tokens.
 
-    ``metric="attention"`` trains each SAE on keys mapped by ``A = C^(1/2)``, where ``C`` is the
-    second moment of the retrieval heads' centred question queries: the SAE's squared error then
-    equals the expected squared error of the attention logits ``q.k`` (needs ``question_texts``
-    and ``retrieval_heads``).
+    ``metric="attention"`` trains each key SAE on keys mapped by ``A = C^(1/2)``, where ``C`` is
+    the second moment of the retrieval heads' centred question queries: the SAE's squared error
+    then equals the expected squared error of the attention logits ``q.k`` (needs
+    ``question_texts`` and ``retrieval_heads``).
+
+    ``value_sae_config`` also trains value SAEs (STA's dual budget: its ``k`` is the value k).
+    ``checkpoint_dir`` keeps one checkpoint per SAE there; ``resume`` continues from them.
     """
     if metric not in ("reconstruction", "attention"):
         raise ValueError(f"metric must be 'reconstruction' or 'attention', got {metric!r}")
@@ -255,7 +364,10 @@ def train_bundle(
         raise ValueError("metric='attention' needs question_texts and retrieval_heads")
     from s3_retriever.sae import SAEBundle
 
-    captured = collect_vectors(loaded_model, tokenizer, texts, layers, max_tokens, device="cpu")
+    want_values = value_sae_config is not None
+    captured = collect_vectors(
+        loaded_model, tokenizer, texts, layers, max_tokens, device="cpu", want_values=want_values
+    )
     asked = question_queries(loaded_model, tokenizer, question_texts, layers)
     if asked:
         query_means = {layer: q.mean(dim=0) for layer, q in asked.items()}
@@ -268,14 +380,56 @@ def train_bundle(
             if heads:
                 centred = asked[layer][:, heads] - query_means[layer][heads]
                 key_maps[layer] = attention_metric(centred.reshape(-1, centred.shape[-1]))
+    mapped_keys = {
+        layer: captured.keys[layer] @ key_maps[layer] if layer in key_maps else captured.keys[layer]
+        for layer in layers
+    }
+    saes, reports = train_layer_saes(
+        mapped_keys, "keys", sae_config, train_config, held_out, checkpoint_dir, resume
+    )
+    keys = SAEBundle(
+        model_id=model_id,
+        saes=saes,
+        query_means=query_means,
+        retrieval_heads=tuple(retrieval_heads),
+        key_maps=key_maps,
+    )
+    values = None
+    if value_sae_config is not None:
+        value_saes, value_reports = train_layer_saes(
+            captured.values, "values", value_sae_config, train_config, held_out,
+            checkpoint_dir, resume,
+        )  # fmt: skip
+        values = SAEBundle(
+            model_id=model_id, saes=value_saes, query_means={}, info={"vectors": VALUE_BUNDLE_KIND}
+        )
+        reports += value_reports
+    return TrainedBundles(keys=keys, values=values, reports=reports)
+
+
+def train_layer_saes(
+    vectors: dict[int, torch.Tensor],
+    kind: str,
+    sae_config: SAEConfig,
+    train_config: TrainConfig | None,
+    held_out: float,
+    checkpoint_dir: str | os.PathLike[str] | None,
+    resume: bool,
+) -> tuple[dict[int, TopKSAE], list[LayerReport]]:
+    """One SAE per layer (``kind``: ``keys`` or ``values``), measured on a held-out split.
+
+    With ``checkpoint_dir`` each SAE keeps its checkpoint at ``<kind>_layer_XX.safetensors``.
+    """
     saes: dict[int, TopKSAE] = {}
     reports: list[LayerReport] = []
-    for layer in layers:
-        keys = captured.keys[layer]
-        if layer in key_maps:
-            keys = keys @ key_maps[layer]
-        train, test = split_held_out(keys, held_out)
-        result = train_topk_sae(train, sae_config, train_config, show_progress=True)
+    for layer, layer_vectors in vectors.items():
+        train, test = split_held_out(layer_vectors, held_out)
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = Path(checkpoint_dir) / f"{kind}_layer_{layer:02d}.safetensors"
+        result = train_topk_sae(
+            train, sae_config, train_config, True, checkpoint=checkpoint, resume=resume
+        )
         saes[layer] = result.sae
         reports.append(
             LayerReport(
@@ -284,16 +438,10 @@ def train_bundle(
                 held_out_fvu=held_out_fvu(result.sae, test),
                 dead_fraction=result.dead_fraction,
                 n_vectors=int(train.shape[0]),
+                vectors=kind,
             )
         )
-    bundle = SAEBundle(
-        model_id=model_id,
-        saes=saes,
-        query_means=query_means,
-        retrieval_heads=tuple(retrieval_heads),
-        key_maps=key_maps,
-    )
-    return bundle, reports
+    return saes, reports
 
 
 def question_queries(

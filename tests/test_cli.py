@@ -354,3 +354,57 @@ def test_train_sae_then_report(
     assert 0.0 < report["layers"]["1"]["fvu"] < 10.0
     assert report["perplexity"]["original"] > 1.0
     assert stem.with_suffix(".md").read_text().startswith("| layer |")
+
+
+def test_train_sae_values_checkpoint_resume_and_report(
+    tmp_path: Path, files: list[Path], model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--values writes a value bundle at its own k; --resume continues the checkpoints; the
+    report then measures values and the dual-budget perplexities."""
+    out, checkpoints = tmp_path / "bundle", tmp_path / "checkpoints"
+    common = [
+        "train-sae",
+        "--data",
+        *map(str, files[:2]),
+        "--model",
+        str(model_dir),
+        *["--layers", "1", "--latents", "16", "--k-keys", "2", "--values", "--k-values", "4"],
+        "--checkpoint",
+        str(checkpoints),
+        "--out",
+        str(out),
+    ]
+    assert main([*common, "--steps", "10"]) == 0, capsys.readouterr().err
+    assert "layer 1 values: held-out FVU" in capsys.readouterr().out
+    names = sorted(p.name for p in checkpoints.iterdir())
+    assert names == ["keys_layer_01.safetensors", "values_layer_01.safetensors"]
+    values = json.loads((out / "values" / "config.json").read_text())
+    assert values["layers"]["1"]["k"] == 4 and values["info"]["vectors"] == "values"
+    assert json.loads((out / "config.json").read_text())["layers"]["1"]["k"] == 2
+    assert main([*common, "--steps", "20", "--resume"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    status = main([*common[:-4], "--out", str(out), "--steps", "5", "--resume"])
+    assert status == 2
+    assert "--checkpoint" in _one_error_line(capsys.readouterr().err)
+    stem = tmp_path / "report"
+    status = main(
+        [
+            "sae-report",
+            "--data",
+            str(files[2]),
+            "--model",
+            str(model_dir),
+            "--sae",
+            str(out),
+            "--max-tokens",
+            "200",
+            "--out",
+            str(stem),
+        ]
+    )
+    assert status == 0, capsys.readouterr().err
+    report = json.loads(stem.with_suffix(".json").read_text())
+    assert report["layers"]["1"]["values"]["k"] == 4
+    assert {(r["k_keys"], r["k_values"]) for r in report["perplexity"]["dual_budget"]} == {(2, 4)}
+    markdown = stem.with_suffix(".md").read_text()
+    assert "| 1 | values |" in markdown and "| k keys | k values |" in markdown

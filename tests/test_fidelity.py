@@ -1,16 +1,19 @@
-"""SAE fidelity tools: logit agreement, elbow, and keys swapped for reconstructions."""
+"""SAE fidelity tools: logit agreement, elbow, and keys or values swapped for reconstructions."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from s3_retriever.fidelity import (
+    dual_budget_perplexity,
     elbow,
     logit_fidelity,
     perplexity,
     reconstruct,
     reconstructed_keys,
+    reconstructed_projections,
 )
 from s3_retriever.models import LoadedModel, attention_shape
 from s3_retriever.sae import SAEBundle, SAEConfig
@@ -60,3 +63,46 @@ def test_reconstructed_keys_change_model_and_restore(
     assert after == before
     _, _, n_kv, head_dim = attention_shape(model)
     assert n_kv * head_dim == model.model.layers[0].self_attn.k_proj.out_features
+
+
+def test_reconstructed_values_change_model_and_restore(
+    loaded: LoadedModel, bundle: SAEBundle
+) -> None:
+    """Values swapped for reconstructions change the model; keys and values differ in effect."""
+    model = loaded.model
+    ids = np.arange(3, 40) % model.config.vocab_size
+    before = perplexity(model, ids, chunk_size=16)
+    with reconstructed_projections(model, bundle, "v_proj"):
+        values_swapped = perplexity(model, ids, chunk_size=16)
+    with reconstructed_projections(model, bundle, "k_proj"):
+        keys_swapped = perplexity(model, ids, chunk_size=16)
+    assert np.isfinite(values_swapped) and values_swapped != before
+    assert values_swapped != keys_swapped
+    assert perplexity(model, ids, chunk_size=16) == before
+    with (
+        pytest.raises(ValueError, match="projection"),
+        reconstructed_projections(model, bundle, "q_proj"),
+    ):
+        pass
+
+
+def test_dual_budget_rows_match_single_swaps(loaded: LoadedModel, bundle: SAEBundle) -> None:
+    """Each budget row holds K-only, V-only and K+V perplexities; k is clamped to the trained k."""
+    model = loaded.model
+    ids = np.arange(5, 60) % model.config.vocab_size
+    trained_k = min(sae.config.k for sae in bundle.saes.values())
+    rows = dual_budget_perplexity(model, bundle, bundle, ids, [(1, 2), (1, 100), (1, 100)])
+    assert [(r["k_keys"], r["k_values"]) for r in rows] == [(1, 2), (1, trained_k)]
+    with reconstructed_projections(model, bundle, "k_proj", 1):
+        keys_only = perplexity(model, ids)
+    with reconstructed_projections(model, bundle, "v_proj", 2):
+        values_only = perplexity(model, ids)
+    with (
+        reconstructed_projections(model, bundle, "k_proj", 1),
+        reconstructed_projections(model, bundle, "v_proj", 2),
+    ):
+        both = perplexity(model, ids)
+    assert rows[0]["keys_only"] == keys_only
+    assert rows[0]["values_only"] == values_only
+    assert rows[0]["keys_and_values"] == both
+    assert len({keys_only, values_only, both}) == 3
