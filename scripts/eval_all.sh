@@ -14,7 +14,7 @@ s3-retriever eval --data "$DATA" --tasks hotpotqa-3k --n 60 --methods "$ALL" --o
 s3-retriever eval --data "$DATA" --tasks qmsum --n 60 --methods "$BASE" --out "$OUT/eval_qmsum"
 s3-retriever eval --data "$DATA" --tasks hotpotqa-9k --n 30 --methods "$BASE" --out "$OUT/eval_hotpotqa_9k"
 s3-retriever eval --data "$DATA" --tasks leval/natural_question,leval/scientific_qa,leval/legal_contract_qa,kv \
-    --n 20 --methods "$BASE" --out "$OUT/eval_leval_kv"
-s3-retriever eval --data "$DATA" --tasks hotpotqa-3k --n 40 --methods s3:exact,hybrid:exact,bm25,dense,bm25+dense \
+    --n 12 --methods "$BASE" --out "$OUT/eval_leval_kv"
+s3-retriever eval --data "$DATA" --tasks hotpotqa-3k --n 15 --methods hybrid:exact,dense \
     --budgets 2048 --qa-budgets 2048 --generator Qwen2.5-Coder-0.5B-Instruct --out "$OUT/eval_qa_hotpotqa_3k"
 python scripts/results_page.py
