@@ -179,7 +179,9 @@ class _Tally:
         self.values: dict[tuple[str, ...], list[float]] = defaultdict(list)
 
     def add(self, key: tuple[str, ...], value: float) -> None:
-        self.values[key].append(float(value))
+        # NaN marks a question the metric does not apply to (a yes/no answer, no gold): skipped.
+        if not np.isnan(value):
+            self.values[key].append(float(value))
 
     def mean(self, key: tuple[str, ...]) -> float | None:
         vals = self.values.get(key)

@@ -152,3 +152,14 @@ def test_cli_eval_on_real_data(shared_data: Path, tmp_path: Path) -> None:
             assert cells[method]["budgets"]["100000"]["evidence_recall"] == 1.0
         assert 0.0 <= cells["s3:exact"]["budgets"]["256"]["evidence_recall"] <= 1.0
     assert "--tasks hotpotqa-3k,kv" in report["command"]
+
+
+def test_questions_a_metric_does_not_apply_to_are_left_out_of_its_mean() -> None:
+    from s3_retriever.eval.harness import _Tally
+
+    tally = _Tally()
+    for value in (1.0, float("nan"), 0.0):
+        tally.add(("task", "answer_recall"), value)
+    assert tally.mean(("task", "answer_recall")) == 0.5
+    tally.add(("other",), float("nan"))
+    assert tally.mean(("other",)) is None
