@@ -28,16 +28,19 @@ is LongBench's token F1 of a greedy answer generated from the retrieved text.
 
 def main() -> None:
     parts = [INTRO]
-    for path in sorted(RESULTS.glob("eval_*.json")):
+    reports = sorted(RESULTS.glob("eval_*.json")) + sorted(RESULTS.glob("ablations/*.json"))
+    for path in reports:
         report = json.loads(path.read_text())
         title = path.stem.removeprefix("eval_").replace("_", " ")
+        if path.parent.name == "ablations":
+            title = f"ablation: {title}"
         parts.append(f"## {title}\n")
         plot = path.with_suffix(".png")
         if plot.is_file():
-            parts.append(f"![{title}](results/{plot.name})\n")
+            parts.append(f"![{title}]({plot.relative_to(ROOT / 'docs').as_posix()})\n")
         parts.append(markdown(report, report["command"]))
     (ROOT / "docs" / "results.md").write_text("\n".join(parts))
-    print(f"wrote {ROOT / 'docs' / 'results.md'} from {len(parts) - 1} reports")
+    print(f"wrote {ROOT / 'docs' / 'results.md'} from {len(reports)} reports")
 
 
 if __name__ == "__main__":
