@@ -47,7 +47,7 @@ def _reference_stores(
 def test_fast_encoding_matches_per_chunk_reference(
     make_retriever: RetrieverFactory, corpus: dict[str, str], batch_size: int
 ) -> None:
-    """Same postings (latents, positions) and keys; activations equal to float16 rounding."""
+    """Same postings (latents, positions) and keys; activations within one storage grid step."""
     retriever = make_retriever(
         scan=ScanConfig(chunk_size=16, batch_size=batch_size, show_progress=False)
     )
@@ -59,15 +59,8 @@ def test_fast_encoding_matches_per_chunk_reference(
         fast = retriever.postings[f]
         fast.flush()
         # The float64 reference can only disagree on exact ties, which random weights never make.
-        np.testing.assert_array_equal(fast.indptr, ref.indptr)
-        np.testing.assert_array_equal(fast.positions, ref.positions)
-        np.testing.assert_allclose(
-            fast.activations.astype(np.float32),
-            ref.activations.astype(np.float32),
-            rtol=2e-3,
-            atol=1e-4,
-        )
-        total += len(ref.positions)
+        assert_same_postings(fast, ref)
+        total += len(ref.decode()[0])
         np.testing.assert_array_equal(retriever.key_stores[f].codes, ref_stores[f].codes)
         np.testing.assert_array_equal(retriever.key_stores[f].scales, ref_stores[f].scales)
     assert total > 0
@@ -87,9 +80,14 @@ def test_batched_and_unbatched_scans_index_the_same(
 
 
 def assert_same_postings(a: Postings, b: Postings) -> None:
-    """Same latents at the same positions; activations equal to float16 rounding."""
+    """Same latents at the same positions; activations within one storage grid step."""
     a.flush()
     b.flush()
     np.testing.assert_array_equal(a.indptr, b.indptr)
-    np.testing.assert_array_equal(a.positions, b.positions)
-    np.testing.assert_allclose(a.activations, b.activations, rtol=2e-3, atol=1e-4)
+    a_positions, a_acts = a.decode()
+    b_positions, b_acts = b.decode()
+    np.testing.assert_array_equal(a_positions, b_positions)
+    # Activations are stored on a log grid whose steps are 4.4% apart (at most 2.2% error):
+    # values that straddle a rounding boundary after float rounding land one code apart, so the
+    # tolerance is one grid step.
+    np.testing.assert_allclose(a_acts, b_acts, rtol=0.046, atol=1e-4)
