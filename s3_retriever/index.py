@@ -19,11 +19,15 @@ until the postings change. New postings are buffered and merged on the next read
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from s3_retriever.errors import IndexLoadError
+
+T = TypeVar("T")
 
 Field = tuple[int, int]
 """(layer, kv_head): one stream of keys."""
@@ -379,6 +383,9 @@ class KeyStore:
     codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int8))
     scales: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    # Search structures derived from the keys (built on first use); any change to the keys
+    # drops them.
+    _derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.codes.shape[1:] != (self.head_dim,):
@@ -404,6 +411,7 @@ class KeyStore:
             scales[positions] = new_scales
         self._pending = []
         self.codes, self.scales = codes, scales
+        self._derived = {}
 
     def dequantize(self, start: int, stop: int) -> np.ndarray:
         """float32 keys of positions [start, stop)."""
@@ -413,6 +421,13 @@ class KeyStore:
         self.flush(len(keep_pos))
         self.codes = self.codes[keep_pos]
         self.scales = self.scales[keep_pos]
+        self._derived = {}
+
+    def derived(self, key: Hashable, build: Callable[[KeyStore], T]) -> T:
+        """``build(self)``, computed on first use and kept until the keys change."""
+        if key not in self._derived:
+            self._derived[key] = build(self)
+        return cast(T, self._derived[key])
 
     @property
     def nbytes(self) -> int:

@@ -334,10 +334,19 @@ class S3Retriever:
     def score_positions(self, query: str, doc_mask: np.ndarray | None = None) -> np.ndarray:
         """Raw S3 score of every indexed token position for ``query`` (before smoothing)."""
         with self._lock:
+            return self.score_question_vectors(self.question_vectors(query), doc_mask)
+
+    def score_question_vectors(
+        self,
+        head_queries: Mapping[tuple[int, int], np.ndarray],
+        doc_mask: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """:meth:`score_positions` for question vectors already computed (the index search
+        alone, without the question's forward pass)."""
+        with self._lock:
             allowed = None
             if doc_mask is not None and not doc_mask.all():
                 allowed = np.repeat(doc_mask, self.corpus.doc_token_count)
-            head_queries = self.question_vectors(query)
             return score_positions(
                 head_queries,
                 self.config.scoring,

@@ -1,0 +1,283 @@
+"""Clustered exact attention: each question row reads only the keys of its nearest clusters.
+
+Exact attention reads every stored key, so a question's cost grows with the corpus. The keys of
+a field are clustered once (two-level k-means, built on first use and kept with the store); each
+question row ranks the clusters by how high their logits reach (``q.mean`` plus two standard
+deviations of ``q.k`` inside the cluster) and computes exact logits over the members of its best
+clusters only, about ``positions_per_row`` keys, whatever the corpus size. This is the
+inverted-file search of vector databases, applied per question row.
+
+The row's softmax normaliser still covers every position. Attention in the retrieval heads is
+spread out (on a 100k-token index the best 2,048 positions hold 10-50% of a row's mass), so the
+unread clusters cannot be dropped: their share is estimated from each cluster's mean and size and
+the keys' pooled within-cluster covariance ``S``, as for keys spread like a Gaussian around the
+mean (``E exp(q.k) = exp(q.mean + q.S.q / 2)``). The normaliser sets how much each row weighs
+against the others, so a row whose attention is diffuse is not mistaken for one that points.
+Positions outside a row's clusters get none of its weight.
+
+The full computation (:func:`s3_retriever.scoring.exact_scores`) stays the reference; their
+agreement on a real index is measured by ``benchmarks/cluster_search.py`` and tested in
+``tests/test_cluster_search.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from s3_retriever.index import KeyStore
+
+# Lloyd iterations of the k-means; training vectors per cluster (a sample of the keys).
+_ITERATIONS = 10
+_SAMPLE_PER_CLUSTER = 64
+# Standard deviations of a cluster's logits added to its mean logit when clusters are ranked.
+# On the 100k-token benchmark index, reading 4,096 keys per row, agreement with the full search
+# was 0.878 / 0.892 / 0.915 / 0.905 / 0.893 for 0 / 1 / 2 / 3 / 4
+# (python -m benchmarks.cluster_search, editing this value).
+_RANK_SPREAD = 2.0
+# Coarse groups whose fine centres each key is compared with.
+_COARSE_PROBES = 3
+# Keys assigned to clusters per matmul: bounds the distance temporary at 256 MiB.
+_ASSIGN_STEP = 1 << 16
+
+
+def cluster_count(n_positions: int) -> int:
+    """Clusters for an index of ``n_positions`` keys: about 256 keys each, at most 4,096.
+
+    Smaller clusters let a row read just the keys it needs rather than whole large clusters;
+    the cap bounds the size of the centres every question row ranks.
+    """
+    return int(min(4096, max(16, n_positions // 256)))
+
+
+@dataclass(frozen=True)
+class KeyClusters:
+    """The keys of one store grouped by nearest k-means centre."""
+
+    means: np.ndarray
+    """(clusters, dim) float32 mean of each cluster's keys."""
+    variance: np.ndarray
+    """(clusters, dim) float32 variance of each cluster's keys, per dimension."""
+    cluster_of: np.ndarray
+    """(positions,) int32 cluster of each position."""
+    order: np.ndarray
+    """(positions,) int64 positions sorted by cluster."""
+    offsets: np.ndarray
+    """(clusters + 1,) cluster c holds ``order[offsets[c]:offsets[c + 1]]``."""
+    spread: np.ndarray
+    """(dim, dim) covariance of keys around their cluster's mean, pooled over clusters."""
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def of(cls, store: KeyStore, n_clusters: int, seed: int = 0) -> KeyClusters:
+        """Two-level k-means: ~sqrt(n_clusters) coarse centres, then that many fine centres
+        inside each coarse group, so every key is compared with ~2 sqrt(n_clusters) centres
+        instead of all of them (a million keys cluster in seconds, not minutes)."""
+        n = len(store.scales)
+        if n == 0:
+            raise ValueError("cannot cluster an empty key store")
+        generator = torch.Generator().manual_seed(seed)
+        n_coarse = max(1, round(math.sqrt(n_clusters)))
+        n_fine = max(1, -(-n_clusters // n_coarse))
+        everyone = np.arange(n)
+        coarse = _fit(store, everyone, n_coarse, generator)
+        nearest_coarse = _nearest_centres(store, everyone, coarse, min(_COARSE_PROBES, n_coarse))
+        by_group = np.argsort(nearest_coarse[:, 0], kind="stable")
+        bounds = np.searchsorted(nearest_coarse[by_group, 0], np.arange(n_coarse + 1))
+        # Fine centres are fitted on each coarse group's keys; a key then takes the nearest fine
+        # centre among its few nearest coarse groups, so keys near a coarse boundary are not
+        # forced into a worse fine cluster.
+        best = np.full(n, np.inf, np.float32)
+        cluster_of = np.zeros(n, np.int64)
+        for group in range(n_coarse):
+            members = by_group[bounds[group] : bounds[group + 1]]
+            if not len(members):
+                continue
+            fine = _fit(store, members, n_fine, generator)
+            near = np.flatnonzero((nearest_coarse == group).any(axis=1))
+            for start in range(0, len(near), _ASSIGN_STEP):
+                chunk = near[start : start + _ASSIGN_STEP]
+                distance = _distances(_keys_at(store, chunk), fine)
+                closest, index = distance.min(dim=1)
+                better = closest.numpy() < best[chunk]
+                best[chunk[better]] = closest.numpy()[better]
+                cluster_of[chunk[better]] = group * n_fine + index.numpy()[better]
+        return cls._summarise(store, cluster_of, n_coarse * n_fine)
+
+    @classmethod
+    def _summarise(cls, store: KeyStore, cluster_of: np.ndarray, n_clusters: int) -> KeyClusters:
+        """Means, sizes and pooled spread of the clusters that ``cluster_of`` assigns."""
+        n, dim = len(cluster_of), store.head_dim
+        sums = torch.zeros((n_clusters, dim), dtype=torch.float64)
+        squares = torch.zeros((n_clusters, dim), dtype=torch.float64)
+        second = torch.zeros((dim, dim), dtype=torch.float64)
+        for start in range(0, n, _ASSIGN_STEP):
+            stop = min(n, start + _ASSIGN_STEP)
+            keys = torch.from_numpy(store.dequantize(start, stop)).double()
+            owner = torch.from_numpy(cluster_of[start:stop])
+            sums.index_add_(0, owner, keys)
+            squares.index_add_(0, owner, keys.square())
+            second += keys.T @ keys
+        sizes_np = np.bincount(cluster_of, minlength=n_clusters)
+        sizes = torch.from_numpy(sizes_np).double()
+        means = sums / sizes.clamp(min=1)[:, None]
+        variance = (squares / sizes.clamp(min=1)[:, None] - means.square()).clamp(min=0)
+        spread = (second - (means * sizes[:, None]).T @ means) / n
+        return cls(
+            means=means.float().numpy(),
+            variance=variance.float().numpy(),
+            cluster_of=cluster_of.astype(np.int32),
+            order=np.argsort(cluster_of, kind="stable"),
+            offsets=np.concatenate([[0], np.cumsum(sizes_np)]),
+            spread=spread.float().numpy(),
+        )
+
+
+def _keys_at(store: KeyStore, positions: np.ndarray) -> torch.Tensor:
+    codes = torch.from_numpy(np.asarray(store.codes[positions])).float()
+    return codes * torch.from_numpy(np.asarray(store.scales[positions], np.float32))[:, None]
+
+
+def _fit(store: KeyStore, members: np.ndarray, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means centres (Lloyd) of a sample of the members' keys; empty centres stay put."""
+    picked = torch.randperm(len(members), generator=generator)[: k * _SAMPLE_PER_CLUSTER]
+    sample = _keys_at(store, np.sort(members[picked.numpy()]))
+    k = min(k, len(sample))
+    centres = sample[torch.randperm(len(sample), generator=generator)[:k]].clone()
+    for _ in range(_ITERATIONS):
+        nearest = _nearest(sample, centres)
+        sums = torch.zeros_like(centres).index_add_(0, nearest, sample)
+        sizes = torch.bincount(nearest, minlength=k)
+        filled = sizes > 0
+        centres[filled] = sums[filled] / sizes[filled, None]
+    return centres
+
+
+def _nearest_centres(
+    store: KeyStore, members: np.ndarray, centres: torch.Tensor, how_many: int
+) -> np.ndarray:
+    """(members, how_many) indices of the nearest centres of each member's key, nearest first."""
+    out = np.empty((len(members), how_many), np.int64)
+    for start in range(0, len(members), _ASSIGN_STEP):
+        chunk = members[start : start + _ASSIGN_STEP]
+        distance = _distances(_keys_at(store, chunk), centres)
+        out[start : start + len(chunk)] = distance.topk(how_many, largest=False).indices.numpy()
+    return out
+
+
+def _distances(vectors: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (up to each vector's own norm, which ranks nothing)."""
+    return centres.square().sum(1)[None, :] - 2 * vectors @ centres.T
+
+
+def _nearest(vectors: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centre (Euclidean) of each vector."""
+    return _distances(vectors, centres).argmin(dim=1)
+
+
+def key_clusters(keys: KeyStore) -> KeyClusters:
+    """The store's clusters, built on first use and kept until its keys change."""
+    n_clusters = cluster_count(len(keys.scales))
+    return keys.derived(("clusters", n_clusters), lambda s: KeyClusters.of(s, n_clusters))
+
+
+def clustered_exact_scores(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    allowed: np.ndarray | None = None,
+    temperature: float = 1.0,
+    groups: Sequence[int] | None = None,
+    positions_per_row: int = 4096,
+) -> np.ndarray:
+    """Mean attention of (n_q, d) question vectors, each row reading its nearest clusters only.
+
+    Same arguments and result as :func:`s3_retriever.scoring.exact_scores` (``groups`` splits the
+    rows into query heads whose mean attentions are summed).
+    """
+    n_rows = queries.shape[0]
+    out = np.zeros(n_positions, np.float32)
+    if n_rows == 0 or n_positions == 0:
+        return out
+    clusters = key_clusters(keys)
+    counts = clusters.counts
+    if allowed is not None:
+        counts = np.bincount(
+            clusters.cluster_of[allowed[:n_positions]], minlength=len(counts)
+        ).astype(np.int64)
+    live = counts > 0
+    if not live.any():
+        return out
+    scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32) * np.float32(scale))
+    centre_logits = q @ torch.from_numpy(clusters.means).T  # (rows, clusters)
+    centre_logits[:, torch.from_numpy(~live)] = -math.inf
+    # Clusters rank by how high their keys' logits reach, not only by their mean's: a wide
+    # cluster along q holds higher logits than a tight one with the same mean.
+    reach = (q.square() @ torch.from_numpy(clusters.variance).T).sqrt()
+    chosen = _clusters_to_read(centre_logits + _RANK_SPREAD * reach, counts, positions_per_row)
+    # The keys of every row's clusters are read once and multiplied by all rows in one matmul
+    # (rows of a question mostly pick the same clusters); each row then keeps its own columns,
+    # so the exp and the softmax cost rows x positions_per_row, not rows x the union.
+    union = np.flatnonzero(chosen.any(dim=0).numpy())
+    positions = _members(clusters, union, allowed)
+    column_of = np.full(len(clusters.cluster_of), -1, np.int64)
+    column_of[positions] = np.arange(len(positions))
+    all_logits = q @ _keys_at(keys, positions).T  # (rows, union positions)
+    rows_columns = [
+        column_of[_members(clusters, np.flatnonzero(row), allowed)] for row in chosen.numpy()
+    ]
+    width = max(len(c) for c in rows_columns)
+    columns = np.zeros((n_rows, width), np.int64)
+    present = np.zeros((n_rows, width), bool)
+    for row, own in enumerate(rows_columns):
+        columns[row, : len(own)] = own
+        present[row, : len(own)] = True
+    columns_t = torch.from_numpy(columns)
+    logits = torch.gather(all_logits, 1, columns_t)
+    logits.masked_fill_(~torch.from_numpy(present), -math.inf)
+    # The unread clusters' share of the normaliser: log(size) + q.mean + q.S.q / 2.
+    curvature = 0.5 * ((q @ torch.from_numpy(clusters.spread)) * q).sum(dim=1)
+    unread = centre_logits + torch.from_numpy(np.log(np.maximum(counts, 1)).astype(np.float32))
+    unread.masked_fill_(chosen, -math.inf)
+    log_norm = torch.logaddexp(
+        torch.logsumexp(logits, dim=1), torch.logsumexp(unread, dim=1) + curvature
+    )
+    group_sizes = list(groups) if groups is not None else [n_rows]
+    row_weight = torch.from_numpy(
+        np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
+    )
+    weights = torch.exp(logits - log_norm[:, None]) * row_weight[:, None]
+    mass = torch.zeros(len(positions), dtype=torch.float32)
+    mass.index_add_(0, columns_t.ravel(), weights.ravel())
+    out[positions] = mass.numpy()
+    return out
+
+
+def _clusters_to_read(
+    centre_logits: torch.Tensor, counts: np.ndarray, positions_per_row: int
+) -> torch.Tensor:
+    """(rows, clusters) mask: each row's best clusters by ``q.mean`` until they hold at least
+    ``positions_per_row`` keys (live clusters only: dead ones rank last with -inf)."""
+    ranked = torch.argsort(centre_logits, dim=1, descending=True)
+    held = torch.from_numpy(counts)[ranked].cumsum(dim=1)
+    # A cluster is read when the clusters ranked above it hold fewer than positions_per_row.
+    before = held - torch.from_numpy(counts)[ranked]
+    take = (before < positions_per_row) & torch.isfinite(torch.gather(centre_logits, 1, ranked))
+    chosen = torch.zeros_like(take)
+    chosen.scatter_(1, ranked, take)
+    return chosen
+
+
+def _members(clusters: KeyClusters, chosen: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+    """Positions of the given clusters (inside the filter, when there is one)."""
+    parts = [clusters.order[clusters.offsets[c] : clusters.offsets[c + 1]] for c in chosen]
+    positions = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return positions if allowed is None else positions[allowed[positions]]
