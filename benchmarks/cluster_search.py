@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import markdown_table, write_result
-from benchmarks.real_corpus import data_dir, haystacks, quiet_retriever
+from benchmarks.real_corpus import data_dir, haystacks, quiet, quiet_retriever
 from s3_retriever import S3Retriever, ScoringConfig
 from s3_retriever.cluster_search import key_clusters
 from s3_retriever.eval.data import EvalExample
@@ -85,7 +85,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     examples = haystacks(data_dir(args.data), n=args.haystacks)
     if args.index and Path(args.index).exists():
-        retriever = S3Retriever.load(args.index)
+        retriever = quiet(S3Retriever.load(args.index))
     else:
         retriever = quiet_retriever()
         for example in examples:

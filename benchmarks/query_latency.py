@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import markdown_table, write_result
-from benchmarks.real_corpus import data_dir, haystacks, quiet_retriever
+from benchmarks.real_corpus import data_dir, haystacks, quiet, quiet_retriever
 from benchmarks.replicate import check_replication, replicate
 from s3_retriever import S3Retriever, ScoringConfig
 from s3_retriever.eval.baselines import BM25Baseline, DenseBaseline, split_units
@@ -176,19 +176,26 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000,10000000", help="indexed tokens")
     parser.add_argument("--questions", type=int, default=20, help="questions timed per size")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--index", default=None, help="reuse (or write) the scanned base index")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
 
     examples = haystacks(data_dir(args.data), n=max(1, args.tokens // 4000))
-    retriever = quiet_retriever()
-    t_scan = 0.0
-    for example in examples:
-        if retriever.corpus.n_positions >= args.tokens:
-            break
-        t, _ = _timed(lambda e=example: retriever.add_documents(e.documents, ids=e.doc_ids))
-        t_scan += t
+    if args.index and Path(args.index).exists():
+        retriever = quiet(S3Retriever.load(args.index))
+        t_scan = math.nan  # scanned by an earlier run
+    else:
+        retriever = quiet_retriever()
+        t_scan = 0.0
+        for example in examples:
+            if retriever.corpus.n_positions >= args.tokens:
+                break
+            t, _ = _timed(lambda e=example: retriever.add_documents(e.documents, ids=e.doc_ids))
+            t_scan += t
+        if args.index:
+            retriever.save(args.index)
     base_tokens = retriever.corpus.n_positions
     base_texts = list(retriever.corpus.texts)
     questions = [e.question for e in examples][: args.questions]

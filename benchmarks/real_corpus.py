@@ -30,7 +30,11 @@ def data_dir(given: str | None) -> Path:
 
 def quiet_retriever(sae_path: str | None = None) -> S3Retriever:
     """The bundled model with a bundle of SAEs, without scan progress bars."""
-    retriever = S3Retriever.from_pretrained(sae_path=sae_path)
+    return quiet(S3Retriever.from_pretrained(sae_path=sae_path))
+
+
+def quiet(retriever: S3Retriever) -> S3Retriever:
+    """``retriever`` with its scan progress bars turned off."""
     retriever.scanner.config = dataclasses.replace(retriever.scanner.config, show_progress=False)
     return retriever
 

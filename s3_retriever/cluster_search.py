@@ -23,13 +23,16 @@ agreement on a real index is measured by ``benchmarks/cluster_search.py`` and te
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from s3_retriever.index import KeyStore
+
+CLUSTER_ARRAYS = ("means", "variance", "spread", "cluster_of")
+"""The arrays a saved index holds per key store, in :meth:`KeyClusters.from_arrays` order."""
 
 # Lloyd iterations of the k-means; training vectors per cluster (a sample of the keys).
 _ITERATIONS = 10
@@ -63,7 +66,7 @@ class KeyClusters:
     variance: np.ndarray
     """(clusters, dim) float32 variance of each cluster's keys, per dimension."""
     cluster_of: np.ndarray
-    """(positions,) int32 cluster of each position."""
+    """(positions,) uint16 cluster of each position (there are at most 4,096)."""
     order: np.ndarray
     """(positions,) int64 positions sorted by cluster."""
     offsets: np.ndarray
@@ -74,6 +77,38 @@ class KeyClusters:
     @property
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What a saved index stores (the order and offsets follow from ``cluster_of``)."""
+        return {name: getattr(self, name) for name in CLUSTER_ARRAYS}
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: Mapping[str, np.ndarray], n_positions: int, dim: int
+    ) -> KeyClusters:
+        """Clusters read back from :meth:`arrays`; ValueError when they do not fit the keys."""
+        means, variance, spread, cluster_of = (arrays[name] for name in CLUSTER_ARRAYS)
+        n_clusters = len(means)
+        if (
+            means.shape != (n_clusters, dim)
+            or variance.shape != means.shape
+            or spread.shape != (dim, dim)
+            or cluster_of.shape != (n_positions,)
+            or not all(a.dtype == np.float32 for a in (means, variance, spread))
+            or cluster_of.dtype != np.uint16
+        ):
+            raise ValueError("the saved key clusters do not match the stored keys")
+        if n_positions and int(cluster_of.max()) >= n_clusters:
+            raise ValueError("the saved key clusters name clusters that do not exist")
+        sizes = np.bincount(cluster_of, minlength=n_clusters)
+        return cls(
+            means=np.asarray(means),
+            variance=np.asarray(variance),
+            cluster_of=cluster_of,
+            order=np.argsort(cluster_of, kind="stable"),
+            offsets=np.concatenate([[0], np.cumsum(sizes)]),
+            spread=np.asarray(spread),
+        )
 
     @classmethod
     def of(cls, store: KeyStore, n_clusters: int, seed: int = 0) -> KeyClusters:
@@ -133,7 +168,7 @@ class KeyClusters:
         return cls(
             means=means.float().numpy(),
             variance=variance.float().numpy(),
-            cluster_of=cluster_of.astype(np.int32),
+            cluster_of=cluster_of.astype(np.uint16),
             order=np.argsort(cluster_of, kind="stable"),
             offsets=np.concatenate([[0], np.cumsum(sizes_np)]),
             spread=spread.float().numpy(),
@@ -182,10 +217,19 @@ def _nearest(vectors: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return _distances(vectors, centres).argmin(dim=1)
 
 
+def _cache_key(keys: KeyStore) -> tuple[str, int]:
+    return ("clusters", cluster_count(len(keys.scales)))
+
+
 def key_clusters(keys: KeyStore) -> KeyClusters:
     """The store's clusters, built on first use and kept until its keys change."""
     n_clusters = cluster_count(len(keys.scales))
-    return keys.derived(("clusters", n_clusters), lambda s: KeyClusters.of(s, n_clusters))
+    return keys.derived(_cache_key(keys), lambda s: KeyClusters.of(s, n_clusters))
+
+
+def attach_clusters(keys: KeyStore, clusters: KeyClusters) -> None:
+    """Use ``clusters`` (read back with a saved index) for this store's current keys."""
+    keys.set_derived(_cache_key(keys), clusters)
 
 
 def clustered_exact_scores(

@@ -429,6 +429,13 @@ class KeyStore:
             self._derived[key] = build(self)
         return cast(T, self._derived[key])
 
+    def has_derived(self, key: Hashable) -> bool:
+        return key in self._derived
+
+    def set_derived(self, key: Hashable, value: Any) -> None:
+        """Keep ``value`` as derived from the current keys (one read back with a saved index)."""
+        self._derived[key] = value
+
     @property
     def nbytes(self) -> int:
         return int(self.codes.nbytes + self.scales.nbytes)

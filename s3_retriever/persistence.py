@@ -7,6 +7,9 @@ Layout::
     documents.json       ids, texts and metadata
     corpus/*.npy         token and unit tables
     keys/L{l}_H{h}_{codes,scales}.npy
+    clusters/L{l}_H{h}_{means,variance,spread,cluster_of}.npy
+                         k-means clusters of those keys, for indexes past the clustered-search
+                         threshold (see :mod:`s3_retriever.cluster_search`)
     postings/L{l}_H{h}_{indptr,byteptr,position_bytes,activation_codes}.npy
                          compact postings (see :mod:`s3_retriever.index`)
     sae/                 a copy of the SAE bundle the index was built with
@@ -31,11 +34,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from s3_retriever.cluster_search import (
+    CLUSTER_ARRAYS,
+    KeyClusters,
+    attach_clusters,
+    key_clusters,
+)
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.corpus import Corpus
 from s3_retriever.errors import IndexLoadError
 from s3_retriever.hashing import sha256_file
-from s3_retriever.index import Postings
+from s3_retriever.index import KeyStore, Postings
 from s3_retriever.untrusted import (
     UntrustedFileError,
     check_manifest_fields,
@@ -124,10 +133,17 @@ def _write_contents(retriever: S3Retriever, folder: Path) -> None:
     for name in _CORPUS_ARRAYS:
         _write_npy(folder / "corpus" / f"{name}.npy", getattr(corpus, name))
     n_positions = corpus.n_positions
+    threshold = retriever.config.scoring.cluster_search_above
+    # Clusters are derived from the keys, but building them takes seconds per million tokens:
+    # an index big enough to search through them keeps them, so its first query does not wait.
+    with_clusters = threshold is not None and n_positions > threshold
     for (layer, kv), store in retriever.key_stores.items():
         store.flush(n_positions)
         _write_npy(folder / "keys" / f"L{layer}_H{kv}_codes.npy", store.codes)
         _write_npy(folder / "keys" / f"L{layer}_H{kv}_scales.npy", store.scales)
+        if with_clusters:
+            for name, array in key_clusters(store).arrays().items():
+                _write_npy(folder / "clusters" / f"L{layer}_H{kv}_{name}.npy", array)
     for (layer, kv), postings in retriever.postings.items():
         postings.flush()
         for part in _POSTINGS_PARTS:
@@ -309,6 +325,7 @@ def _fill(retriever: S3Retriever, folder: Path, manifest: dict[str, Any]) -> Non
             corpus.n_positions,
         ):
             raise IndexLoadError(f"{folder}: stored keys have the wrong shape; rebuild the index.")
+        _read_clusters(store, folder / "clusters" / f"L{layer}_H{kv}", corpus.n_positions)
     version = manifest["format_version"]
     for (layer, kv), postings in retriever.postings.items():
         stem = folder / "postings" / f"L{layer}_H{kv}"
@@ -320,6 +337,20 @@ def _fill(retriever: S3Retriever, folder: Path, manifest: dict[str, Any]) -> Non
         problem = postings.check(corpus.n_positions)
         if problem:
             raise IndexLoadError(f"{folder}: {problem}; rebuild the index.")
+
+
+def _read_clusters(store: KeyStore, stem: Path, n_positions: int) -> None:
+    """Attach saved key clusters, when the index has them (small indexes do not)."""
+    if not Path(f"{stem}_means.npy").is_file():
+        return
+    arrays = {
+        name: _load_npy(Path(f"{stem}_{name}.npy"), mmap=name == "cluster_of")
+        for name in CLUSTER_ARRAYS
+    }
+    try:
+        attach_clusters(store, KeyClusters.from_arrays(arrays, n_positions, store.head_dim))
+    except ValueError as exc:
+        raise IndexLoadError(f"{stem.parent.parent}: {exc}; rebuild the index.") from exc
 
 
 def _read_v1_postings(postings: Postings, stem: Path) -> None:

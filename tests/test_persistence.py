@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from s3_retriever import IndexLoadError, S3Retriever, ScoringConfig
+from s3_retriever.cluster_search import cluster_count, key_clusters
 from s3_retriever.hashing import sha256_file
 from s3_retriever.retriever import Mode
 from s3_retriever.scoring import ScorerName
@@ -381,3 +382,38 @@ def test_object_array_raises_index_load_error(saved: Path, model_dir: Path, tmp_
     _plant_object_array(saved, "postings/L1_H0_indptr.npy", tmp_path / "unpickled")
     with pytest.raises(IndexLoadError, match=r"L1_H0_indptr\.npy"):
         S3Retriever.load(saved, model_path=model_dir)
+
+
+def test_key_clusters_are_saved_and_read_back(
+    model_dir: Path,
+    bundle_dir: Path,
+    corpus: dict[str, str],
+    corpus_metadata: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """An index past the clustered-search threshold keeps its key clusters: the loaded index
+    searches through the same clusters (same hits) without building them again; damaged
+    cluster arrays are refused with the reason."""
+    scoring = ScoringConfig(cluster_search_above=10, positions_per_row=40)
+    original = _build(model_dir, bundle_dir, corpus, corpus_metadata, scoring=scoring)
+    original.save(tmp_path / "index")
+    saved_files = sorted(p.name for p in (tmp_path / "index" / "clusters").iterdir())
+    assert len(saved_files) == 4 * len(original.key_stores)
+    restored = S3Retriever.load(tmp_path / "index", model_path=model_dir)
+    for field, store in restored.key_stores.items():
+        assert store.has_derived(("clusters", cluster_count(len(store.scales))))
+        mine, theirs = key_clusters(store), key_clusters(original.key_stores[field])
+        assert np.array_equal(mine.cluster_of, theirs.cluster_of)
+        assert np.array_equal(mine.order, theirs.order)
+    assert _results(restored) == _results(original)
+
+    name = "clusters/" + next(n for n in saved_files if n.endswith("_cluster_of.npy"))
+    ids = np.load(tmp_path / "index" / name)
+    np.save(tmp_path / "index" / name, np.full_like(ids, 60000), allow_pickle=False)
+    _refresh_checksum(tmp_path / "index", name)
+    with pytest.raises(IndexLoadError, match="clusters that do not exist"):
+        S3Retriever.load(tmp_path / "index", model_path=model_dir)
+
+
+def test_small_indexes_save_no_clusters(saved: Path) -> None:
+    assert not (saved / "clusters").exists()
