@@ -2,9 +2,10 @@
 
 Each query is split into the model's forward pass over the question and the index search
 (position scores over every indexed token). The exact scorer is timed twice: with its default
-block-first search (past 65,536 positions each question row reads its best blocks of keys) and
-reading every key, the reference it replaces. The index is saved and loaded memory-mapped at each
-size. Peers at the same corpus sizes, timed in the same run on the same questions:
+clustered search (past 65,536 positions each question row reads the keys of its best clusters,
+s3_retriever/cluster_search.py) and reading every key, the reference it replaces. The index is
+saved and loaded memory-mapped at each size. Peers at the same corpus sizes, timed in the same
+run on the same questions:
 
 - bm25s (``BM25Baseline``) over the same texts, split into the same sentence units;
 - dense all-MiniLM-L6-v2 flat search (``DenseBaseline.embed`` for the question, a dot product
@@ -65,7 +66,7 @@ def _s3_times(
     """Median forward, search and end-to-end (s3 mode, 1,024-token budget) times in ms.
 
     The first query is timed apart: it also builds what the search derives once per loaded
-    index (block summaries of the keys, decoded postings).
+    index (key clusters when the saved index has none, decoded postings).
     """
     retriever.config = retriever.config.replace(scoring=scoring)
     first, _ = _timed(lambda: retriever.retrieve(questions[0], token_budget=1024, mode="s3"))
@@ -237,9 +238,11 @@ def main() -> None:
                 "load_s": t_load,
                 "index_mib_on_disk": sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
                 / 2**20,
-                # The default: block-first past 65,536 positions.
+                # The default: clustered search past 65,536 positions.
                 "exact": _s3_times(loaded, questions, ScoringConfig()),
-                "exact_full": _s3_times(loaded, questions, ScoringConfig(block_search_above=None)),
+                "exact_full": _s3_times(
+                    loaded, questions, ScoringConfig(cluster_search_above=None)
+                ),
             }
             if n_postings <= MAX_DECODED_POSTINGS:
                 row["aligned"] = _s3_times(loaded, questions, ScoringConfig(scorer="aligned"))
