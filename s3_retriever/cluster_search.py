@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from s3_retriever.index import KeyStore
+from s3_retriever.int8_dot import QuestionCodes, int8_logits
 
 CLUSTER_ARRAYS = ("means", "variance", "spread", "cluster_of")
 """The arrays a saved index holds per key store, in :meth:`KeyClusters.from_arrays` order."""
@@ -139,7 +140,7 @@ class KeyClusters:
             near = np.flatnonzero((nearest_coarse == group).any(axis=1))
             for start in range(0, len(near), _ASSIGN_STEP):
                 chunk = near[start : start + _ASSIGN_STEP]
-                distance = _distances(_keys_at(store, chunk), fine)
+                distance = _distances(_float_keys_at(store, chunk), fine)
                 closest, index = distance.min(dim=1)
                 better = closest.numpy() < best[chunk]
                 best[chunk[better]] = closest.numpy()[better]
@@ -175,15 +176,24 @@ class KeyClusters:
         )
 
 
-def _keys_at(store: KeyStore, positions: np.ndarray) -> torch.Tensor:
-    codes = torch.from_numpy(np.asarray(store.codes[positions])).float()
-    return codes * torch.from_numpy(np.asarray(store.scales[positions], np.float32))[:, None]
+def _keys_at(store: KeyStore, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes and float32 scales of the keys at ``positions``."""
+    # Plain ndarray views of memory-mapped stores: numpy's memmap subclass adds a large
+    # per-call cost to fancy indexing.
+    codes = np.asarray(store.codes).view(np.ndarray)[positions]
+    scales = np.asarray(store.scales).view(np.ndarray)[positions].astype(np.float32)
+    return torch.from_numpy(codes), torch.from_numpy(scales)
+
+
+def _float_keys_at(store: KeyStore, positions: np.ndarray) -> torch.Tensor:
+    codes, scales = _keys_at(store, positions)
+    return codes.float() * scales[:, None]
 
 
 def _fit(store: KeyStore, members: np.ndarray, k: int, generator: torch.Generator) -> torch.Tensor:
     """k-means centres (Lloyd) of a sample of the members' keys; empty centres stay put."""
     picked = torch.randperm(len(members), generator=generator)[: k * _SAMPLE_PER_CLUSTER]
-    sample = _keys_at(store, np.sort(members[picked.numpy()]))
+    sample = _float_keys_at(store, np.sort(members[picked.numpy()]))
     k = min(k, len(sample))
     centres = sample[torch.randperm(len(sample), generator=generator)[:k]].clone()
     for _ in range(_ITERATIONS):
@@ -202,7 +212,7 @@ def _nearest_centres(
     out = np.empty((len(members), how_many), np.int64)
     for start in range(0, len(members), _ASSIGN_STEP):
         chunk = members[start : start + _ASSIGN_STEP]
-        distance = _distances(_keys_at(store, chunk), centres)
+        distance = _distances(_float_keys_at(store, chunk), centres)
         out[start : start + len(chunk)] = distance.topk(how_many, largest=False).indices.numpy()
     return out
 
@@ -270,20 +280,26 @@ def clustered_exact_scores(
     # The keys of every row's clusters are read once and multiplied by all rows in one matmul
     # (rows of a question mostly pick the same clusters); each row then keeps its own columns,
     # so the exp and the softmax cost rows x positions_per_row, not rows x the union.
-    union = np.flatnonzero(chosen.any(dim=0).numpy())
-    positions = _members(clusters, union, allowed)
-    column_of = np.full(len(clusters.cluster_of), -1, np.int64)
-    column_of[positions] = np.arange(len(positions))
-    all_logits = q @ _keys_at(keys, positions).T  # (rows, union positions)
-    rows_columns = [
-        column_of[_members(clusters, np.flatnonzero(row), allowed)] for row in chosen.numpy()
-    ]
+    chosen_np = chosen.numpy()
+    union = np.flatnonzero(chosen_np.any(axis=0))
+    parts = [_members(clusters, int(c), allowed) for c in union]
+    positions = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    # Cluster c's keys sit at columns [first[c], first[c] + size[c]) of the union.
+    size = np.zeros(len(counts), np.int64)
+    size[union] = [len(part) for part in parts]
+    first = np.zeros(len(counts), np.int64)
+    first[union] = np.cumsum(size[union]) - size[union]
+    questions = QuestionCodes.of(q.numpy())
+    key_codes, key_scales = _keys_at(keys, positions)
+    key_factor = key_scales * torch.tensor(questions.step, dtype=torch.float32)
+    all_logits = int8_logits(key_codes, key_factor, questions).T  # (rows, union positions)
+    rows_columns = [_column_ranges(first[own], size[own]) for own in map(np.flatnonzero, chosen_np)]
     width = max(len(c) for c in rows_columns)
     columns = np.zeros((n_rows, width), np.int64)
     present = np.zeros((n_rows, width), bool)
-    for row, own in enumerate(rows_columns):
-        columns[row, : len(own)] = own
-        present[row, : len(own)] = True
+    for row, own_columns in enumerate(rows_columns):
+        columns[row, : len(own_columns)] = own_columns
+        present[row, : len(own_columns)] = True
     columns_t = torch.from_numpy(columns)
     logits = torch.gather(all_logits, 1, columns_t)
     logits.masked_fill_(~torch.from_numpy(present), -math.inf)
@@ -310,18 +326,30 @@ def _clusters_to_read(
 ) -> torch.Tensor:
     """(rows, clusters) mask: each row's best clusters by ``q.mean`` until they hold at least
     ``positions_per_row`` keys (live clusters only: dead ones rank last with -inf)."""
-    ranked = torch.argsort(centre_logits, dim=1, descending=True)
+    # Rows need a few dozen clusters; sorting all of them (thousands) would cost more than the
+    # search. Take a generous top and sort everything only if some row needs more.
+    typical = max(1, int(np.median(counts[counts > 0])))
+    depth = min(centre_logits.shape[1], 4 * positions_per_row // typical + 16)
+    ranked = torch.topk(centre_logits, depth, dim=1).indices
     held = torch.from_numpy(counts)[ranked].cumsum(dim=1)
+    if depth < centre_logits.shape[1] and bool((held[:, -1] < positions_per_row).any()):
+        ranked = torch.argsort(centre_logits, dim=1, descending=True)
+        held = torch.from_numpy(counts)[ranked].cumsum(dim=1)
     # A cluster is read when the clusters ranked above it hold fewer than positions_per_row.
     before = held - torch.from_numpy(counts)[ranked]
     take = (before < positions_per_row) & torch.isfinite(torch.gather(centre_logits, 1, ranked))
-    chosen = torch.zeros_like(take)
+    chosen = torch.zeros(centre_logits.shape, dtype=torch.bool)
     chosen.scatter_(1, ranked, take)
     return chosen
 
 
-def _members(clusters: KeyClusters, chosen: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-    """Positions of the given clusters (inside the filter, when there is one)."""
-    parts = [clusters.order[clusters.offsets[c] : clusters.offsets[c + 1]] for c in chosen]
-    positions = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+def _members(clusters: KeyClusters, cluster: int, allowed: np.ndarray | None) -> np.ndarray:
+    """Positions of one cluster (inside the filter, when there is one)."""
+    positions = clusters.order[clusters.offsets[cluster] : clusters.offsets[cluster + 1]]
     return positions if allowed is None else positions[allowed[positions]]
+
+
+def _column_ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The concatenation of ``range(start, start + size)`` for each pair."""
+    offsets = np.cumsum(sizes) - sizes
+    return np.repeat(starts - offsets, sizes) + np.arange(int(sizes.sum()))

@@ -28,6 +28,7 @@ import torch
 
 from s3_retriever.cluster_search import clustered_exact_scores
 from s3_retriever.index import Field, KeyStore, Postings
+from s3_retriever.int8_dot import QuestionCodes, int8_logits
 from s3_retriever.sae import SAEBundle, TopKSAE
 
 ScorerName = Literal["exact", "aligned", "coactivation"]
@@ -38,8 +39,6 @@ SCORERS: tuple[str, ...] = ("exact", "aligned", "coactivation")
 _BLOCK = 1 << 18
 # Float logits the fast exact path holds at once (elements): 256 MiB.
 _LOGIT_BUDGET = 1 << 26
-# Fine steps per coarse step of the int8 question codes (the fast exact path).
-_FINE_STEPS = 256
 
 
 @dataclass(frozen=True)
@@ -187,27 +186,23 @@ def exact_scores(
     if n_candidates == 0 or n_rows == 0:
         return out
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
-    coarse, fine, step = _int16_as_two_int8(queries)
+    questions = QuestionCodes.of(queries)
     row_weight = np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
     codes, key_scales = _candidate_keys(keys, candidates, n_positions)
     # One float multiply per logit: the question's step and the softmax scale ride on the keys'.
-    key_factor = key_scales * torch.tensor(step * scale, dtype=torch.float32)
+    key_factor = key_scales * torch.tensor(questions.step * scale, dtype=torch.float32)
     total = torch.zeros(n_candidates, dtype=torch.float32)
     # Rows are independent softmaxes, so memory stays bounded by computing a few rows over all
     # candidates at a time.
     rows_per_pass = max(1, _LOGIT_BUDGET // max(n_candidates, 1))
     for lo in range(0, n_rows, rows_per_pass):
         hi = min(n_rows, lo + rows_per_pass)
-        rows = hi - lo
-        q_codes = torch.from_numpy(np.concatenate([coarse[lo:hi], fine[lo:hi]])).T.contiguous()
+        part = questions.select(lo, hi)
         # Row-major (question rows x positions), so the softmax runs over contiguous memory.
-        logits = torch.empty((rows, n_candidates), dtype=torch.float32)
+        logits = torch.empty((hi - lo, n_candidates), dtype=torch.float32)
         for start in range(0, n_candidates, _BLOCK):
             stop = min(n_candidates, start + _BLOCK)
-            both = torch._int_mm(codes[start:stop], q_codes)
-            # |coarse logit| <= 64 * 127 * 127 (for 64 dims), so x256 stays inside int32.
-            combined = both[:, :rows] * _FINE_STEPS + both[:, rows:]
-            torch.mul(combined.T, key_factor[None, start:stop], out=logits[:, start:stop])
+            logits[:, start:stop] = int8_logits(codes[start:stop], key_factor[start:stop], part).T
         weights = torch.softmax(logits, dim=1)
         total += torch.from_numpy(row_weight[lo:hi]) @ weights
     mass = total.numpy()
@@ -216,20 +211,6 @@ def exact_scores(
     else:
         out[candidates] = mass
     return out
-
-
-def _int16_as_two_int8(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Question vectors as ``(coarse * 256 + fine) * step`` with int8 ``coarse`` and ``fine``.
-
-    One step for all rows (absmax / 127 / 256) gives every row about 16 bits, so the keys' own
-    int8 rounding, which the float reference shares, stays the only coarse step.
-    """
-    peak = float(np.abs(rows).max()) if rows.size else 0.0
-    coarse_step = peak / 127.0 if peak > 0 else 1.0
-    scaled = rows.astype(np.float64) / coarse_step
-    coarse = np.clip(np.rint(scaled), -127, 127)
-    fine = np.clip(np.rint((scaled - coarse) * _FINE_STEPS), -127, 127)
-    return coarse.astype(np.int8), fine.astype(np.int8), coarse_step / _FINE_STEPS
 
 
 def _candidate_keys(

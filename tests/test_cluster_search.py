@@ -48,13 +48,14 @@ def test_clusters_partition_the_positions() -> None:
 
 
 def test_reading_every_cluster_is_the_full_computation() -> None:
-    """With every key read there is nothing to estimate: scores equal the reference."""
+    """With every key read there is nothing to estimate: scores equal the reference within the
+    int8 search path's tolerance (questions coded in ~16 bits, as in tests/test_scoring.py)."""
     rng = np.random.default_rng(1)
     n = 1000
     store = _store(rng.standard_normal((n, HEAD_DIM)).astype(np.float32) * 2)
     queries = (rng.standard_normal((6, HEAD_DIM)) * 3).astype(np.float32)
     got = clustered_exact_scores(queries, store, n, positions_per_row=n)
-    np.testing.assert_allclose(got, exact_scores_reference(queries, store, n), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(got, exact_scores_reference(queries, store, n), rtol=1e-3, atol=1e-9)
 
 
 def test_planted_evidence_ranks_first_when_few_keys_are_read() -> None:
@@ -96,7 +97,7 @@ def test_filtered_positions_stay_out() -> None:
     allowed = rng.random(n) < 0.3
     everything = clustered_exact_scores(queries, store, n, allowed, positions_per_row=n)
     want = exact_scores_reference(queries, store, n, allowed)
-    np.testing.assert_allclose(everything, want, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(everything, want, rtol=1e-3, atol=1e-9)
     some = clustered_exact_scores(queries, store, n, allowed, positions_per_row=200)
     assert np.all(some[~allowed] == 0) and some.any()
     assert not clustered_exact_scores(queries, store, n, np.zeros(n, bool)).any()
