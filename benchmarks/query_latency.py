@@ -219,7 +219,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="s3-latency-") as tmp:
         retriever.save(Path(tmp) / "base")
         for size in sizes:
-            copies = max(1, math.ceil(size / base_tokens))
+            copies = max(1, round(size / base_tokens))
             grown = S3Retriever.load(Path(tmp) / "base")
             replicate(grown, copies)
             path = Path(tmp) / f"x{copies}"

@@ -277,9 +277,9 @@ def clustered_exact_scores(
     # cluster along q holds higher logits than a tight one with the same mean.
     reach = (q.square() @ torch.from_numpy(clusters.variance).T).sqrt()
     chosen = _clusters_to_read(centre_logits + _RANK_SPREAD * reach, counts, positions_per_row)
-    # The keys of every row's clusters are read once and multiplied by all rows in one matmul
-    # (rows of a question mostly pick the same clusters); each row then keeps its own columns,
-    # so the exp and the softmax cost rows x positions_per_row, not rows x the union.
+    # The keys of every row's clusters are read once and multiplied by all rows in one int8
+    # matmul (rows of a question mostly pick the same clusters); each row then keeps its own
+    # columns, so the rest costs rows x positions_per_row, not rows x the union.
     chosen_np = chosen.numpy()
     union = np.flatnonzero(chosen_np.any(axis=0))
     parts = [_members(clusters, int(c), allowed) for c in union]
@@ -289,10 +289,6 @@ def clustered_exact_scores(
     size[union] = [len(part) for part in parts]
     first = np.zeros(len(counts), np.int64)
     first[union] = np.cumsum(size[union]) - size[union]
-    questions = QuestionCodes.of(q.numpy())
-    key_codes, key_scales = _keys_at(keys, positions)
-    key_factor = key_scales * torch.tensor(questions.step, dtype=torch.float32)
-    all_logits = int8_logits(key_codes, key_factor, questions).T  # (rows, union positions)
     rows_columns = [_column_ranges(first[own], size[own]) for own in map(np.flatnonzero, chosen_np)]
     width = max(len(c) for c in rows_columns)
     columns = np.zeros((n_rows, width), np.int64)
@@ -301,7 +297,10 @@ def clustered_exact_scores(
         columns[row, : len(own_columns)] = own_columns
         present[row, : len(own_columns)] = True
     columns_t = torch.from_numpy(columns)
-    logits = torch.gather(all_logits, 1, columns_t)
+    questions = QuestionCodes.of(q.numpy())
+    key_codes, key_scales = _keys_at(keys, positions)
+    key_factor = key_scales * torch.tensor(questions.step, dtype=torch.float32)
+    logits = int8_logits(key_codes, key_factor, questions, columns_t)  # (rows, width)
     logits.masked_fill_(~torch.from_numpy(present), -math.inf)
     # The unread clusters' share of the normaliser: log(size) + q.mean + q.S.q / 2.
     curvature = 0.5 * ((q @ torch.from_numpy(clusters.spread)) * q).sum(dim=1)

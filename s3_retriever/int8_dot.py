@@ -47,11 +47,23 @@ class QuestionCodes:
 
 
 def int8_logits(
-    key_codes: torch.Tensor, key_factor: torch.Tensor, questions: QuestionCodes
+    key_codes: torch.Tensor,
+    key_factor: torch.Tensor,
+    questions: QuestionCodes,
+    columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(keys, rows) int32 logits scaled to float: ``key_factor`` is each key's scale times the
-    question step (and any softmax scale), one multiply per logit."""
+    """(rows, keys) logits: int32 products scaled to float by ``key_factor`` (each key's scale
+    times the question step and any softmax scale, one multiply per logit).
+
+    With ``columns`` (rows, width), row r keeps only the keys ``columns[r]``: the products are
+    still one matmul, and the rest of the work is done for the kept logits only.
+    """
     both = torch._int_mm(key_codes, questions.codes)
+    coarse, fine = both[:, : questions.rows].T, both[:, questions.rows :].T
+    if columns is None:
+        factor = key_factor[None, :]
+    else:
+        coarse, fine = torch.gather(coarse, 1, columns), torch.gather(fine, 1, columns)
+        factor = key_factor[columns]
     # |coarse logit| <= 64 * 127 * 127 (for 64 dims), so x256 stays inside int32.
-    combined = both[:, : questions.rows] * _FINE_STEPS + both[:, questions.rows :]
-    return combined * key_factor[:, None]
+    return (coarse * _FINE_STEPS + fine) * factor

@@ -202,7 +202,7 @@ def exact_scores(
         logits = torch.empty((hi - lo, n_candidates), dtype=torch.float32)
         for start in range(0, n_candidates, _BLOCK):
             stop = min(n_candidates, start + _BLOCK)
-            logits[:, start:stop] = int8_logits(codes[start:stop], key_factor[start:stop], part).T
+            logits[:, start:stop] = int8_logits(codes[start:stop], key_factor[start:stop], part)
         weights = torch.softmax(logits, dim=1)
         total += torch.from_numpy(row_weight[lo:hi]) @ weights
     mass = total.numpy()
