@@ -9,10 +9,10 @@ inverted-file search of vector databases, applied per question row.
 
 The row's softmax normaliser still covers every position. Attention in the retrieval heads is
 spread over many positions, not held by a few, so the unread clusters cannot be dropped: their
-share is estimated from each cluster's mean and size and the keys' pooled within-cluster covariance
-``S``, as for keys spread like a Gaussian around the mean (``E exp(q.k) = exp(q.mean + q.S.q /
-2)``). The normaliser sets how much each row weighs against the others, so a row whose attention is
-diffuse is not mistaken for one that points.
+share is estimated from each cluster's mean and size and the keys' pooled within-cluster
+covariance ``S``, as for keys spread like a Gaussian around the mean
+(``E exp(q.k) = exp(q.mean + q.S.q / 2)``). The normaliser sets how much each row weighs against
+the others, so a row whose attention is diffuse is not mistaken for one that points.
 Positions outside a row's clusters get none of its weight.
 
 The full computation (:func:`s3_retriever.scoring.exact_scores`) stays the reference; their
