@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import os
@@ -28,7 +29,7 @@ from s3_retriever.sae import SAEBundle, shipped_bundle_dir
 from s3_retriever.scan import Scanner, TokenizedText, tokenize
 from s3_retriever.scoring import content_token_indices, score_positions
 from s3_retriever.segment import segment
-from s3_retriever.spans import grow, merge_adjacent, pack, peak_units, smooth, unit_scores
+from s3_retriever.spans import Seed, grow, merge_adjacent, pack, peak_units, smooth, unit_scores
 
 Mode = Literal["hybrid", "s3", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "s3", "bm25")
@@ -417,7 +418,7 @@ class S3Retriever:
 
     def _rank(
         self, components: dict[str, np.ndarray], mode: str, unit_mask: np.ndarray, token_budget: int
-    ) -> tuple[Iterator[list[int]], np.ndarray]:
+    ) -> tuple[Iterator[list[int] | Seed], np.ndarray]:
         """Ranked groups of units (each group one grown span) and the score that ranked them.
 
         Groups are grown lazily: packing stops once the budget is full, so only the units it
@@ -444,7 +445,10 @@ class S3Retriever:
             )
         counts = self.corpus.unit_token_counts()
         lead = self._lead_tail_groups(unit_mask, counts)
-        grown = (grow(int(u), self.corpus, scores, min_tokens, counts) for u in order[:4096])
+        grown = (
+            Seed(int(u), functools.partial(grow, int(u), self.corpus, scores, min_tokens, counts))
+            for u in order[:4096]
+        )
         return itertools.chain(lead, grown), scores
 
     def _lead_tail_groups(self, unit_mask: np.ndarray, counts: np.ndarray) -> list[list[int]]:
@@ -467,7 +471,7 @@ class S3Retriever:
 
     def _pack_hits(
         self,
-        groups: Iterable[list[int]],
+        groups: Iterable[list[int] | Seed],
         ranked_score: np.ndarray,
         components: dict[str, np.ndarray],
         token_budget: int,

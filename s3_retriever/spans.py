@@ -7,7 +7,7 @@ neighbours while the span is shorter than ``min_span_tokens``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,8 +132,16 @@ def grow(
     return sorted(chosen)
 
 
+@dataclass(frozen=True)
+class Seed:
+    """A ranked unit whose span is grown only when :func:`pack` might take it."""
+
+    unit: int
+    grow: Callable[[], list[int]]
+
+
 def pack(
-    ranked_groups: Iterable[list[int]],
+    ranked_groups: Iterable[list[int] | Seed],
     counts: np.ndarray,
     budget: int,
     corpus: Corpus,
@@ -143,11 +151,20 @@ def pack(
 
     A group is all-or-nothing (a grown span is not cut in half). With ``max_spans``, a group that
     would open one span too many is skipped, while groups that extend a chosen span still join.
-    Returns the chosen unit ids.
+    A :class:`Seed` is grown only if its own unit could still fit: its span holds the seed, so it
+    costs at least the seed's tokens. Returns the chosen unit ids.
     """
     chosen: set[int] = set()
     used = 0
-    for group in ranked_groups:
+    # Once less than the smallest unit is left, no group can add anything.
+    smallest = int(counts.min()) if len(counts) else 0
+    for item in ranked_groups:
+        if isinstance(item, Seed):
+            if item.unit not in chosen and used + int(counts[item.unit]) > budget:
+                continue
+            group = item.grow()
+        else:
+            group = item
         new = [u for u in group if u not in chosen]
         cost = int(counts[new].sum()) if new else 0
         if not new or used + cost > budget:
@@ -158,7 +175,7 @@ def pack(
                 continue
         chosen.update(new)
         used += cost
-        if used >= budget:
+        if used >= budget or budget - used < smallest:
             break
     return sorted(chosen)
 
