@@ -56,9 +56,10 @@ SMOLLM2 = Architecture("SmolLM2-135M", 30, 9, 3, 64)
 
 
 def field_bytes(head_dim: int, k: int, gap_bytes: float, keys: bool, postings: bool) -> float:
-    """Bytes per token of one (layer, KV head) field: int8 key + float32 scale, and k postings
-    of a varint gap and a uint8 activation each."""
-    return (head_dim + 4 if keys else 0) + (k * (gap_bytes + 1) if postings else 0)
+    """Bytes per token of one (layer, KV head) field: int8 key + float32 scale + the uint16
+    cluster id a large index keeps for its clustered search, and k postings of a varint gap and a
+    uint8 activation each."""
+    return (head_dim + 4 + 2 if keys else 0) + (k * (gap_bytes + 1) if postings else 0)
 
 
 def from_shapes(gap_bytes: float, k: int) -> list[dict[str, Any]]:
@@ -91,12 +92,19 @@ def from_shapes(gap_bytes: float, k: int) -> list[dict[str, Any]]:
 
 
 def _disk_bytes(folder: Path) -> dict[str, int]:
-    parts = {"keys": 0, "postings": 0, "corpus tables": 0, "documents.json": 0, "sae": 0}
+    parts = {
+        "keys": 0,
+        "key clusters": 0,
+        "postings": 0,
+        "corpus tables": 0,
+        "documents.json": 0,
+        "sae": 0,
+    }
     for path in folder.rglob("*"):
         if not path.is_file():
             continue
         top = path.relative_to(folder).parts[0]
-        name = {"corpus": "corpus tables"}.get(top, top)
+        name = {"corpus": "corpus tables", "clusters": "key clusters"}.get(top, top)
         if name in parts:
             parts[name] += path.stat().st_size
     return parts
@@ -169,7 +177,7 @@ def measure(sae_path: str | None, examples: Sequence[EvalExample]) -> dict[str, 
     previous = _recall(retriever, examples, "aligned")
     exact = _recall(retriever, examples, "exact")
     same_hits = np.mean([a == b for a, b in zip(compact["hits"], previous["hits"], strict=True)])
-    index_bytes = disk["keys"] + disk["postings"] + disk["corpus tables"]
+    index_bytes = disk["keys"] + disk["key clusters"] + disk["postings"] + disk["corpus tables"]
     return {
         "sae": sae_path or "shipped",
         "k": sae.k,
@@ -235,6 +243,7 @@ def main() -> None:
             "SAE",
             "tokens",
             "keys B/tok",
+            "key clusters B/tok",
             "postings B/tok",
             "tables B/tok",
             "KV / index",
@@ -246,6 +255,7 @@ def main() -> None:
                 f"k={m['k']} ({m['sae']})",
                 m["n_tokens"],
                 m["bytes_per_token"]["keys"],
+                m["bytes_per_token"]["key clusters"],
                 m["bytes_per_token"]["postings"],
                 m["bytes_per_token"]["corpus tables"],
                 f"{m['kv_cache_over_index']:.0f}x",
