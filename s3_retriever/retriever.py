@@ -435,7 +435,10 @@ class S3Retriever:
             )
         counts = self.corpus.unit_token_counts()
         lead = self._lead_tail_groups(unit_mask, counts)
-        grown = (grow(int(u), self.corpus, scores, min_tokens, counts) for u in order[:4096])
+        within = self.config.spans.within_paragraph
+        grown = (
+            grow(int(u), self.corpus, scores, min_tokens, counts, within) for u in order[:4096]
+        )
         return itertools.chain(lead, grown), scores
 
     def _lead_tail_groups(self, unit_mask: np.ndarray, counts: np.ndarray) -> list[list[int]]:
