@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 
+from s3_retriever.config import RetrieverConfig
 from s3_retriever.corpus import Corpus
 from s3_retriever.spans import grow
 
@@ -43,3 +44,9 @@ def test_growth_within_paragraph_takes_the_paragraph_neighbour() -> None:
     assert grow(3, corpus, scores, 100, counts, within_paragraph=True) == [2, 3]
     assert grow(5, corpus, scores, 100, counts, within_paragraph=True) == [4, 5]
     assert grow(2, corpus, scores, 100, counts) == [0, 1, 2, 3, 4, 5]
+
+
+def test_manifest_written_before_the_setting_loads_with_the_default() -> None:
+    saved = RetrieverConfig().to_dict()
+    del saved["spans"]["within_paragraph"]
+    assert RetrieverConfig.from_dict(saved).spans.within_paragraph is True
