@@ -445,8 +445,12 @@ class S3Retriever:
             )
         counts = self.corpus.unit_token_counts()
         lead = self._lead_tail_groups(unit_mask, counts)
+        within = self.config.spans.within_paragraph
         grown = (
-            Seed(int(u), functools.partial(grow, int(u), self.corpus, scores, min_tokens, counts))
+            Seed(
+                int(u),
+                functools.partial(grow, int(u), self.corpus, scores, min_tokens, counts, within),
+            )
             for u in order[:4096]
         )
         return itertools.chain(lead, grown), scores
