@@ -4,6 +4,8 @@ heads alone or with a logit term, and captured vectors can be cached."""
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from s3_retriever import S3Retriever
 from s3_retriever.errors import SAEError
 from s3_retriever.models import LoadedModel, attention_shape
 from s3_retriever.sae import SAEBundle, SAEConfig, fraction_of_variance_unexplained
@@ -27,7 +30,7 @@ from s3_retriever.sae_training import (
 )
 from s3_retriever.scan import ScanConfig, tokenize
 from s3_retriever.vector_cache import load_vectors, save_vectors
-from tests.conftest import CORPUS, HEAD_DIM
+from tests.conftest import CORPUS, HEAD_DIM, tiny_config
 
 QUICK = ScanConfig(chunk_size=32, batch_size=3, show_progress=False)
 
@@ -311,3 +314,16 @@ def test_vector_cache_round_trip_and_refusal(loaded: LoadedModel, tmp_path: Path
     from_cache = _bundles(loaded, captured=load_vectors(path, settings))
     for layer in (1, 2):
         assert torch.equal(from_scan.keys.saes[layer].W_dec, from_cache.keys.saes[layer].W_dec)
+
+
+def test_retriever_warns_on_heads_the_sae_was_not_trained_on(
+    loaded: LoadedModel, bundle: SAEBundle
+) -> None:
+    """A bundle trained on some KV heads only warns when retrieval heads read another one, and
+    stays silent when they read the trained heads."""
+    narrowed = dataclasses.replace(bundle, info={"key_kv_heads": {"1": [0], "2": [1]}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        S3Retriever(loaded, narrowed, tiny_config(retrieval_heads=((1, 0), (2, 3))))
+    with pytest.warns(UserWarning, match=r"\(1, 1\)"):
+        S3Retriever(loaded, narrowed, tiny_config(retrieval_heads=((1, 2), (2, 3))))
