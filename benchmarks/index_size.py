@@ -91,7 +91,7 @@ def from_shapes(gap_bytes: float, k: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _disk_bytes(folder: Path) -> dict[str, int]:
+def disk_bytes(folder: Path) -> dict[str, int]:
     parts = {
         "keys": 0,
         "key clusters": 0,
@@ -110,7 +110,7 @@ def _disk_bytes(folder: Path) -> dict[str, int]:
     return parts
 
 
-def _index(retriever: S3Retriever, examples: Sequence[EvalExample]) -> None:
+def index_haystacks(retriever: S3Retriever, examples: Sequence[EvalExample]) -> None:
     """One index of every haystack; each question is later filtered to its own haystack."""
     for i, example in enumerate(examples):
         retriever.add_documents(example.documents, ids=example.doc_ids, metadatas=[{"haystack": i}])
@@ -155,14 +155,14 @@ def measure(sae_path: str | None, examples: Sequence[EvalExample]) -> dict[str, 
     retriever.postings = {
         f: Postings(p.n_latents, exact_activations=True) for f, p in retriever.postings.items()
     }
-    _index(retriever, examples)
+    index_haystacks(retriever, examples)
     n_tokens = retriever.corpus.n_positions
     float16_postings = retriever.postings
     compact_postings = _compact_copy(retriever)
     retriever.postings = compact_postings
     with tempfile.TemporaryDirectory() as tmp:
         retriever.save(Path(tmp) / "index")
-        disk = _disk_bytes(Path(tmp) / "index")
+        disk = disk_bytes(Path(tmp) / "index")
     n_postings = sum(int(p.indptr[-1]) for p in compact_postings.values())
     gap_bytes = sum(len(p.position_bytes) for p in compact_postings.values()) / n_postings
     v1_postings = sum(

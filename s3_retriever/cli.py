@@ -143,15 +143,16 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
         retrieval_heads=[(a, b) for a, b in heads],
         question_texts=_read_lines(args.questions),
         metric=args.metric,
+        logit_weight=args.logit_weight,
+        key_heads=args.key_heads,
         value_sae_config=value_config,
         checkpoint_dir=args.checkpoint,
         resume=args.resume,
     )
     command = " ".join(sys.argv)
-    trained.keys.info = {
-        "reports": [r.__dict__ for r in trained.reports if r.vectors == "keys"],
-        "command": command,
-    }
+    trained.keys.info.update(
+        reports=[r.__dict__ for r in trained.reports if r.vectors == "keys"], command=command
+    )
     trained.keys.save(args.out)
     if trained.values is not None:
         trained.values.info.update(
@@ -371,9 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--metric",
-        choices=("reconstruction", "attention"),
+        choices=("reconstruction", "attention", "mixed"),
         default="reconstruction",
-        help="SAE loss: plain key reconstruction, or error of q.k for the questions' queries",
+        help="SAE loss: plain key reconstruction, error of q.k for the questions' queries, or a "
+        "mix of the two (--logit-weight)",
+    )
+    train.add_argument(
+        "--logit-weight", type=float, default=0.5, help="--metric mixed: weight of the q.k term"
+    )
+    train.add_argument(
+        "--key-heads",
+        choices=("all", "retrieval"),
+        default="all",
+        help="train each layer's key SAE on all its KV heads, or only those --heads read",
     )
     train.set_defaults(run=_cmd_train_sae)
 

@@ -8,6 +8,7 @@ import operator
 import os
 import threading
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class S3Retriever:
                     f"{list(bundle.layers)}. Train SAEs for them (`s3-retriever train-sae`) or "
                     f"set store_postings=False to use the exact scorer only."
                 )
+            _warn_untrained_fields(bundle, self.fields)
         self.scanner = Scanner(
             loaded.model,
             layers,
@@ -564,6 +566,19 @@ def _whole_number(value: Any, what: str) -> int:
         return operator.index(value)
     except TypeError:
         raise TypeError(f"{what} must be an int, got {type(value).__name__}") from None
+
+
+def _warn_untrained_fields(bundle: SAEBundle, fields: Sequence[Field]) -> None:
+    """Warn when a field's KV head is not among those its layer's key SAE was trained on."""
+    trained_on = bundle.info.get("key_kv_heads") or {}
+    untrained = [(layer, kv) for layer, kv in fields if kv not in trained_on.get(str(layer), [kv])]
+    if untrained:
+        warnings.warn(
+            f"KV heads {untrained} (layer, KV head) are encoded by SAEs trained on other heads "
+            f"({trained_on}): retrieval through the SAE will be poor there. Use retrieval heads "
+            f"that read the trained KV heads, or train SAEs with --key-heads all.",
+            stacklevel=3,
+        )
 
 
 def _fallback_heads(n_layers: int, n_heads: int) -> tuple[tuple[int, int], ...]:

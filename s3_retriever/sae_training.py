@@ -328,6 +328,12 @@ VALUE_BUNDLE_KIND = "values"
 """``info["vectors"]`` of a value bundle, so a value bundle is never mistaken for a key one."""
 
 
+METRICS = ("reconstruction", "attention", "mixed")
+"""What a key SAE's squared error is measured in (see :func:`train_bundles`)."""
+KEY_HEADS = ("all", "retrieval")
+"""Which KV heads' keys a layer's key SAE trains on (see :func:`train_bundles`)."""
+
+
 def train_bundles(
     loaded_model: Any,
     tokenizer: Any,
@@ -344,6 +350,9 @@ def train_bundles(
     value_sae_config: SAEConfig | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    key_heads: str = "all",
+    logit_weight: float = 0.5,
+    captured: CapturedVectors | None = None,
 ) -> TrainedBundles:
     """Collect keys (and values) from ``texts``, train one SAE per layer each, package bundles.
 
@@ -353,37 +362,54 @@ def train_bundles(
     ``metric="attention"`` trains each key SAE on keys mapped by ``A = C^(1/2)``, where ``C`` is
     the second moment of the retrieval heads' centred question queries: the SAE's squared error
     then equals the expected squared error of the attention logits ``q.k`` (needs
-    ``question_texts`` and ``retrieval_heads``).
+    ``question_texts`` and ``retrieval_heads``). ``metric="mixed"`` measures the error in
+    ``(1 - w) ||e||^2 + w E[(q.e)^2]`` (both terms scaled to the same mean), ``w`` being
+    ``logit_weight``: reconstruction plus a penalty on the logit error of real question queries.
+
+    ``key_heads="retrieval"`` trains each layer's key SAE only on the keys of the KV heads its
+    retrieval heads read (the only keys an index of those heads encodes), so the whole dictionary
+    serves them; ``"all"`` trains on every KV head of the layer.
 
     ``value_sae_config`` also trains value SAEs (STA's dual budget: its ``k`` is the value k).
     ``checkpoint_dir`` keeps one checkpoint per SAE there; ``resume`` continues from them.
+    ``captured`` reuses vectors collected earlier from the same ``texts`` (see
+    :mod:`s3_retriever.vector_cache`) instead of scanning again.
     """
-    if metric not in ("reconstruction", "attention"):
-        raise ValueError(f"metric must be 'reconstruction' or 'attention', got {metric!r}")
-    if metric == "attention" and not (question_texts and retrieval_heads):
-        raise ValueError("metric='attention' needs question_texts and retrieval_heads")
+    _check_training_choices(metric, key_heads, logit_weight, question_texts, retrieval_heads)
+    from s3_retriever.models import attention_shape
     from s3_retriever.sae import SAEBundle
 
     want_values = value_sae_config is not None
-    captured = collect_vectors(
-        loaded_model, tokenizer, texts, layers, max_tokens, device="cpu", want_values=want_values
-    )
+    if captured is None:
+        captured = collect_vectors(
+            loaded_model, tokenizer, texts, layers, max_tokens, device="cpu",
+            want_values=want_values,
+        )  # fmt: skip
+    elif want_values and not captured.values:
+        raise ValueError("value SAEs asked for, but the reused vectors hold no values")
     asked = question_queries(loaded_model, tokenizer, question_texts, layers)
     if asked:
         query_means = {layer: q.mean(dim=0) for layer, q in asked.items()}
-    else:
+    elif captured.queries:
         query_means = {layer: q.mean(dim=0) for layer, q in captured.queries.items()}
+    else:
+        raise ValueError("reused vectors hold no queries: pass question_texts for query centres")
     key_maps: dict[int, torch.Tensor] = {}
-    if metric == "attention":
+    if metric != "reconstruction":
+        ridge = 1e-3 if metric == "attention" else (1 - logit_weight) / logit_weight
         for layer in layers:
             heads = [h for lay, h in retrieval_heads if lay == layer]
             if heads:
                 centred = asked[layer][:, heads] - query_means[layer][heads]
-                key_maps[layer] = attention_metric(centred.reshape(-1, centred.shape[-1]))
-    mapped_keys = {
-        layer: captured.keys[layer] @ key_maps[layer] if layer in key_maps else captured.keys[layer]
-        for layer in layers
-    }
+                key_maps[layer] = attention_metric(centred.reshape(-1, centred.shape[-1]), ridge)
+    _, n_heads, n_kv, _ = attention_shape(loaded_model)
+    trained_on = {layer: tuple(range(n_kv)) for layer in layers}
+    if key_heads == "retrieval":
+        trained_on.update(retrieval_kv_heads(retrieval_heads, n_heads // n_kv))
+    mapped_keys = {}
+    for layer in layers:
+        layer_keys = select_kv_heads(captured.keys[layer], n_kv, trained_on[layer])
+        mapped_keys[layer] = layer_keys @ key_maps[layer] if layer in key_maps else layer_keys
     saes, reports = train_layer_saes(
         mapped_keys, "keys", sae_config, train_config, held_out, checkpoint_dir, resume
     )
@@ -393,6 +419,7 @@ def train_bundles(
         query_means=query_means,
         retrieval_heads=tuple(retrieval_heads),
         key_maps=key_maps,
+        info={"key_kv_heads": {str(layer): list(h) for layer, h in trained_on.items()}},
     )
     values = None
     if value_sae_config is not None:
@@ -405,6 +432,47 @@ def train_bundles(
         )
         reports += value_reports
     return TrainedBundles(keys=keys, values=values, reports=reports)
+
+
+def _check_training_choices(
+    metric: str,
+    key_heads: str,
+    logit_weight: float,
+    question_texts: Sequence[str],
+    retrieval_heads: Sequence[tuple[int, int]],
+) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if metric != "reconstruction" and not (question_texts and retrieval_heads):
+        raise ValueError(f"metric={metric!r} needs question_texts and retrieval_heads")
+    if metric == "mixed" and not 0 < logit_weight <= 1:
+        raise ValueError(f"logit_weight must be in (0, 1], got {logit_weight}")
+    if key_heads not in KEY_HEADS:
+        raise ValueError(f"key_heads must be one of {', '.join(KEY_HEADS)}, got {key_heads!r}")
+    if key_heads == "retrieval" and not retrieval_heads:
+        raise ValueError(
+            "key_heads='retrieval' needs retrieval_heads (--heads on the command line)"
+        )
+
+
+def retrieval_kv_heads(
+    retrieval_heads: Sequence[tuple[int, int]], kv_group: int
+) -> dict[int, tuple[int, ...]]:
+    """layer -> the KV heads its retrieval (query) heads read under GQA (``head // kv_group``)."""
+    found: dict[int, set[int]] = {}
+    for layer, head in retrieval_heads:
+        found.setdefault(layer, set()).add(head // kv_group)
+    return {layer: tuple(sorted(heads)) for layer, heads in found.items()}
+
+
+def select_kv_heads(vectors: torch.Tensor, n_kv: int, heads: Sequence[int]) -> torch.Tensor:
+    """The rows of KV heads ``heads`` in a (tokens * n_kv, head_dim) capture (token-major)."""
+    if len(heads) == n_kv:
+        return vectors
+    if vectors.shape[0] % n_kv:
+        raise ValueError(f"{vectors.shape[0]} rows are not a whole number of {n_kv} KV heads")
+    by_token = vectors.reshape(-1, n_kv, vectors.shape[-1])
+    return by_token[:, list(heads)].reshape(-1, vectors.shape[-1])
 
 
 def train_layer_saes(

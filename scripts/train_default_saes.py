@@ -12,24 +12,34 @@ text, and writes them as a separate value bundle that retrieval does not need:
 
     python scripts/train_default_saes.py --data ../shared/data --values-only \
         --out runs/sae_values/SmolLM2-135M-Instruct
+
+A sweep over dictionary sizes, k or objectives scans the training text once with
+``--vectors-cache FILE`` (kept keys and values; reused when the text and layers match).
+``--key-heads retrieval`` trains each layer's key SAE on the retrieval heads' KV heads only;
+``--metric mixed --logit-weight W`` adds the logit error of the training questions' queries.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
 
-from s3_retriever.models import attention_shape, load_model
+from s3_retriever.models import LoadedModel, attention_shape, load_model
 from s3_retriever.sae import SAEBundle, SAEConfig
 from s3_retriever.sae_training import (
+    KEY_HEADS,
+    METRICS,
     VALUE_BUNDLE_KIND,
+    CapturedVectors,
     TrainConfig,
     collect_vectors,
     train_bundles,
     train_layer_saes,
 )
+from s3_retriever.vector_cache import load_vectors, save_vectors
 
 DEFAULT_HEADS = "5:6,8:0,8:1"
 
@@ -39,6 +49,27 @@ def hotpot_rows(data_dir: Path, first: int, last: int) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle]
     return rows[first:last]
+
+
+def cached_vectors(
+    loaded: LoadedModel, texts: list[str], layers: list[int], max_tokens: int, cache: Path | None
+) -> CapturedVectors:
+    """Keys and values of ``texts`` at ``layers``: read from ``cache`` when it holds them, else
+    scanned (and written there when a cache path is given)."""
+    settings = {
+        "model": loaded.model_id,
+        "layers": layers,
+        "max_tokens": max_tokens,
+        "texts_sha256": hashlib.sha256("\x00".join(texts).encode()).hexdigest(),
+    }
+    if cache is not None and cache.is_file():
+        return load_vectors(cache, settings)
+    captured = collect_vectors(
+        loaded.model, loaded.tokenizer, texts, layers, max_tokens, want_values=True
+    )
+    if cache is not None:
+        save_vectors(cache, captured, settings)
+    return captured
 
 
 def main() -> None:
@@ -51,9 +82,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=200_000)
+    parser.add_argument("--metric", choices=METRICS, default="reconstruction")
     parser.add_argument(
-        "--metric", choices=("reconstruction", "attention"), default="reconstruction"
+        "--logit-weight", type=float, default=0.5, help="--metric mixed: weight of the logit term"
     )
+    parser.add_argument(
+        "--key-heads",
+        choices=KEY_HEADS,
+        default="all",
+        help="train each layer's key SAE on all its KV heads or on the retrieval heads' only",
+    )
+    parser.add_argument("--vectors-cache", type=Path, default=None, help="captured vectors file")
     parser.add_argument("--values-only", action="store_true", help="train value SAEs instead")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
@@ -71,10 +110,11 @@ def main() -> None:
     sae_config = SAEConfig(d_in=head_dim, n_latents=args.latents, k=args.k)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size)
     started = time.time()
+    captured = None
+    if args.vectors_cache is not None or args.values_only:
+        captured = cached_vectors(loaded, texts, layers, args.max_tokens, args.vectors_cache)
     if args.values_only:
-        captured = collect_vectors(
-            loaded.model, loaded.tokenizer, texts, layers, args.max_tokens, want_values=True
-        )
+        assert captured is not None
         saes, reports = train_layer_saes(
             captured.values, "values", sae_config, train_config, 0.1, args.checkpoint, args.resume
         )
@@ -92,20 +132,26 @@ def main() -> None:
             retrieval_heads=[(a, b) for a, b in heads],
             question_texts=questions,
             metric=args.metric,
+            key_heads=args.key_heads,
+            logit_weight=args.logit_weight,
+            captured=captured,
         )
-    bundle.info = {
-        "training_text": "HotpotQA dev (IRCoT subsample) questions 380-499: paragraphs; "
-        "query centres from the same questions",
-        "command": "python scripts/train_default_saes.py "
-        + " ".join(
-            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-            for k, v in vars(args).items()
-            if k not in {"data", "out", "checkpoint", "resume"} and v is not False
-        ),
-        "train_config": train_config.__dict__,
-        "reports": [r.__dict__ for r in reports],
-        "seconds": round(time.time() - started, 1),
-    }
+    bundle.info.update(
+        {
+            "training_text": "HotpotQA dev (IRCoT subsample) questions 380-499: paragraphs; "
+            "query centres from the same questions",
+            "command": "python scripts/train_default_saes.py "
+            + " ".join(
+                f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                for k, v in vars(args).items()
+                if k not in {"data", "out", "checkpoint", "resume", "vectors_cache"}
+                and v is not False
+            ),
+            "train_config": train_config.__dict__,
+            "reports": [r.__dict__ for r in reports],
+            "seconds": round(time.time() - started, 1),
+        }
+    )
     if args.values_only:
         bundle.info["vectors"] = VALUE_BUNDLE_KIND
     checksum = bundle.save(args.out)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from s3_retriever import S3Retriever
+from s3_retriever import S3Retriever, SAEBundle
 from s3_retriever.cli import main
 from tests.conftest import RetrieverFactory
 
@@ -354,6 +354,28 @@ def test_train_sae_then_report(
     assert 0.0 < report["layers"]["1"]["fvu"] < 10.0
     assert report["perplexity"]["original"] > 1.0
     assert stem.with_suffix(".md").read_text().startswith("| layer |")
+
+
+def test_train_sae_retrieval_key_heads_and_mixed_metric(
+    tmp_path: Path, files: list[Path], model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--key-heads retrieval records the KV heads each SAE trained on; --metric mixed saves the
+    key maps; --key-heads retrieval without --heads is a one-line error."""
+    questions = tmp_path / "questions.txt"
+    questions.write_text("When does the train leave?\nHow many nurses work there?\n")
+    common = ["train-sae", "--data", str(files[0]), "--model", str(model_dir), "--layers", "1,2"]
+    common += ["--latents", "16", "--k", "2", "--steps", "10", "--questions", str(questions)]
+    out_dir = tmp_path / "bundle"
+    extra = ["--heads", "1:0,2:3", "--key-heads", "retrieval", "--metric", "mixed"]
+    status = main([*common, *extra, "--logit-weight", "0.7", "--out", str(out_dir)])
+    assert status == 0, capsys.readouterr().err
+    bundle = SAEBundle.load(out_dir)
+    assert bundle.info["key_kv_heads"] == {"1": [0], "2": [1]}
+    assert set(bundle.key_maps) == {1, 2}
+    capsys.readouterr()
+    status = main([*common, "--key-heads", "retrieval", "--out", str(tmp_path / "other")])
+    err = capsys.readouterr().err
+    assert status != 0 and "retrieval_heads" in err and "Traceback" not in err
 
 
 def test_train_sae_values_checkpoint_resume_and_report(
