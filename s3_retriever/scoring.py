@@ -62,8 +62,8 @@ class ScoringConfig:
     positions_per_row: int = 4096
     """``exact`` clustered search: keys each question row reads (whole clusters, at least this
     many). On a 100k-token index of HotpotQA haystacks (20 questions), 2,048 / 4,096 / 16,384
-    retrieved 0.880 / 0.915 / 0.955 of the full search's text at a 1,024-token budget, with
-    evidence recall 0.722 / 0.736 / 0.729 against the full search's 0.715
+    retrieved 0.927 / 0.972 / 1.000 of the full search's text at a 1,024-token budget, with
+    evidence recall 0.738 / 0.769 / 0.760 against the full search's 0.760
     (docs/results/bench_cluster_search.md)."""
     query_tokens: Literal["all", "content"] = "content"
     """Which question tokens vote: ``all``, or ``content`` (drop stop words and punctuation,
