@@ -7,7 +7,7 @@ budget. Reported per bundle: evidence recall of both, the ratio aligned / exact 
 with the standard error of the paired per-question difference, and the postings' bytes on disk
 per token and field against the bf16 keys of the same fields (2 bytes x head_dim).
 
-    python scripts/sae_tradeoff.py --data ../shared/data --skip 300 --n 40 \
+    python -m scripts.sae_tradeoff --data ../shared/data --skip 300 --n 40 \
         --sae runs/sae_a runs/sae_b --out docs/results/sae_tradeoff_tuning
 """
 
@@ -111,7 +111,7 @@ def main() -> None:
     for sae in args.sae:
         rows.append(measure_bundle(None if sae == "shipped" else sae, examples, budgets))
         print(_line(rows[-1], budgets), flush=True)
-    command = "python scripts/sae_tradeoff.py " + " ".join(
+    command = "python -m scripts.sae_tradeoff " + " ".join(
         f"--{k} {' '.join(v) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
         if v is not None
