@@ -102,13 +102,13 @@ class KeyClusters:
             raise ValueError("the saved key clusters do not match the stored keys")
         if n_positions and int(cluster_of.max()) >= n_clusters:
             raise ValueError("the saved key clusters name clusters that do not exist")
-        sizes = np.bincount(cluster_of, minlength=n_clusters)
+        order, offsets = _grouped(cluster_of, n_clusters)
         return cls(
             means=np.asarray(means),
             variance=np.asarray(variance),
             cluster_of=cluster_of,
-            order=np.argsort(cluster_of, kind="stable"),
-            offsets=np.concatenate([[0], np.cumsum(sizes)]),
+            order=order,
+            offsets=offsets,
             spread=np.asarray(spread),
         )
 
@@ -162,8 +162,8 @@ class KeyClusters:
             sums.index_add_(0, owner, keys)
             squares.index_add_(0, owner, keys.square())
             second += keys.T @ keys
-        sizes_np = np.bincount(cluster_of, minlength=n_clusters)
-        sizes = torch.from_numpy(sizes_np).double()
+        order, offsets = _grouped(cluster_of, n_clusters)
+        sizes = torch.from_numpy(np.diff(offsets)).double()
         means = sums / sizes.clamp(min=1)[:, None]
         variance = (squares / sizes.clamp(min=1)[:, None] - means.square()).clamp(min=0)
         spread = (second - (means * sizes[:, None]).T @ means) / n
@@ -171,10 +171,16 @@ class KeyClusters:
             means=means.float().numpy(),
             variance=variance.float().numpy(),
             cluster_of=cluster_of.astype(np.uint16),
-            order=np.argsort(cluster_of, kind="stable"),
-            offsets=np.concatenate([[0], np.cumsum(sizes_np)]),
+            order=order,
+            offsets=offsets,
             spread=spread.float().numpy(),
         )
+
+
+def _grouped(cluster_of: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions sorted by cluster, and where each cluster starts among them."""
+    sizes = np.bincount(cluster_of, minlength=n_clusters)
+    return np.argsort(cluster_of, kind="stable"), np.concatenate([[0], np.cumsum(sizes)])
 
 
 def _keys_at(store: KeyStore, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,8 +330,9 @@ def clustered_exact_scores(
 def _clusters_to_read(
     centre_logits: torch.Tensor, counts: np.ndarray, positions_per_row: int
 ) -> torch.Tensor:
-    """(rows, clusters) mask: each row's best clusters by ``q.mean`` until they hold at least
-    ``positions_per_row`` keys (live clusters only: dead ones rank last with -inf)."""
+    """(rows, clusters) mask: each row's best clusters by ``centre_logits`` (the rank score the
+    caller computed) until they hold at least ``positions_per_row`` keys (live clusters only:
+    dead ones rank last with -inf)."""
     # Rows need a few dozen clusters; sorting all of them (thousands) would cost more than the
     # search. Take a generous top and sort everything only if some row needs more.
     typical = max(1, int(np.median(counts[counts > 0])))
