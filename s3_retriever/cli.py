@@ -145,6 +145,8 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
         metric=args.metric,
         logit_weight=args.logit_weight,
         key_heads=args.key_heads,
+        key_coding=args.key_coding,
+        pursuit_rounds=args.pursuit_rounds,
         value_sae_config=value_config,
         checkpoint_dir=args.checkpoint,
         resume=args.resume,
@@ -385,6 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("all", "retrieval"),
         default="all",
         help="train each layer's key SAE on all its KV heads, or only those --heads read",
+    )
+    train.add_argument(
+        "--key-coding",
+        choices=("encoder", "pursuit"),
+        default="encoder",
+        help="how indexes code keys into postings: the SAE's encoder, or matching pursuit over "
+        "its atoms (closer codes of the same size; the atoms are then fitted to pursuit codes)",
+    )
+    train.add_argument(
+        "--pursuit-rounds",
+        type=int,
+        default=12,
+        help="--key-coding pursuit: rounds fitting the atoms to pursuit codes after training",
     )
     train.set_defaults(run=_cmd_train_sae)
 

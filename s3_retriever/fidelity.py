@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from s3_retriever.models import attention_shape, decoder_layers
+from s3_retriever.pursuit import pursuit_encode_batched
 from s3_retriever.sae import SAEBundle, fraction_of_variance_unexplained
 
 
@@ -41,11 +42,14 @@ class LogitFidelity:
 def reconstruct(
     bundle: SAEBundle, layer: int, keys: torch.Tensor, k: int | None = None
 ) -> torch.Tensor:
-    """Keys rebuilt by the layer's SAE, back in the model's key space."""
+    """Keys rebuilt by the layer's SAE, coded as an index codes them, back in the key space."""
     sae = bundle.saes[layer]
     mapped = bundle.map_keys(layer, keys.float())
     with torch.no_grad():
-        ids, acts = sae.encode(mapped, k)
+        if bundle.key_coding == "pursuit":
+            ids, acts = pursuit_encode_batched(sae, mapped, k)
+        else:
+            ids, acts = sae.encode(mapped, k)
         rebuilt = sae.decode(ids, acts)
     key_map = bundle.key_maps.get(layer)
     if key_map is not None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from s3_retriever.index import Field
+from s3_retriever.pursuit import pursuit_encode
 from s3_retriever.sae import SAEBundle, TopKSAE
 from s3_retriever.scan import BatchCapture
 
@@ -62,6 +63,7 @@ class KeyEncoder:
         self.device = device
         self.store_keys = store_keys
         self.store_postings = store_postings
+        self.key_coding = bundle.key_coding
         self.layer_heads: dict[int, list[int]] = {}
         for layer, kv in self.fields:
             self.layer_heads.setdefault(layer, []).append(kv)
@@ -124,7 +126,10 @@ class KeyEncoder:
             part = vectors[start : start + step].float()
             if key_map is not None:
                 part = part @ key_map
-            ids, acts = sae.encode(part)
+            if self.key_coding == "pursuit":
+                ids, acts = pursuit_encode(sae, part)
+            else:
+                ids, acts = sae.encode(part)
             id_parts.append(ids)
             act_parts.append(acts)
         id_dtype = (

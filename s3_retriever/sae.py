@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from s3_retriever.errors import SAEError
 from s3_retriever.untrusted import UntrustedFileError, read_json_file, safetensors_shapes
 
 BUNDLE_FORMAT = 1
+
+KeyCoding = Literal["encoder", "pursuit"]
+KEY_CODINGS: tuple[str, ...] = ("encoder", "pursuit")
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,17 @@ class SAEBundle:
     """layer -> symmetric (head_dim, head_dim) map ``A`` applied to keys before encoding; queries
     get ``A^-1``, so ``q.k`` is unchanged while the SAE's squared error is measured in the metric
     that queries see. Absent layers use the identity (plain reconstruction)."""
+    key_coding: KeyCoding = "encoder"
+    """How indexing turns a key into its k postings: ``encoder`` (the SAE's own Top-K encoder)
+    or ``pursuit`` (non-negative orthogonal matching pursuit over the decoder atoms,
+    :mod:`s3_retriever.pursuit`): a closer code of the same size for some more index-time
+    compute. Part of the bundle, so an index and its appends always use one coding."""
+
+    def __post_init__(self) -> None:
+        if self.key_coding not in KEY_CODINGS:
+            raise SAEError(
+                f"key_coding must be one of {', '.join(KEY_CODINGS)}, got {self.key_coding!r}."
+            )
 
     def map_keys(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
         """Keys in the space the layer's SAE was trained in."""
@@ -153,6 +167,7 @@ class SAEBundle:
             "model_id": self.model_id,
             "layers": layers_cfg,
             "retrieval_heads": [list(h) for h in self.retrieval_heads],
+            "key_coding": self.key_coding,
             "info": self.info,
         }
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -228,6 +243,7 @@ class SAEBundle:
             saes=saes,
             query_means=query_means,
             retrieval_heads=tuple((int(a), int(b)) for a, b in config.get("retrieval_heads", [])),
+            key_coding=config.get("key_coding", "encoder"),
             info=config.get("info", {}),
             checksum=bundle_checksum(folder),
         )

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from s3_retriever.models import decoder_layers
-from s3_retriever.sae import SAEConfig, TopKSAE, fraction_of_variance_unexplained
+from s3_retriever.pursuit import pursuit_encode_batched, refine_for_pursuit
+from s3_retriever.sae import KEY_CODINGS, SAEConfig, TopKSAE, fraction_of_variance_unexplained
 from s3_retriever.sae_checkpoint import (
     TrainingState,
     load_checkpoint,
@@ -294,9 +295,13 @@ def split_held_out(
     return vectors[order[:cut]], vectors[order[cut:]]
 
 
-def held_out_fvu(sae: TopKSAE, vectors: torch.Tensor) -> float:
-    """FVU of ``sae`` on vectors it did not train on."""
+def held_out_fvu(sae: TopKSAE, vectors: torch.Tensor, coding: str = "encoder") -> float:
+    """FVU of ``sae`` on vectors it did not train on, coded by its encoder or by pursuit."""
     with torch.no_grad():
+        if coding == "pursuit":
+            return fraction_of_variance_unexplained(
+                vectors, sae.decode(*pursuit_encode_batched(sae, vectors))
+            )
         return fraction_of_variance_unexplained(vectors, sae(vectors))
 
 
@@ -311,6 +316,9 @@ class LayerReport:
     n_vectors: int
     vectors: str = "keys"
     """What the SAE encodes: ``keys`` or ``values``."""
+    coding: str = "encoder"
+    """How the FVUs were coded: the SAE's ``encoder`` or ``pursuit`` (after fitting the atoms to
+    pursuit codes, see :func:`s3_retriever.pursuit.refine_for_pursuit`)."""
 
 
 class TrainedBundles(NamedTuple):
@@ -332,6 +340,11 @@ METRICS = ("reconstruction", "attention", "mixed")
 """What a key SAE's squared error is measured in (see :func:`train_bundles`)."""
 KEY_HEADS = ("all", "retrieval")
 """Which KV heads' keys a layer's key SAE trains on (see :func:`train_bundles`)."""
+DEFAULT_PURSUIT_ROUNDS = 12
+"""Dictionary updates fitting the atoms to pursuit codes after SAE training (``key_coding=
+"pursuit"``). On SmolLM2 keys 12 rounds took held-out FVU at k = 4 from 0.125 / 0.099 (pursuit
+on the SAE's own atoms) to 0.106 / 0.079, still falling slowly; a round costs a few seconds per
+100k keys on a CPU."""
 
 
 def train_bundles(
@@ -353,6 +366,8 @@ def train_bundles(
     key_heads: str = "all",
     logit_weight: float = 0.5,
     captured: CapturedVectors | None = None,
+    key_coding: str = "encoder",
+    pursuit_rounds: int = DEFAULT_PURSUIT_ROUNDS,
 ) -> TrainedBundles:
     """Collect keys (and values) from ``texts``, train one SAE per layer each, package bundles.
 
@@ -374,8 +389,16 @@ def train_bundles(
     ``checkpoint_dir`` keeps one checkpoint per SAE there; ``resume`` continues from them.
     ``captured`` reuses vectors collected earlier from the same ``texts`` (see
     :mod:`s3_retriever.vector_cache`) instead of scanning again.
+
+    ``key_coding="pursuit"`` makes the key bundle code keys by matching pursuit at index time
+    (:mod:`s3_retriever.pursuit`) and, after each key SAE is trained, fits its atoms to pursuit
+    codes for ``pursuit_rounds`` rounds; the reports then give pursuit FVUs.
     """
     _check_training_choices(metric, key_heads, logit_weight, question_texts, retrieval_heads)
+    if key_coding not in KEY_CODINGS:
+        raise ValueError(f"key_coding must be one of {', '.join(KEY_CODINGS)}, got {key_coding!r}")
+    if pursuit_rounds < 0:
+        raise ValueError(f"pursuit_rounds must be 0 or more, got {pursuit_rounds}")
     from s3_retriever.models import attention_shape
     from s3_retriever.sae import SAEBundle
 
@@ -411,14 +434,16 @@ def train_bundles(
         layer_keys = select_kv_heads(captured.keys[layer], n_kv, trained_on[layer])
         mapped_keys[layer] = layer_keys @ key_maps[layer] if layer in key_maps else layer_keys
     saes, reports = train_layer_saes(
-        mapped_keys, "keys", sae_config, train_config, held_out, checkpoint_dir, resume
-    )
+        mapped_keys, "keys", sae_config, train_config, held_out, checkpoint_dir, resume,
+        pursuit_rounds=pursuit_rounds if key_coding == "pursuit" else None,
+    )  # fmt: skip
     keys = SAEBundle(
         model_id=model_id,
         saes=saes,
         query_means=query_means,
         retrieval_heads=tuple(retrieval_heads),
         key_maps=key_maps,
+        key_coding=key_coding,  # type: ignore[arg-type]
         info={"key_kv_heads": {str(layer): list(h) for layer, h in trained_on.items()}},
     )
     values = None
@@ -483,10 +508,14 @@ def train_layer_saes(
     held_out: float,
     checkpoint_dir: str | os.PathLike[str] | None,
     resume: bool,
+    pursuit_rounds: int | None = None,
 ) -> tuple[dict[int, TopKSAE], list[LayerReport]]:
     """One SAE per layer (``kind``: ``keys`` or ``values``), measured on a held-out split.
 
     With ``checkpoint_dir`` each SAE keeps its checkpoint at ``<kind>_layer_XX.safetensors``.
+    ``pursuit_rounds`` (not None): after training, fit the atoms to pursuit codes of the training
+    split for that many rounds, and measure FVUs with pursuit codes. The checkpoint holds the
+    SAE before this step, which is deterministic, so a resumed run repeats it exactly.
     """
     saes: dict[int, TopKSAE] = {}
     reports: list[LayerReport] = []
@@ -499,14 +528,20 @@ def train_layer_saes(
             train, sae_config, train_config, True, checkpoint=checkpoint, resume=resume
         )
         saes[layer] = result.sae
+        train_fvu, coding = result.train_fvu, "encoder"
+        if pursuit_rounds is not None:
+            coding = "pursuit"
+            refine_for_pursuit(result.sae, train, pursuit_rounds, show_progress=True)
+            train_fvu = held_out_fvu(result.sae, train, coding)
         reports.append(
             LayerReport(
                 layer=layer,
-                train_fvu=result.train_fvu,
-                held_out_fvu=held_out_fvu(result.sae, test),
+                train_fvu=train_fvu,
+                held_out_fvu=held_out_fvu(result.sae, test, coding),
                 dead_fraction=result.dead_fraction,
                 n_vectors=int(train.shape[0]),
                 vectors=kind,
+                coding=coding,
             )
         )
     return saes, reports

@@ -17,6 +17,8 @@ A sweep over dictionary sizes, k or objectives scans the training text once with
 ``--vectors-cache FILE`` (kept keys and values; reused when the text and layers match).
 ``--key-heads retrieval`` trains each layer's key SAE on the retrieval heads' KV heads only;
 ``--metric mixed --logit-weight W`` adds the logit error of the training questions' queries.
+``--key-coding pursuit`` makes indexes code keys by matching pursuit over the atoms, which are
+fitted to pursuit codes after training (``--pursuit-rounds``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import time
 from pathlib import Path
 
 from s3_retriever.models import LoadedModel, attention_shape, load_model
-from s3_retriever.sae import SAEBundle, SAEConfig
+from s3_retriever.sae import KEY_CODINGS, SAEBundle, SAEConfig
 from s3_retriever.sae_training import (
+    DEFAULT_PURSUIT_ROUNDS,
     KEY_HEADS,
     METRICS,
     VALUE_BUNDLE_KIND,
@@ -92,6 +95,18 @@ def main() -> None:
         default="all",
         help="train each layer's key SAE on all its KV heads or on the retrieval heads' only",
     )
+    parser.add_argument(
+        "--key-coding",
+        choices=KEY_CODINGS,
+        default="encoder",
+        help="code keys by the SAE's encoder or by matching pursuit over its atoms",
+    )
+    parser.add_argument(
+        "--pursuit-rounds",
+        type=int,
+        default=DEFAULT_PURSUIT_ROUNDS,
+        help="--key-coding pursuit: rounds fitting the atoms to pursuit codes",
+    )
     parser.add_argument("--vectors-cache", type=Path, default=None, help="captured vectors file")
     parser.add_argument("--values-only", action="store_true", help="train value SAEs instead")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder")
@@ -135,6 +150,8 @@ def main() -> None:
             key_heads=args.key_heads,
             logit_weight=args.logit_weight,
             captured=captured,
+            key_coding=args.key_coding,
+            pursuit_rounds=args.pursuit_rounds,
         )
     bundle.info.update(
         {
