@@ -19,6 +19,7 @@ FLOPs over the time, against a bf16 matmul rate measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ from benchmarks.gpu_models import (
 from s3_retriever.index import Field
 from s3_retriever.key_encoding import KeyEncoder, NewCodes, NewKeys
 from s3_retriever.models import attention_shape
+from s3_retriever.pursuit import pursuit_encode
 from s3_retriever.scan import ScanConfig, Scanner, TokenizedText
 
 
@@ -74,14 +76,25 @@ def measure(fn: Callable[[], Any], device: torch.device, weights: int, repeats: 
 class ScanRunner:
     """The three scan variants over one model, sharing its scanner."""
 
-    def __init__(self, model: Any, depth: int, chunk: int, batch: int, n_latents: int, k: int):
+    def __init__(
+        self,
+        model: Any,
+        depth: int,
+        chunk: int,
+        batch: int,
+        n_latents: int,
+        k: int,
+        key_coding: str = "encoder",
+    ):
         self.model = model
         self.layers = scan_layers(model, depth)
         self.heads = retrieval_heads(model, self.layers)
         _, n_heads, n_kv, self.head_dim = attention_shape(model)
         group = n_heads // n_kv
         self.fields: list[Field] = sorted({(layer, head // group) for layer, head in self.heads})
-        self.bundle = random_bundle(model, self.layers, self.heads, n_latents, k)
+        self.bundle = dataclasses.replace(
+            random_bundle(model, self.layers, self.heads, n_latents, k), key_coding=key_coding
+        )
         self.scanner = Scanner(
             model,
             self.layers,
@@ -127,8 +140,12 @@ class ScanRunner:
             for layer, kv in self.fields:
                 sae = self.bundle.saes[layer]
                 keys = capture.keys[layer][:, kv, :].double().cpu()
-                pre = torch.relu((keys - sae.b_dec.double()) @ sae.W_enc.double().T + sae.b_enc)
-                acts, ids = pre.topk(sae.config.k, dim=-1)
+                if self.bundle.key_coding == "pursuit":
+                    ids, acts = pursuit_encode(sae, keys.float())
+                    acts = acts.double()
+                else:
+                    pre = torch.relu((keys - sae.b_dec.double()) @ sae.W_enc.double().T + sae.b_enc)
+                    acts, ids = pre.topk(sae.config.k, dim=-1)
                 chunk = [p for p in fast[(layer, kv)] if int(p[0][0]) == first][0]
                 fast_ids = np.sort(chunk[1].astype(np.int64), axis=1)
                 ref_ids = np.sort(ids.numpy(), axis=1)
@@ -165,7 +182,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, ceili
     weights = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     n_layers = model.config.num_hidden_layers
     depth = args.depth or n_layers // 2
-    runner = ScanRunner(model, depth, args.chunk, args.batch, args.latents, args.k)
+    runner = ScanRunner(model, depth, args.chunk, args.batch, args.latents, args.k, args.key_coding)
     vocab = model.config.vocab_size
     print(
         f"{name}: built in {time.perf_counter() - started:.1f}s, weights {gib(weights):.2f} GiB, "
@@ -271,6 +288,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--depth", type=int, default=0, help="layers run (0: half the model)")
     parser.add_argument("--latents", type=int, default=2048)
     parser.add_argument("--k", type=int, default=32)
+    parser.add_argument(
+        "--key-coding",
+        choices=("encoder", "pursuit"),
+        default="encoder",
+        help="how keys become postings: the SAE's encoder or matching pursuit",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--prefill-max",

@@ -112,6 +112,8 @@ def bench_model(
         row = {
             "model": name,
             "variant": label,
+            "sae_k": next(iter(bundle.saes.values())).config.k,
+            "key_coding": bundle.key_coding,
             "chunk_size": config.scan.chunk_size,
             "batch_size": config.scan.batch_size,
             "tokens": n_tokens,
@@ -132,7 +134,8 @@ def bench_model(
 
 def models(args: argparse.Namespace) -> list[tuple[str, LoadedModel, SAEBundle]]:
     loaded = load_model(None, dtype=args.dtype)
-    out = [(loaded.model_id, loaded, SAEBundle.load(shipped_bundle_dir(loaded.model_id)))]
+    sae = args.sae or shipped_bundle_dir(loaded.model_id)
+    out = [(loaded.model_id, loaded, SAEBundle.load(sae))]
     qwen = sorted((cache_dir() / "models").glob(f"{QWEN_FOLDER_PREFIX}*"))
     if args.qwen and qwen:
         loaded = load_model(qwen[0], dtype=args.dtype)
@@ -158,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--dtype", default="auto")
     parser.add_argument(
+        "--sae",
+        type=Path,
+        default=None,
+        help="SAE bundle for the default model (default: the shipped one)",
+    )
+    parser.add_argument(
         "--no-qwen",
         dest="qwen",
         action="store_false",
@@ -170,11 +179,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, loaded, bundle in models(args):
         rows += bench_model(name, loaded, bundle, args)
     table = markdown_table(
-        ["model", "setting", "tokens", "S3 index tok/s", "full forward tok/s", "S3 / forward"],
+        [
+            "model",
+            "setting",
+            "SAE k, coding",
+            "tokens",
+            "S3 index tok/s",
+            "full forward tok/s",
+            "S3 / forward",
+        ],
         [
             [
                 r["model"],
                 r["variant"],
+                f"{r['sae_k']}, {r['key_coding']}",
                 r["tokens"],
                 f"{r['s3_tok_s']:,.0f}",
                 f"{r['forward_tok_s']:,.0f}",
@@ -183,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for r in rows
         ],
     )
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"
+    }
     write_result(
         args.name,
         {

@@ -13,7 +13,8 @@ for a better code of the same size:
 
 Activations stay non-negative because the postings store them on a log grid of positive values.
 On held-out SmolLM2 keys (k = 4, 2,048 latents, per-head dictionaries) the FVU falls from
-0.177 / 0.151 with the encoder to 0.125 / 0.099 (layers 5 / 8).
+0.177 / 0.152 with the encoder to 0.125 / 0.099 (layers 5 / 8), and to 0.103 / 0.076 once the
+atoms are fitted to pursuit codes (:func:`refine_for_pursuit`).
 """
 
 from __future__ import annotations
@@ -36,25 +37,22 @@ def nonnegative_refit(atoms: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
         targets: (n, d) the vectors (bias already removed).
 
     Returns:
-        (n, k) activations >= 0 minimising ``||target - sum_j a_j atom_j||`` over the atoms kept.
+        (n, k) activations >= 0. Where the least-squares fit is non-negative it is returned as
+        is; otherwise the atoms it gave negative weights are dropped and the rest refitted (one
+        step of the active-set method, exact whenever that refit is non-negative, which on
+        SmolLM2 keys is all but a few in 10^5), and any weight still negative is clamped to 0.
     """
     k = atoms.shape[1]
     gram = atoms @ atoms.transpose(1, 2)
     right = (atoms @ targets.unsqueeze(-1)).squeeze(-1)
     eye = torch.eye(k, dtype=atoms.dtype, device=atoms.device)
-    active = torch.ones_like(right, dtype=torch.bool)
-    acts = torch.zeros_like(right)
-    # Active set: each pass drops the atoms whose activation came out negative; k passes always
-    # suffice, and in practice one or two do.
-    for _ in range(k):
-        mask = active.to(atoms.dtype)
-        # Dropped atoms get an identity row and a zero right side, so their activation is 0.
-        system = gram * mask.unsqueeze(1) * mask.unsqueeze(2) + eye * (1 - mask).unsqueeze(-1)
-        acts = torch.linalg.solve(system + _RIDGE * eye, (right * mask).unsqueeze(-1)).squeeze(-1)
-        negative = acts < 0
-        if not bool(negative.any()):
-            break
-        active &= ~negative
+    acts = torch.linalg.solve(gram + _RIDGE * eye, right.unsqueeze(-1)).squeeze(-1)
+    # A fixed number of passes with no check in between: asking whether any weight is negative
+    # would wait for the GPU on every call and stall the scan's overlap of copies and compute.
+    keep = (acts >= 0).to(atoms.dtype)
+    # Dropped atoms get an identity row and a zero right side, so their activation is 0.
+    system = gram * keep.unsqueeze(1) * keep.unsqueeze(2) + eye * (1 - keep).unsqueeze(-1)
+    acts = torch.linalg.solve(system + _RIDGE * eye, (right * keep).unsqueeze(-1)).squeeze(-1)
     return acts.clamp_min(0)
 
 
@@ -106,7 +104,7 @@ def refine_for_pursuit(
     solution given those codes (the method of optimal directions: ``D = (A^T A)^-1 A^T X``,
     ``A`` the sparse codes), back at unit norm. Atoms no vector uses keep their old direction.
     The encoder and decoder bias are left as they are: only pursuit codes read the new atoms.
-    On SmolLM2 keys 12 rounds took held-out FVU (k = 4) from 0.125 / 0.099 to 0.106 / 0.079.
+    On SmolLM2 keys 24 rounds took held-out FVU (k = 4) from 0.125 / 0.099 to 0.103 / 0.076.
     """
     n_latents, d_in = sae.W_dec.shape
     centred = vectors.float() - sae.b_dec

@@ -26,7 +26,7 @@ from s3_retriever.index import Field, KeyStore, Postings
 from s3_retriever.key_encoding import KeyEncoder, NewCodes, NewKeys
 from s3_retriever.lexical import BM25Index
 from s3_retriever.models import LoadedModel, attention_shape, load_model
-from s3_retriever.sae import SAEBundle, shipped_bundle_dir
+from s3_retriever.sae import COMPACT_VARIANT, SAEBundle, shipped_bundle_dir
 from s3_retriever.scan import Scanner, TokenizedText, tokenize
 from s3_retriever.scoring import content_token_indices, score_positions
 from s3_retriever.segment import segment
@@ -145,6 +145,7 @@ class S3Retriever:
         *,
         device: str = "cpu",
         dtype: str = "auto",
+        compact: bool = False,
     ) -> S3Retriever:
         """Load a model and its SAE bundle.
 
@@ -155,17 +156,24 @@ class S3Retriever:
             config: retriever settings; defaults are the measured ones.
             device: torch device for the scan.
             dtype: ``auto`` (bf16), ``bfloat16``, ``float16`` or ``float32``.
+            compact: a small index: the shipped compact SAEs (unless ``sae_path`` is given) and
+                :meth:`RetrieverConfig.compact` (unless ``config`` is given): postings only,
+                scored through the SAE, ~12x smaller than stored keys for ~95% of their recall.
         """
         loaded = load_model(model_path, dtype=dtype, device=device)
         if sae_path is None:
-            shipped = shipped_bundle_dir(loaded.model_id)
+            shipped = shipped_bundle_dir(loaded.model_id, COMPACT_VARIANT if compact else None)
             if not (shipped / "config.json").is_file():
+                which = "compact SAE bundle" if compact else "SAE bundle"
                 raise SAEError(
-                    f"No SAE bundle ships for {loaded.model_id!r}. Train one with "
-                    f"`s3-retriever train-sae --model {model_path} --out DIR` and pass "
+                    f"No {which} ships for {loaded.model_id!r}. Train one with "
+                    f"`s3-retriever train-sae --model {model_path} --out DIR` (for a compact "
+                    f"one: --k-keys 4 --key-heads retrieval --key-coding pursuit) and pass "
                     f"sae_path=DIR."
                 )
             sae_path = shipped
+        if compact and config is None:
+            config = RetrieverConfig.compact()
         return cls(loaded, SAEBundle.load(Path(sae_path)), config)
 
     # ------------------------------------------------------------------ writing

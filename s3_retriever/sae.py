@@ -279,6 +279,16 @@ def bundle_checksum(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def shipped_bundle_dir(model_id: str) -> Path:
-    """Folder of the SAE bundle shipped in the package for ``model_id``."""
-    return Path(__file__).resolve().parent / "saes" / model_id
+COMPACT_VARIANT = "compact"
+"""Shipped bundle variant for small indexes: k = 4 per-head dictionaries, pursuit-coded."""
+
+
+def shipped_bundle_dir(model_id: str, variant: str | None = None) -> Path:
+    """Folder of the SAE bundle shipped in the package for ``model_id``.
+
+    ``variant`` names another bundle shipped for the same model, in a subfolder (the main
+    bundle's checksum covers only its own files, so the two never mix): ``"compact"``
+    (:data:`COMPACT_VARIANT`) for indexes that keep postings only.
+    """
+    folder = Path(__file__).resolve().parent / "saes" / model_id
+    return folder if variant is None else folder / variant

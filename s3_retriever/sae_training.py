@@ -340,11 +340,12 @@ METRICS = ("reconstruction", "attention", "mixed")
 """What a key SAE's squared error is measured in (see :func:`train_bundles`)."""
 KEY_HEADS = ("all", "retrieval")
 """Which KV heads' keys a layer's key SAE trains on (see :func:`train_bundles`)."""
-DEFAULT_PURSUIT_ROUNDS = 12
+DEFAULT_PURSUIT_ROUNDS = 24
 """Dictionary updates fitting the atoms to pursuit codes after SAE training (``key_coding=
-"pursuit"``). On SmolLM2 keys 12 rounds took held-out FVU at k = 4 from 0.125 / 0.099 (pursuit
-on the SAE's own atoms) to 0.106 / 0.079, still falling slowly; a round costs a few seconds per
-100k keys on a CPU."""
+"pursuit"``). On SmolLM2's retrieval KV heads (k = 4, 2,048 latents, 15,945 held-out keys a
+layer) held-out FVU was 0.177 / 0.152 (layers 5 / 8) with the SAE's encoder, 0.125 / 0.099 with
+pursuit over the same atoms, 0.103 / 0.076 after 24 rounds; a round takes ~3 s per 140k keys
+on a 2-core CPU."""
 
 
 def train_bundles(

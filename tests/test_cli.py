@@ -430,3 +430,27 @@ def test_train_sae_values_checkpoint_resume_and_report(
     assert {(r["k_keys"], r["k_values"]) for r in report["perplexity"]["dual_budget"]} == {(2, 4)}
     markdown = stem.with_suffix(".md").read_text()
     assert "| 1 | values |" in markdown and "| k keys | k values |" in markdown
+
+
+def test_index_compact_flag_asks_for_a_compact_retriever(
+    tmp_path: Path, files: list[Path], tiny_from_pretrained: list[Any]
+) -> None:
+    """--compact reaches from_pretrained (shipped compact SAEs, postings only); without it, the
+    default retriever is asked for."""
+    assert main(["index", str(files[0]), "--out", str(tmp_path / "a"), "--compact"]) == 0
+    assert main(["index", str(files[0]), "--out", str(tmp_path / "b")]) == 0
+    assert [kwargs["compact"] for _, kwargs in tiny_from_pretrained] == [True, False]
+
+
+def test_train_sae_pursuit_coding(
+    tmp_path: Path, files: list[Path], model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--key-coding pursuit writes a pursuit-coded bundle whose reports say so."""
+    out_dir = tmp_path / "bundle"
+    args = ["train-sae", "--data", str(files[0]), "--model", str(model_dir), "--layers", "1"]
+    args += ["--latents", "16", "--k-keys", "2", "--steps", "10", "--out", str(out_dir)]
+    status = main([*args, "--key-coding", "pursuit", "--pursuit-rounds", "2"])
+    assert status == 0, capsys.readouterr().err
+    bundle = SAEBundle.load(out_dir)
+    assert bundle.key_coding == "pursuit"
+    assert [r["coding"] for r in bundle.info["reports"]] == ["pursuit"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from s3_retriever import S3Retriever, ScoringConfig
+from s3_retriever import RetrieverConfig, S3Retriever, ScoringConfig
 from s3_retriever.errors import IndexLoadError, SAEError
 from s3_retriever.index import dequantize_activations, quantize_activations
 from s3_retriever.key_encoding import KeyEncoder
@@ -192,3 +192,22 @@ def test_quantised_pursuit_activations_stay_close() -> None:
     positive = values > 2.0**-7
     assert positive.mean() > 0.9
     np.testing.assert_allclose(restored[positive], values[positive], rtol=0.03)
+
+
+def test_compact_needs_a_shipped_compact_bundle(model_dir: Path) -> None:
+    """No compact SAEs ship for the tiny model: the error says how to train them."""
+    with pytest.raises(SAEError, match="compact SAE bundle.*--key-coding pursuit"):
+        S3Retriever.from_pretrained(model_dir, compact=True)
+
+
+def test_compact_config_keeps_postings_only_and_scores_through_the_sae(
+    loaded: LoadedModel, bundle: SAEBundle
+) -> None:
+    config = RetrieverConfig.compact()
+    assert not config.store_keys and config.store_postings
+    assert config.scoring.scorer == "aligned"
+    retriever = S3Retriever(loaded, dataclasses.replace(bundle, key_coding="pursuit"), config)
+    retriever.add_documents(list(CORPUS.values()))
+    assert retriever.index_nbytes()["keys"] == 0
+    hits = retriever.retrieve("Which station does the small train leave from?", mode="s3")
+    assert hits and all(h.text for h in hits)

@@ -35,8 +35,7 @@ def test_seeds_pack_like_grown_groups(indexed: S3Retriever, seed: int) -> None:
         lead = [[int(order[-1])]] if rng.random() < 0.3 else []
         eager = lead + [grow(int(u), corpus, scores, min_tokens, counts) for u in order]
         lazy = lead + [
-            Seed(int(u), functools.partial(counted_grow, int(u), min_tokens, scores))
-            for u in order
+            Seed(int(u), functools.partial(counted_grow, int(u), min_tokens, scores)) for u in order
         ]
         want = pack(eager, counts, budget, corpus, max_spans)
         assert pack(lazy, counts, budget, corpus, max_spans) == want
