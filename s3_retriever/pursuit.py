@@ -46,13 +46,14 @@ def nonnegative_refit(atoms: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     gram = atoms @ atoms.transpose(1, 2)
     right = (atoms @ targets.unsqueeze(-1)).squeeze(-1)
     eye = torch.eye(k, dtype=atoms.dtype, device=atoms.device)
-    acts = torch.linalg.solve(gram + _RIDGE * eye, right.unsqueeze(-1)).squeeze(-1)
-    # A fixed number of passes with no check in between: asking whether any weight is negative
-    # would wait for the GPU on every call and stall the scan's overlap of copies and compute.
+    acts = torch.linalg.solve_ex(gram + _RIDGE * eye, right.unsqueeze(-1))[0].squeeze(-1)
+    # Nothing here waits for the GPU: two passes with no check in between (asking whether any
+    # weight is negative would), and solve_ex, which unlike solve does not check on the host
+    # that each matrix is regular (the ridge sees to that).
     keep = (acts >= 0).to(atoms.dtype)
     # Dropped atoms get an identity row and a zero right side, so their activation is 0.
     system = gram * keep.unsqueeze(1) * keep.unsqueeze(2) + eye * (1 - keep).unsqueeze(-1)
-    acts = torch.linalg.solve(system + _RIDGE * eye, (right * keep).unsqueeze(-1)).squeeze(-1)
+    acts = torch.linalg.solve_ex(system + _RIDGE * eye, (right * keep).unsqueeze(-1))[0].squeeze(-1)
     return acts.clamp_min(0)
 
 

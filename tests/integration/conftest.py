@@ -23,9 +23,6 @@ requires_model = pytest.mark.skipif(
 
 def real_text(min_chars: int) -> str:
     """Real English prose available on every Python install: the language reference topics."""
-    from pydoc_data.topics import topics
+    from s3_retriever.eval.needle import reference_text
 
-    text = "\n\n".join(topics[name].strip() for name in sorted(topics))
-    while len(text) < min_chars:
-        text = text + "\n\n" + text
-    return text
+    return reference_text(min_chars)
