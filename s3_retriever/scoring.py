@@ -29,6 +29,7 @@ import torch
 from s3_retriever.cluster_search import clustered_exact_scores
 from s3_retriever.index import Field, KeyStore, Postings
 from s3_retriever.int8_dot import QuestionCodes, int8_logits
+from s3_retriever.pursuit import pursuit_encode
 from s3_retriever.sae import SAEBundle, TopKSAE
 
 ScorerName = Literal["exact", "aligned", "coactivation"]
@@ -284,10 +285,16 @@ def coactivation_scores(
     postings: Postings,
     n_positions: int,
     allowed: np.ndarray | None = None,
+    key_coding: str = "encoder",
 ) -> np.ndarray:
-    """S3 eq. 4: sum over question features f of ``a_q(f) idf(f)`` at every posting of f."""
+    """S3 eq. 4: sum over question features f of ``a_q(f) idf(f)`` at every posting of f.
+
+    Question vectors are coded the way the index coded its keys (``key_coding``), so both sides
+    name features alike.
+    """
+    vectors = torch.from_numpy(queries.astype(np.float32))
     with torch.no_grad():
-        ids, acts = sae.encode(torch.from_numpy(queries.astype(np.float32)))
+        ids, acts = pursuit_encode(sae, vectors) if key_coding == "pursuit" else sae.encode(vectors)
     ids_np = ids.numpy().reshape(-1)
     acts_np = acts.numpy().reshape(-1)
     df = postings.doc_freq().astype(np.float64)
@@ -350,6 +357,7 @@ def score_positions(
                 postings[field_key],
                 n_positions,
                 allowed,
+                bundle.key_coding,
             )
     n_candidates = n_positions if allowed is None else int(allowed.sum())
     threshold = config.cluster_search_above

@@ -14,13 +14,14 @@ import torch
 
 from s3_retriever import RetrieverConfig, S3Retriever, ScoringConfig
 from s3_retriever.errors import IndexLoadError, SAEError
-from s3_retriever.index import dequantize_activations, quantize_activations
+from s3_retriever.index import Postings, dequantize_activations, quantize_activations
 from s3_retriever.key_encoding import KeyEncoder
 from s3_retriever.models import LoadedModel
 from s3_retriever.pursuit import nonnegative_refit, pursuit_encode, refine_for_pursuit
 from s3_retriever.sae import SAEBundle, SAEConfig, TopKSAE, fraction_of_variance_unexplained
 from s3_retriever.sae_training import TrainConfig, train_bundles
 from s3_retriever.scan import BatchCapture
+from s3_retriever.scoring import coactivation_scores
 from tests.conftest import CORPUS, HEAD_DIM, tiny_config
 
 
@@ -211,3 +212,26 @@ def test_compact_config_keeps_postings_only_and_scores_through_the_sae(
     assert retriever.index_nbytes()["keys"] == 0
     hits = retriever.retrieve("Which station does the small train leave from?", mode="s3")
     assert hits and all(h.text for h in hits)
+
+
+def test_coactivation_codes_questions_like_the_index() -> None:
+    """With a pursuit bundle the paper's feature-id score codes question vectors by pursuit too:
+    each question feature adds ``a idf`` at every position where that feature fired."""
+    atoms = _unit_atoms(32, 8, seed=11)
+    sae = _sae_with_atoms(atoms, k=2)
+    generator = torch.Generator().manual_seed(12)
+    keys = torch.randn(50, 8, generator=generator)
+    postings = Postings(32)
+    ids, acts = pursuit_encode(sae, keys)
+    postings.append(np.arange(50), ids.numpy(), acts.numpy())
+    queries = torch.randn(3, 8, generator=generator).numpy()
+    got = coactivation_scores(queries, sae, postings, 50, key_coding="pursuit")
+    q_ids, q_acts = pursuit_encode(sae, torch.from_numpy(queries))
+    df = np.bincount(ids.numpy().ravel(), minlength=32)
+    idf = 1.0 / (np.log1p(df) + 1.0)
+    expected = np.zeros(50)
+    for latent, weight in zip(q_ids.numpy().ravel(), q_acts.numpy().ravel(), strict=True):
+        expected[(ids.numpy() == latent).any(axis=1)] += weight * idf[latent]
+    np.testing.assert_allclose(got, expected / expected.sum(), rtol=1e-5, atol=1e-7)
+    encoder_scores = coactivation_scores(queries, sae, postings, 50)
+    assert not np.allclose(got, encoder_scores)
