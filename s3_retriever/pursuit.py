@@ -84,12 +84,17 @@ def pursuit_encode(
 def pursuit_encode_batched(
     sae: TopKSAE, vectors: torch.Tensor, k: int | None = None, batch: int = 1 << 14
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`pursuit_encode` slice by slice: memory bounded by ``batch x n_latents`` floats."""
-    parts = [pursuit_encode(sae, vectors[i : i + batch], k) for i in range(0, len(vectors), batch)]
+    """:func:`pursuit_encode` of a (..., d_in) tensor, slice by slice: memory bounded by
+    ``batch x n_latents`` floats. Returns ids and activations of shape (..., k)."""
+    k = k or sae.config.k
+    flat = vectors.reshape(-1, vectors.shape[-1])
+    parts = [pursuit_encode(sae, flat[i : i + batch], k) for i in range(0, len(flat), batch)]
     if not parts:
-        k = k or sae.config.k
-        return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k)
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        empty = torch.zeros(*vectors.shape[:-1], k)
+        return empty.long(), empty
+    shape = (*vectors.shape[:-1], k)
+    ids = torch.cat([p[0] for p in parts]).reshape(shape)
+    return ids, torch.cat([p[1] for p in parts]).reshape(shape)
 
 
 @torch.no_grad()

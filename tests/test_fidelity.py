@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,18 @@ def test_dual_budget_rows_match_single_swaps(loaded: LoadedModel, bundle: SAEBun
     assert rows[0]["values_only"] == values_only
     assert rows[0]["keys_and_values"] == both
     assert len({keys_only, values_only, both}) == 3
+
+
+def test_pursuit_bundle_reconstructs_keys_in_the_model(
+    loaded: LoadedModel, bundle: SAEBundle
+) -> None:
+    """A pursuit-coded bundle swaps in its pursuit reconstructions (the hooks pass (batch, tokens,
+    width) keys), which differ from the encoder's."""
+    model = loaded.model
+    ids = np.arange(3, 40) % model.config.vocab_size
+    pursuit = dataclasses.replace(bundle, key_coding="pursuit")
+    with reconstructed_keys(model, pursuit):
+        with_pursuit = perplexity(model, ids, chunk_size=16)
+    with reconstructed_keys(model, bundle):
+        with_encoder = perplexity(model, ids, chunk_size=16)
+    assert np.isfinite(with_pursuit) and with_pursuit != with_encoder

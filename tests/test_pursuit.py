@@ -17,7 +17,12 @@ from s3_retriever.errors import IndexLoadError, SAEError
 from s3_retriever.index import Postings, dequantize_activations, quantize_activations
 from s3_retriever.key_encoding import KeyEncoder
 from s3_retriever.models import LoadedModel
-from s3_retriever.pursuit import nonnegative_refit, pursuit_encode, refine_for_pursuit
+from s3_retriever.pursuit import (
+    nonnegative_refit,
+    pursuit_encode,
+    pursuit_encode_batched,
+    refine_for_pursuit,
+)
 from s3_retriever.sae import SAEBundle, SAEConfig, TopKSAE, fraction_of_variance_unexplained
 from s3_retriever.sae_training import TrainConfig, train_bundles
 from s3_retriever.scan import BatchCapture
@@ -235,3 +240,17 @@ def test_coactivation_codes_questions_like_the_index() -> None:
     np.testing.assert_allclose(got, expected / expected.sum(), rtol=1e-5, atol=1e-7)
     encoder_scores = coactivation_scores(queries, sae, postings, 50)
     assert not np.allclose(got, encoder_scores)
+
+
+def test_pursuit_codes_keep_the_leading_shape() -> None:
+    """Batched pursuit takes (..., d) like the encoder (the perplexity hooks pass 4-D keys) and
+    codes each vector as the 2-D call does."""
+    sae = _sae_with_atoms(_unit_atoms(64, 16, seed=13), k=3)
+    keys = torch.randn(2, 5, 3, 16, generator=torch.Generator().manual_seed(14))
+    ids, acts = pursuit_encode_batched(sae, keys, batch=7)
+    assert ids.shape == acts.shape == (2, 5, 3, 3)
+    flat_ids, flat_acts = pursuit_encode(sae, keys.reshape(-1, 16))
+    assert torch.equal(ids.reshape(-1, 3), flat_ids)
+    torch.testing.assert_close(acts.reshape(-1, 3), flat_acts)
+    empty_ids, empty_acts = pursuit_encode_batched(sae, torch.zeros(0, 4, 16))
+    assert empty_ids.shape == empty_acts.shape == (0, 4, 3)
