@@ -92,7 +92,8 @@ def logit_fidelity(
 def reconstructed_projections(
     model: Any, bundle: SAEBundle, projection: str = "k_proj", k: int | None = None
 ) -> Iterator[None]:
-    """Inside this block, every bundle layer's ``projection`` output is its SAE reconstruction.
+    """Inside this block, every bundle layer's ``projection`` output is its SAE reconstruction
+    (for the KV heads the layer's SAE was trained on: all, unless it is a per-head bundle).
 
     ``projection`` is ``k_proj`` (a key bundle) or ``v_proj`` (a value bundle); ``k`` overrides
     the number of active latents (STA's dual budget: a small k for keys, a larger one for values).
@@ -104,10 +105,14 @@ def reconstructed_projections(
     handles = []
 
     def hook_for(layer: int) -> Any:
+        # A per-head bundle only swaps the heads it was trained on: those are the keys an index
+        # encodes, and the other heads' keys were never meant to pass through it.
+        trained = bundle.trained_kv_heads(layer, n_kv)
+
         def hook(_module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-            heads = output.reshape(*output.shape[:-1], n_kv, head_dim)
-            rebuilt = reconstruct(bundle, layer, heads, k)
-            return rebuilt.reshape(output.shape).to(output.dtype)
+            heads = output.reshape(*output.shape[:-1], n_kv, head_dim).float().clone()
+            heads[..., trained, :] = reconstruct(bundle, layer, heads[..., trained, :], k)
+            return heads.reshape(output.shape).to(output.dtype)
 
         return hook
 
@@ -218,7 +223,7 @@ def build_report(
     With a value bundle ``values``, also per layer the values' FVU and elbow, and perplexity with
     keys only, values only, and both reconstructed at each ``(k_keys, k_values)`` of ``budgets``.
     """
-    from s3_retriever.sae_training import collect_vectors, question_queries
+    from s3_retriever.sae_training import collect_vectors, question_queries, select_kv_heads
     from s3_retriever.scan import tokenize
 
     _, n_heads, n_kv, head_dim = attention_shape(loaded.model)
@@ -238,6 +243,7 @@ def build_report(
     per_layer: dict[str, Any] = {}
     for layer in layers:
         keys = captured.keys[layer]
+        trained = bundle.trained_kv_heads(layer, n_kv)
         heads: dict[str, Any] = {}
         for head_layer, head in bundle.retrieval_heads:
             if head_layer != layer or not asked:
@@ -249,7 +255,13 @@ def build_report(
                 centred = centred - bundle.query_means[layer][head]
             fid = logit_fidelity(centred, sample, reconstruct(bundle, layer, sample))
             heads[f"{layer}:{head}"] = fid.__dict__
-        per_layer[str(layer)] = {**_elbow_row(bundle, layer, keys), "logit_fidelity": heads}
+        # FVU and elbow over the keys the SAE serves: a per-head SAE is not meant for the others.
+        served = select_kv_heads(keys, n_kv, trained)
+        per_layer[str(layer)] = {
+            **_elbow_row(bundle, layer, served),
+            "kv_heads": trained,
+            "logit_fidelity": heads,
+        }
     if values is not None:
         for layer in value_layers:
             row = _elbow_row(values, layer, captured.values[layer])

@@ -579,7 +579,9 @@ def _whole_number(value: Any, what: str) -> int:
 def _warn_untrained_fields(bundle: SAEBundle, fields: Sequence[Field]) -> None:
     """Warn when a field's KV head is not among those its layer's key SAE was trained on."""
     trained_on = bundle.info.get("key_kv_heads") or {}
-    untrained = [(layer, kv) for layer, kv in fields if kv not in trained_on.get(str(layer), [kv])]
+    untrained = [
+        (layer, kv) for layer, kv in fields if kv not in bundle.trained_kv_heads(layer, kv + 1)
+    ]
     if untrained:
         warnings.warn(
             f"KV heads {untrained} (layer, KV head) are encoded by SAEs trained on other heads "

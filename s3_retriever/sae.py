@@ -137,6 +137,11 @@ class SAEBundle:
             return queries
         return np.asarray(queries @ np.linalg.inv(key_map.double().numpy()), dtype=np.float32)
 
+    def trained_kv_heads(self, layer: int, n_kv: int) -> list[int]:
+        """The KV heads the layer's SAE was trained on (``info["key_kv_heads"]``), else all."""
+        trained = (self.info.get("key_kv_heads") or {}).get(str(layer))
+        return list(range(n_kv)) if trained is None else [int(h) for h in trained]
+
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.saes))

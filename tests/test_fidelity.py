@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -123,3 +125,33 @@ def test_pursuit_bundle_reconstructs_keys_in_the_model(
     with reconstructed_keys(model, bundle):
         with_encoder = perplexity(model, ids, chunk_size=16)
     assert np.isfinite(with_pursuit) and with_pursuit != with_encoder
+
+
+def test_per_head_bundle_swaps_only_its_trained_heads(
+    loaded: LoadedModel, bundle: SAEBundle
+) -> None:
+    """A bundle trained on KV head 0 of layer 1 rebuilds that head's keys and leaves head 1's as
+    the model made them (an index of that bundle never encodes head 1)."""
+    model = loaded.model
+    _, _, n_kv, head_dim = attention_shape(model)
+    per_head = dataclasses.replace(bundle, info={"key_kv_heads": {"1": [0], "2": [0, 1]}})
+    assert per_head.trained_kv_heads(1, n_kv) == [0]
+    assert bundle.trained_kv_heads(1, n_kv) == list(range(n_kv))
+    seen: list[torch.Tensor] = []
+    k_proj = model.model.layers[1].self_attn.k_proj
+    ids = torch.arange(3, 20)[None] % model.config.vocab_size
+
+    def run(context: Any) -> torch.Tensor:
+        with context:
+            handle = k_proj.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+            try:
+                with torch.no_grad():
+                    model(input_ids=ids)
+            finally:
+                handle.remove()
+        return seen[-1].reshape(*seen[-1].shape[:-1], n_kv, head_dim)
+
+    plain = run(contextlib.nullcontext())
+    swapped = run(reconstructed_keys(model, per_head))
+    assert torch.equal(swapped[..., 1, :], plain[..., 1, :])
+    assert not torch.allclose(swapped[..., 0, :], plain[..., 0, :])
