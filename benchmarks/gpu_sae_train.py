@@ -23,7 +23,8 @@ import torch
 from benchmarks.common import RESULTS_DIR, markdown_table, write_result
 from benchmarks.gpu_models import build_model, gib, scan_layers, sync
 from s3_retriever.models import attention_shape
-from s3_retriever.sae import SAEConfig
+from s3_retriever.pursuit import refine_for_pursuit
+from s3_retriever.sae import SAEConfig, TopKSAE
 from s3_retriever.sae_training import TrainConfig, collect_vectors, train_topk_sae
 from s3_retriever.scan import ScanConfig
 from s3_retriever.testing import TRAINING_TEXT, tiny_tokenizer
@@ -81,6 +82,29 @@ def timed_train(
     }
 
 
+def timed_pursuit(vectors: torch.Tensor, sae_config: SAEConfig, rounds: int, device: str) -> dict:
+    """Rounds of fitting atoms to pursuit codes (``train-sae --key-coding pursuit``)."""
+    sae = TopKSAE(sae_config).requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    atoms = torch.randn(sae_config.n_latents, sae_config.d_in, generator=generator)
+    sae.W_dec.copy_(torch.nn.functional.normalize(atoms, dim=1))
+    vectors = vectors.to(device)
+    refine_for_pursuit(sae, vectors[:4096], 1, device=device)  # warm-up
+    sync(torch.device(device))
+    start = time.perf_counter()
+    history = refine_for_pursuit(sae, vectors, rounds, device=device)
+    sync(torch.device(device))
+    seconds = time.perf_counter() - start
+    return {
+        "rounds": rounds,
+        "vectors": len(vectors),
+        "seconds": seconds,
+        "rounds_per_s": rounds / seconds,
+        "keys_coded_per_s": rounds * len(vectors) / seconds,
+        "fvu": history,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama-3.1-8b")
@@ -92,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4096, help="vectors per training step")
     parser.add_argument("--steps", type=int, default=500, help="training steps on the GPU")
     parser.add_argument("--cpu-steps", type=int, default=20, help="training steps on the CPU")
+    parser.add_argument("--pursuit-k", type=int, default=4, help="k of the pursuit-coded SAE")
+    parser.add_argument("--pursuit-keys", type=int, default=262144, help="keys per pursuit round")
+    parser.add_argument("--pursuit-rounds", type=int, default=3, help="pursuit rounds on the GPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--name", default="gpu_sae_train")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -109,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     gpu_train = timed_train(keys, sae_config, args.steps, args.batch, args.device)
     gpu_same_steps = timed_train(keys, sae_config, args.cpu_steps, args.batch, args.device)
     print(f"{device} train: {gpu_train['steps_per_s']:.1f} steps/s", flush=True)
+    pursuit_keys = keys[: args.pursuit_keys].float()
+    pursuit_config = SAEConfig(d_in=head_dim, n_latents=args.latents, k=args.pursuit_k)
+    gpu_pursuit = timed_pursuit(pursuit_keys, pursuit_config, args.pursuit_rounds, args.device)
+    print(f"{device} pursuit: {gpu_pursuit['keys_coded_per_s']:,.0f} keys/s", flush=True)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
 
     model = model.to("cpu")
@@ -120,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"cpu collect: {cpu_collect['keys_per_s']:,.0f} keys/s", flush=True)
     cpu_train = timed_train(keys.cpu(), sae_config, args.cpu_steps, args.batch, "cpu")
     print(f"cpu train: {cpu_train['steps_per_s']:.2f} steps/s", flush=True)
+    cpu_pursuit = timed_pursuit(pursuit_keys.cpu(), pursuit_config, 1, "cpu")
+    print(f"cpu pursuit: {cpu_pursuit['keys_coded_per_s']:,.0f} keys/s", flush=True)
 
     rows = [
         [
@@ -133,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{gpu_train['steps_per_s']:.1f}",
             f"{cpu_train['steps_per_s']:.2f}",
             gpu_train["steps_per_s"] / cpu_train["steps_per_s"],
+        ],
+        [
+            f"pursuit atom fitting, keys coded / s (k = {args.pursuit_k})",
+            f"{gpu_pursuit['keys_coded_per_s']:,.0f}",
+            f"{cpu_pursuit['keys_coded_per_s']:,.0f}",
+            gpu_pursuit["keys_coded_per_s"] / cpu_pursuit["keys_coded_per_s"],
         ],
         [
             f"train FVU after {args.cpu_steps} steps",
@@ -154,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "gpu_train": gpu_train,
             "gpu_train_same_steps": gpu_same_steps,
             "cpu_train": cpu_train,
+            "gpu_pursuit": gpu_pursuit,
+            "cpu_pursuit": cpu_pursuit,
         },
         table,
         out_dir=args.out,

@@ -19,6 +19,8 @@ atoms are fitted to pursuit codes (:func:`refine_for_pursuit`).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from s3_retriever.sae import TopKSAE, fraction_of_variance_unexplained
@@ -99,11 +101,17 @@ def pursuit_encode_batched(
 
 @torch.no_grad()
 def refine_for_pursuit(
-    sae: TopKSAE, vectors: torch.Tensor, rounds: int, show_progress: bool = False
+    sae: TopKSAE,
+    vectors: torch.Tensor,
+    rounds: int,
+    show_progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> list[float]:
     """Fit the SAE's decoder atoms to the codes pursuit gives, in place.
 
     Returns the FVU of each round's pursuit codes of ``vectors``, taken before its update.
+    ``device`` (default: where ``vectors`` are) runs the rounds there, on a copy of the SAE whose
+    atoms are copied back at the end.
 
     The SAE was trained for its own encoder. Each round alternates the two halves of classic
     dictionary learning: code every vector by pursuit, then set the atoms to the least-squares
@@ -112,6 +120,11 @@ def refine_for_pursuit(
     The encoder and decoder bias are left as they are: only pursuit codes read the new atoms.
     On SmolLM2 keys 24 rounds took held-out FVU (k = 4) from 0.125 / 0.099 to 0.103 / 0.076.
     """
+    target = sae
+    device = torch.device(device) if device is not None else vectors.device
+    if sae.W_dec.device != device:
+        sae = copy.deepcopy(sae).to(device)
+    vectors = vectors.to(device)
     n_latents, d_in = sae.W_dec.shape
     centred = vectors.float() - sae.b_dec
     history: list[float] = []
@@ -122,10 +135,10 @@ def refine_for_pursuit(
         progress = tqdm(total=rounds, desc="fitting atoms to pursuit", unit="round", leave=False)
     for _ in range(rounds):
         ids, acts = pursuit_encode_batched(sae, vectors)
-        gram = torch.zeros(n_latents * n_latents, dtype=torch.float64)
-        cross = torch.zeros(n_latents, d_in, dtype=torch.float64)
+        gram = torch.zeros(n_latents * n_latents, dtype=torch.float64, device=device)
+        cross = torch.zeros(n_latents, d_in, dtype=torch.float64, device=device)
         history.append(fraction_of_variance_unexplained(vectors, sae.decode(ids, acts)))
-        for rows in torch.split(torch.arange(len(ids)), _ACCUMULATE_ROWS):
+        for rows in torch.split(torch.arange(len(ids), device=device), _ACCUMULATE_ROWS):
             i, a, x = ids[rows], acts[rows].double(), centred[rows].double()
             pairs = (i.unsqueeze(2) * n_latents + i.unsqueeze(1)).reshape(-1)
             gram.index_add_(0, pairs, (a.unsqueeze(2) * a.unsqueeze(1)).reshape(-1))
@@ -133,7 +146,7 @@ def refine_for_pursuit(
         gram_matrix = gram.reshape(n_latents, n_latents)
         used = gram_matrix.diagonal() > 0
         # A small ridge keeps the solve defined for rarely used atoms.
-        ridge = 1e-3 * torch.eye(n_latents, dtype=torch.float64)
+        ridge = 1e-3 * torch.eye(n_latents, dtype=torch.float64, device=device)
         solved = torch.linalg.solve(gram_matrix + ridge, cross).float()
         norms = solved.norm(dim=1, keepdim=True)
         keep = used & (norms.squeeze(1) > 1e-8)
@@ -143,4 +156,6 @@ def refine_for_pursuit(
             progress.set_postfix(fvu=f"{history[-1]:.4f}")
     if progress is not None:
         progress.close()
+    if target is not sae:
+        target.W_dec.copy_(sae.W_dec.to(target.W_dec.device))
     return history

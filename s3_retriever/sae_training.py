@@ -532,7 +532,9 @@ def train_layer_saes(
         train_fvu, coding = result.train_fvu, "encoder"
         if pursuit_rounds is not None:
             coding = "pursuit"
-            refine_for_pursuit(result.sae, train, pursuit_rounds, show_progress=True)
+            refine_for_pursuit(
+                result.sae, train, pursuit_rounds, show_progress=True, device=default_device()
+            )
             train_fvu = held_out_fvu(result.sae, train, coding)
         reports.append(
             LayerReport(

@@ -59,3 +59,25 @@ def test_sae_training_on_gpu_follows_cpu() -> None:
     assert gpu.sae.W_dec.device.type == "cpu"
     assert gpu.train_fvu < 0.5
     assert gpu.train_fvu == pytest.approx(cpu.train_fvu, abs=0.05)
+
+
+def test_pursuit_refinement_on_gpu_follows_cpu() -> None:
+    """Fitting atoms to pursuit codes on the GPU (a copy, written back to the CPU SAE) gives the
+    atoms a CPU refinement gives, to float32 rounding."""
+    from s3_retriever.pursuit import refine_for_pursuit
+    from s3_retriever.sae import TopKSAE
+
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(3000, 32, generator=generator)
+    atoms = torch.nn.functional.normalize(torch.randn(128, 32, generator=generator), dim=1)
+    saes = []
+    for _ in range(2):
+        sae = TopKSAE(SAEConfig(d_in=32, n_latents=128, k=3)).requires_grad_(False)
+        sae.W_dec.copy_(atoms)
+        sae.W_enc.copy_(atoms)
+        saes.append(sae)
+    on_cpu = refine_for_pursuit(saes[0], keys, rounds=3)
+    on_gpu = refine_for_pursuit(saes[1], keys, rounds=3, device="cuda")
+    assert saes[1].W_dec.device.type == "cpu"
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3)
+    torch.testing.assert_close(saes[1].W_dec, saes[0].W_dec, atol=1e-3, rtol=1e-3)
