@@ -106,7 +106,7 @@ class S3Retriever:
                     f"{list(bundle.layers)}. Train SAEs for them (`s3-retriever train-sae`) or "
                     f"set store_postings=False to use the exact scorer only."
                 )
-            _warn_untrained_fields(bundle, self.fields)
+            _warn_untrained_fields(bundle, self.fields, n_kv)
         self.scanner = Scanner(
             loaded.model,
             layers,
@@ -576,11 +576,11 @@ def _whole_number(value: Any, what: str) -> int:
         raise TypeError(f"{what} must be an int, got {type(value).__name__}") from None
 
 
-def _warn_untrained_fields(bundle: SAEBundle, fields: Sequence[Field]) -> None:
+def _warn_untrained_fields(bundle: SAEBundle, fields: Sequence[Field], n_kv: int) -> None:
     """Warn when a field's KV head is not among those its layer's key SAE was trained on."""
     trained_on = bundle.info.get("key_kv_heads") or {}
     untrained = [
-        (layer, kv) for layer, kv in fields if kv not in bundle.trained_kv_heads(layer, kv + 1)
+        (layer, kv) for layer, kv in fields if kv not in bundle.trained_kv_heads(layer, n_kv)
     ]
     if untrained:
         warnings.warn(
