@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.index_size import disk_bytes, index_haystacks
-from benchmarks.real_corpus import data_dir, quiet_retriever
+from benchmarks.real_corpus import data_dir, quiet
 from s3_retriever import ScoringConfig
 from s3_retriever.eval.data import EvalExample, load_hotpotqa_haystacks
 from s3_retriever.eval.metrics import evidence_recall
@@ -51,10 +51,14 @@ def recall_per_question(
 
 
 def measure_bundle(
-    sae: str | None, examples: Sequence[EvalExample], budgets: Sequence[int]
+    sae: str | None,
+    examples: Sequence[EvalExample],
+    budgets: Sequence[int],
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """Postings size and recall of one SAE bundle (None: the shipped one)."""
-    retriever = quiet_retriever(sae)
+    """Postings size and recall of one SAE bundle (None: the shipped one) for ``model`` (None:
+    the bundled one); the retrieval heads are the bundle's."""
+    retriever = quiet(S3Retriever.from_pretrained(model, sae_path=sae))
     index_haystacks(retriever, examples)
     n_tokens = retriever.corpus.n_positions
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,6 +84,7 @@ def measure_bundle(
         }
     return {
         "sae": sae or "shipped",
+        "model": retriever.loaded.model_id,
         "layers": {str(layer): c.__dict__ for layer, c in configs.items()},
         "training": retriever.bundle.info.get("command"),
         "key_kv_heads": retriever.bundle.info.get("key_kv_heads"),
@@ -101,6 +106,7 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=3000, help="words per haystack")
     parser.add_argument("--budgets", default="512,1024,2048")
     parser.add_argument("--sae", nargs="+", required=True, help="SAE bundles; 'shipped' allowed")
+    parser.add_argument("--model", default=None, help="model (default: bundled SmolLM2)")
     parser.add_argument("--out", required=True, help="output path stem (.json, .md)")
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -109,7 +115,8 @@ def main() -> None:
     )
     rows = []
     for sae in args.sae:
-        rows.append(measure_bundle(None if sae == "shipped" else sae, examples, budgets))
+        bundle = None if sae == "shipped" else sae
+        rows.append(measure_bundle(bundle, examples, budgets, args.model))
         print(_line(rows[-1], budgets), flush=True)
     command = "python -m scripts.sae_tradeoff " + " ".join(
         f"--{k} {' '.join(v) if isinstance(v, list) else v}"

@@ -5,6 +5,9 @@ offline. Passage score = mean of its 8 best positions (METHOD.md); metric = reca
 gold passages. Also compares query centring: none, mean text query, mean question query.
 
     python scripts/sweep_heads.py --data ../shared/data --skip 300 --n 60 --out runs/heads.json
+
+``--model`` sweeps another model (a folder or a name ``load_model`` knows, e.g.
+``Qwen2.5-Coder-0.5B-Instruct`` once installed); the default is the bundled SmolLM2.
 """
 
 from __future__ import annotations
@@ -62,11 +65,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=60)
     parser.add_argument("--layers", default="0-11")
     parser.add_argument("--out", default="runs/heads.json")
+    parser.add_argument("--model", default=None, help="model to sweep (default: bundled SmolLM2)")
     args = parser.parse_args()
     lo, hi = (int(x) for x in args.layers.split("-"))
     layers = list(range(lo, hi + 1))
-    lm = load_model()
-    _, n_heads, n_kv, _ = attention_shape(lm.model)
+    lm = load_model(args.model)
+    _, n_heads, n_kv, head_dim = attention_shape(lm.model)
     group = n_heads // n_kv
     scanner = Scanner(
         lm.model,
@@ -79,7 +83,7 @@ def main() -> None:
         args.data, n_questions=args.n, target_words=3000, skip=args.skip
     )
     cached = []
-    text_q_sum = {layer: torch.zeros(n_heads, 64, dtype=torch.float64) for layer in layers}
+    text_q_sum = {layer: torch.zeros(n_heads, head_dim, dtype=torch.float64) for layer in layers}
     text_q_n = 0
     t0 = time.time()
     for ex in examples:
