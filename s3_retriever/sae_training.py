@@ -259,6 +259,10 @@ def collect_vectors(
         doc = tokenize(tokenizer, text)
         if len(doc) == 0:
             continue
+        # The last text is cut at the cap: one long file must not lift the memory bound.
+        keep = min(len(doc), max_tokens - total)
+        if keep < len(doc):
+            doc = TokenizedText(doc.input_ids[:keep], doc.starts[:keep], doc.ends[:keep])
         docs.append(doc)
         total += len(doc)
         if total >= max_tokens:

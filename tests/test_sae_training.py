@@ -327,3 +327,13 @@ def test_retriever_warns_on_heads_the_sae_was_not_trained_on(
         S3Retriever(loaded, narrowed, tiny_config(retrieval_heads=((1, 0), (2, 3))))
     with pytest.warns(UserWarning, match=r"\(1, 1\)"):
         S3Retriever(loaded, narrowed, tiny_config(retrieval_heads=((1, 2), (2, 3))))
+
+
+def test_collection_stops_at_max_tokens_inside_one_long_text(loaded: LoadedModel) -> None:
+    """A single text longer than the cap is cut at it: the memory bound holds for one big file."""
+    text = " ".join(CORPUS.values()) * 3
+    n_tokens = len(tokenize(loaded.tokenizer, text))
+    assert n_tokens > 100
+    captured = collect_vectors(loaded.model, loaded.tokenizer, [text], [1], 60, QUICK)
+    _, _, n_kv, _ = attention_shape(loaded.model)
+    assert captured.keys[1].shape[0] == 60 * n_kv
