@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from s3_retriever.models import attention_shape, decoder_layers
-from s3_retriever.pursuit import pursuit_encode_batched
+from s3_retriever.pursuit import code_vectors
 from s3_retriever.sae import SAEBundle, fraction_of_variance_unexplained
 
 
@@ -46,10 +46,7 @@ def reconstruct(
     sae = bundle.saes[layer]
     mapped = bundle.map_keys(layer, keys.float())
     with torch.no_grad():
-        if bundle.key_coding == "pursuit":
-            ids, acts = pursuit_encode_batched(sae, mapped, k)
-        else:
-            ids, acts = sae.encode(mapped, k)
+        ids, acts = code_vectors(sae, mapped, bundle.key_coding, k)
         rebuilt = sae.decode(ids, acts)
     key_map = bundle.key_maps.get(layer)
     if key_map is not None:

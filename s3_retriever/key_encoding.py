@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from s3_retriever.index import Field
-from s3_retriever.pursuit import pursuit_encode
+from s3_retriever.pursuit import code_vectors
 from s3_retriever.sae import SAEBundle, TopKSAE
 from s3_retriever.scan import BatchCapture
 
@@ -126,10 +126,7 @@ class KeyEncoder:
             part = vectors[start : start + step].float()
             if key_map is not None:
                 part = part @ key_map
-            if self.key_coding == "pursuit":
-                ids, acts = pursuit_encode(sae, part)
-            else:
-                ids, acts = sae.encode(part)
+            ids, acts = code_vectors(sae, part, self.key_coding)
             id_parts.append(ids)
             act_parts.append(acts)
         id_dtype = (

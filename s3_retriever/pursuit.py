@@ -101,6 +101,17 @@ def pursuit_encode_batched(
 
 
 @torch.no_grad()
+def code_vectors(
+    sae: TopKSAE, vectors: torch.Tensor, coding: str, k: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent ids and activations of (..., d_in) vectors, coded as a bundle's ``key_coding``
+    says: by the SAE's own encoder, or by pursuit over its atoms."""
+    if coding == "pursuit":
+        return pursuit_encode_batched(sae, vectors, k)
+    return sae.encode(vectors, k)
+
+
+@torch.no_grad()
 def refine_for_pursuit(
     sae: TopKSAE,
     vectors: torch.Tensor,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from s3_retriever.models import decoder_layers
-from s3_retriever.pursuit import pursuit_encode_batched, refine_for_pursuit
+from s3_retriever.pursuit import code_vectors, refine_for_pursuit
 from s3_retriever.sae import KEY_CODINGS, SAEConfig, TopKSAE, fraction_of_variance_unexplained
 from s3_retriever.sae_checkpoint import (
     TrainingState,
@@ -302,11 +302,9 @@ def split_held_out(
 def held_out_fvu(sae: TopKSAE, vectors: torch.Tensor, coding: str = "encoder") -> float:
     """FVU of ``sae`` on vectors it did not train on, coded by its encoder or by pursuit."""
     with torch.no_grad():
-        if coding == "pursuit":
-            return fraction_of_variance_unexplained(
-                vectors, sae.decode(*pursuit_encode_batched(sae, vectors))
-            )
-        return fraction_of_variance_unexplained(vectors, sae(vectors))
+        return fraction_of_variance_unexplained(
+            vectors, sae.decode(*code_vectors(sae, vectors, coding))
+        )
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from s3_retriever.cluster_search import clustered_exact_scores
 from s3_retriever.index import Field, KeyStore, Postings
 from s3_retriever.int8_dot import QuestionCodes, int8_logits
-from s3_retriever.pursuit import pursuit_encode
+from s3_retriever.pursuit import code_vectors
 from s3_retriever.sae import SAEBundle, TopKSAE
 
 ScorerName = Literal["exact", "aligned", "coactivation"]
@@ -294,7 +294,7 @@ def coactivation_scores(
     """
     vectors = torch.from_numpy(queries.astype(np.float32))
     with torch.no_grad():
-        ids, acts = pursuit_encode(sae, vectors) if key_coding == "pursuit" else sae.encode(vectors)
+        ids, acts = code_vectors(sae, vectors, key_coding)
     ids_np = ids.numpy().reshape(-1)
     acts_np = acts.numpy().reshape(-1)
     df = postings.doc_freq().astype(np.float64)
