@@ -35,13 +35,9 @@ def main() -> None:
     rows = []
     for folder in args.sae:
         bundle = SAEBundle.load(folder)
-        heads = bundle.info.get("key_kv_heads", {})
         for layer, sae in sorted(bundle.saes.items()):
-            keys = select_kv_heads(
-                cached[f"keys.{layer}"].float(),
-                N_KV_HEADS,
-                heads.get(str(layer), range(N_KV_HEADS)),
-            )
+            trained = bundle.trained_kv_heads(layer, N_KV_HEADS)
+            keys = select_kv_heads(cached[f"keys.{layer}"].float(), N_KV_HEADS, trained)
             keys = bundle.map_keys(layer, keys)
             _, test = split_held_out(keys, 0.1)
             row = {"sae": folder, "layer": layer, "held_out_keys": len(test)}
