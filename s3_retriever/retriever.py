@@ -182,26 +182,40 @@ class S3Retriever:
         texts: Sequence[str],
         ids: Sequence[str] | None = None,
         metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        replace: bool = False,
     ) -> list[str]:
         """Scan and index ``texts``; returns their ids (new UUIDs where ``ids`` is None).
 
-        Nothing is committed unless every document was scanned, so an interrupted call leaves
-        the index as it was.
+        An id that is already indexed is refused, unless ``replace=True``: then that document is
+        replaced by the new text and metadata (an upsert). Nothing is committed unless every
+        document was scanned, so an interrupted call leaves the index as it was, and a reader
+        sees either the old documents or the new ones.
         """
-        texts, ids_list, metas = self._validate_new(texts, ids, metadatas)
+        texts, ids_list, metas = self._validate_new(texts, ids, metadatas, replace)
         if not texts:
             return []
         tokenized = [tokenize(self.loaded.tokenizer, text) for text in texts]
         with self._lock:
-            # Checked again under the lock: another thread may have added these ids meanwhile.
-            self._check_ids_free(ids_list)
-            base = self.corpus.n_positions
+            replaced: set[int] = set()
+            if replace:
+                rows_by_id = self.corpus.row_of()
+                replaced = {rows_by_id[i] for i in ids_list if i in rows_by_id}
+            else:
+                # Checked again under the lock: another thread may have added these ids.
+                self._check_ids_free(ids_list)
+            # New documents follow those that stay: the replaced ones leave before the commit.
+            base = self.corpus.n_positions - int(
+                self.corpus.doc_token_count[sorted(replaced)].sum()
+            )
             doc_base = base + np.concatenate(
                 [[0], np.cumsum([len(t) for t in tokenized])[:-1]]
             ).astype(np.int64)
             new_keys: NewKeys = {f: [] for f in self.fields}
             new_codes: NewCodes = {f: [] for f in self.fields}
             self.encoder.run(self.scanner.scan_batches(tokenized), doc_base, new_keys, new_codes)
+            if replaced:
+                self._delete_rows(replaced)
             self._commit(texts, ids_list, metas, tokenized, new_keys, new_codes)
         return ids_list
 
@@ -233,6 +247,7 @@ class S3Retriever:
         texts: Sequence[str],
         ids: Sequence[str] | None,
         metadatas: Sequence[Mapping[str, Any] | None] | None,
+        replace: bool = False,
     ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
         if isinstance(texts, str):
             raise TypeError("add_documents takes a list of texts; wrap a single text in [ ]")
@@ -257,7 +272,8 @@ class S3Retriever:
             ids_list = [str(i) for i in ids]
         if len(set(ids_list)) != len(ids_list):
             raise ValueError("ids contain duplicates; every document needs its own id")
-        self._check_ids_free(ids_list)
+        if not replace:
+            self._check_ids_free(ids_list)
         if metadatas is not None and len(metadatas) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(metadatas)} metadatas")
         metas = [
@@ -271,7 +287,7 @@ class S3Retriever:
         clash = [i for i in ids if i in existing]
         if clash:
             raise ValueError(
-                f"ids already indexed: {clash[:5]}; delete them first to replace those documents"
+                f"ids already indexed: {clash[:5]}; pass replace=True to replace those documents"
             )
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -281,15 +297,17 @@ class S3Retriever:
         with self._lock:
             rows_by_id = self.corpus.row_of()
             rows = {rows_by_id[i] for i in ids if i in rows_by_id}
-            if not rows:
-                return 0
-            keep = self.corpus.delete_rows(rows)
-            for store in self.key_stores.values():
-                store.keep(keep)
-            for postings in self.postings.values():
-                postings.keep(keep)
-            self.bm25.invalidate()
+            if rows:
+                self._delete_rows(rows)
             return len(rows)
+
+    def _delete_rows(self, rows: set[int]) -> None:
+        keep = self.corpus.delete_rows(rows)
+        for store in self.key_stores.values():
+            store.keep(keep)
+        for postings in self.postings.values():
+            postings.keep(keep)
+        self.bm25.invalidate()
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
