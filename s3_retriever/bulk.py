@@ -10,12 +10,13 @@ Memory holds the index itself plus one batch of documents, never the whole input
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from s3_retriever.console import Progress, progress_bar
 
 if TYPE_CHECKING:
     from s3_retriever.retriever import S3Retriever
@@ -130,22 +131,21 @@ def index_corpus(
     out: str | Path,
     commit_every: int = 200,
     total: int | None = None,
-    progress: bool = True,
+    progress: Progress = None,
     on_commit: Callable[[BulkReport], None] | None = None,
 ) -> BulkReport:
     """Add ``documents`` to ``retriever`` in batches, saving to ``out`` after each batch.
 
     Documents whose ids the index already holds are skipped, which is what makes a rerun of an
     interrupted command resume where it stopped. ``total`` (documents, for the progress bar) may
-    be given when known. ``on_commit`` is called after every save.
+    be given when known. ``progress`` is the switch of :mod:`s3_retriever.console` (default: a
+    bar only on a terminal). ``on_commit`` is called after every save.
     """
     if commit_every < 1:
         raise ValueError(f"commit_every must be at least 1, got {commit_every}")
-    # One bar for the whole corpus; per-batch scan bars would stack below it.
-    retriever.scanner.config = dataclasses.replace(retriever.scanner.config, show_progress=False)
     report = BulkReport()
     done = set(retriever.doc_ids)
-    bar = _progress_bar(total, progress)
+    bar = progress_bar(total, "indexing", "doc", progress, smoothing=0.1)
     batch: list[SourceDocument] = []
 
     def commit() -> None:
@@ -154,6 +154,7 @@ def index_corpus(
             [d.text for d in batch],
             ids=[d.doc_id for d in batch],
             metadatas=[d.metadata for d in batch],
+            progress=False,  # one bar for the whole corpus; per-batch scan bars would stack
         )
         retriever.save(out)
         report.added += len(batch)
@@ -185,10 +186,4 @@ def index_corpus(
     return report
 
 
-def _progress_bar(total: int | None, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
 
-    # disable=None: no bar when stderr is not a terminal (logs, pipes, CI).
-    return tqdm(total=total, unit="doc", desc="indexing", smoothing=0.1, disable=None)

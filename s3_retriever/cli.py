@@ -61,7 +61,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         out,
         commit_every=args.commit_every,
         total=total,
-        progress=not args.quiet,
+        progress=False if args.quiet else None,  # None: a bar only on a terminal
     )
     skipped = f", skipped {report.skipped} already indexed" if report.skipped else ""
     print(
@@ -297,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="save the index after this many documents (default 200); a killed run loses at "
         "most one batch",
     )
-    index.add_argument("--quiet", action="store_true", help="no progress bar")
+    index.add_argument(
+        "--quiet", action="store_true", help="no progress bar (by default one only on a terminal)"
+    )
     index.set_defaults(run=_cmd_index)
 
     query = sub.add_parser("query", help="retrieve evidence spans for a question")

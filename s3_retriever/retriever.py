@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from s3_retriever.config import RetrieverConfig
+from s3_retriever.console import Progress
 from s3_retriever.corpus import Corpus, check_metadata
 from s3_retriever.errors import SAEError
 from s3_retriever.filters import Filters, document_mask
@@ -184,8 +185,12 @@ class S3Retriever:
         metadatas: Sequence[Mapping[str, Any] | None] | None = None,
         *,
         replace: bool = False,
+        progress: Progress = None,
     ) -> list[str]:
         """Scan and index ``texts``; returns their ids (new UUIDs where ``ids`` is None).
+
+        ``progress`` switches the scan's progress bar for this call (``True`` / ``False``);
+        ``None`` keeps ``config.scan.show_progress``, by default a bar only on a terminal.
 
         An id that is already indexed is refused, unless ``replace=True``: then that document is
         replaced by the new text and metadata (an upsert). Nothing is committed unless every
@@ -213,7 +218,8 @@ class S3Retriever:
             ).astype(np.int64)
             new_keys: NewKeys = {f: [] for f in self.fields}
             new_codes: NewCodes = {f: [] for f in self.fields}
-            self.encoder.run(self.scanner.scan_batches(tokenized), doc_base, new_keys, new_codes)
+            batches = self.scanner.scan_batches(tokenized, progress=progress)
+            self.encoder.run(batches, doc_base, new_keys, new_codes)
             if replaced:
                 self._delete_rows(replaced)
             self._commit(texts, ids_list, metas, tokenized, new_keys, new_codes)

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from s3_retriever.console import progress_bar
 from s3_retriever.models import decoder_layers
 from s3_retriever.pursuit import code_vectors, refine_for_pursuit
 from s3_retriever.sae import KEY_CODINGS, SAEConfig, TopKSAE, fraction_of_variance_unexplained
@@ -64,11 +65,8 @@ class TrainResult:
 
 
 def _progress(total: int, show: bool) -> Any:
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="training SAE", unit="step", leave=False)
+    # show=True still draws only on a terminal (s3_retriever/console.py).
+    return progress_bar(total, "training SAE", "step", None if show else False, leave=False)
 
 
 def default_device() -> str:
