@@ -4,6 +4,7 @@ from s3_retriever.config import RetrieverConfig
 from s3_retriever.errors import IndexLoadError, ModelError, S3RetrieverError, SAEError
 from s3_retriever.fusion import HybridConfig
 from s3_retriever.lexical import LexicalConfig
+from s3_retriever.relevance import FewerHitsWarning
 from s3_retriever.retriever import Hit, S3Retriever
 from s3_retriever.sae import SAEBundle, SAEConfig, TopKSAE
 from s3_retriever.scan import ScanConfig
@@ -12,6 +13,7 @@ from s3_retriever.segment import SegmentConfig
 from s3_retriever.spans import SpanConfig
 
 __all__ = [
+    "FewerHitsWarning",
     "Hit",
     "HybridConfig",
     "IndexLoadError",

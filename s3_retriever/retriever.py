@@ -27,6 +27,7 @@ from s3_retriever.index import Field, KeyStore, Postings
 from s3_retriever.key_encoding import KeyEncoder, NewCodes, NewKeys
 from s3_retriever.lexical import BM25Index
 from s3_retriever.models import LoadedModel, attention_shape, load_model
+from s3_retriever.relevance import COMPONENTS, unit_relevance, warn_fewer_hits
 from s3_retriever.sae import COMPACT_VARIANT, SAEBundle, shipped_bundle_dir
 from s3_retriever.scan import Scanner, TokenizedText, tokenize
 from s3_retriever.scoring import content_token_indices, score_positions
@@ -35,6 +36,8 @@ from s3_retriever.spans import Seed, grow, merge_adjacent, pack, peak_units, smo
 
 Mode = Literal["hybrid", "s3", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "s3", "bm25")
+Order = Literal["document", "score"]
+ORDERS: tuple[str, ...] = ("document", "score")
 
 
 _QUERY_CACHE_SIZE = 32
@@ -59,6 +62,9 @@ class Hit:
     """The document's metadata."""
     scores: dict[str, float] = field(default_factory=dict)
     """Component scores: ``s3`` and/or ``bm25``."""
+    relevance: float = 0.0
+    """Normalised relevance in [0, 1]: the best component score of the span's units over that
+    component's best unit for the question (:mod:`s3_retriever.relevance`)."""
 
     @property
     def id(self) -> str:
@@ -330,8 +336,13 @@ class S3Retriever:
         token_budget: int = 1024,
         mode: Mode = "hybrid",
         filters: Filters | None = None,
+        order: Order = "document",
     ) -> list[Hit]:
-        """Evidence spans for ``query`` within ``token_budget`` model tokens, in document order.
+        """Evidence spans for ``query`` within ``token_budget`` model tokens.
+
+        Only units whose relevance reaches ``config.spans.min_relevance`` start spans, so no span
+        without evidence pads the budget; fewer spans than ``top_k`` (with a warning) or fewer
+        tokens than the budget may come back.
 
         Args:
             query: the question. Empty or whitespace-only gives ``[]``.
@@ -340,12 +351,16 @@ class S3Retriever:
             token_budget: total model tokens of the returned spans.
             mode: ``hybrid`` (S3 + BM25), ``s3`` (S3-Pure) or ``bm25``.
             filters: metadata filters (see :mod:`s3_retriever.filters`), applied before ranking.
+            order: ``document`` (by document, then position: reads like the source) or
+                ``score`` (best first; ties keep document order).
         """
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         _check_encodable(query, "query")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
         if top_k is not None:
             top_k = _whole_number(top_k, "top_k")
             if top_k < 0:
@@ -363,8 +378,22 @@ class S3Retriever:
             if not unit_mask.any():
                 return []
             components = self._component_scores(query, mode, doc_mask)
-            ranking, ranked_score = self._rank(components, mode, unit_mask, token_budget)
-            return self._pack_hits(ranking, ranked_score, components, token_budget, top_k)
+            relevance = unit_relevance(components, unit_mask)
+            evidence = unit_mask & (relevance >= self.config.spans.min_relevance)
+            ranking, ranked_score = self._rank(components, mode, evidence, token_budget)
+            hits, used = self._pack_hits(
+                ranking, ranked_score, components, relevance, token_budget, top_k
+            )
+            if top_k is not None and len(hits) < top_k:
+                warn_fewer_hits(
+                    len(hits),
+                    top_k,
+                    used,
+                    token_budget,
+                    (int(doc_mask.sum()), len(doc_mask)) if filters else None,
+                    self.config.spans.min_relevance,
+                )
+        return sorted(hits, key=lambda hit: -hit.score) if order == "score" else hits
 
     def score_positions(self, query: str, doc_mask: np.ndarray | None = None) -> np.ndarray:
         """Raw S3 score of every indexed token position for ``query`` (before smoothing)."""
@@ -512,9 +541,11 @@ class S3Retriever:
         groups: Iterable[list[int] | Seed],
         ranked_score: np.ndarray,
         components: dict[str, np.ndarray],
+        relevance: np.ndarray,
         token_budget: int,
         top_k: int | None,
-    ) -> list[Hit]:
+    ) -> tuple[list[Hit], int]:
+        """The hits of the packed groups, in document order, and the tokens they use."""
         counts = self.corpus.unit_token_counts()
         chosen = pack(groups, counts, token_budget, self.corpus, max_spans=top_k)
         runs = merge_adjacent(chosen, self.corpus)
@@ -526,7 +557,7 @@ class S3Retriever:
             parts = {
                 name: float(values[run].max())
                 for name, values in components.items()
-                if name in ("s3", "bm25")
+                if name in COMPONENTS
             }
             hits.append(
                 Hit(
@@ -537,9 +568,10 @@ class S3Retriever:
                     score=float(ranked_score[run].max()),
                     metadata=dict(self.corpus.metadatas[row]),
                     scores=parts,
+                    relevance=float(relevance[run].max()),
                 )
             )
-        return hits
+        return hits, int(counts[chosen].sum()) if chosen else 0
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:

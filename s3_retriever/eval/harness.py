@@ -214,8 +214,11 @@ def run_eval(
     """
     if retriever is None:
         retriever = S3Retriever.from_pretrained(settings.model, sae_path=settings.sae)
+    # No relevance floor: every method fills its budget, so recall compares at equal tokens
+    # (--set spans.min_relevance=... or --sweep measures the floor itself).
     base_config = retriever.config.replace(
-        scan=dataclasses.replace(retriever.config.scan, show_progress=False)
+        scan=dataclasses.replace(retriever.config.scan, show_progress=False),
+        spans=dataclasses.replace(retriever.config.spans, min_relevance=0.0),
     )
     configs = variants(base_config, settings)
     tokenizer = retriever.loaded.tokenizer
