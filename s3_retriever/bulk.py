@@ -86,16 +86,28 @@ def _files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
+def _holds_no_text(path: Path) -> bool:
+    """An empty or whitespace-only file (a JSONL file: no non-blank line)."""
+    with open(path, "rb") as handle:
+        return all(not chunk.strip() for chunk in iter(lambda: handle.read(1 << 16), b""))
+
+
+def empty_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """The input files that hold no text; :func:`iter_documents` skips them."""
+    return [path for path in _files([Path(p) for p in paths]) if _holds_no_text(path)]
+
+
 def iter_documents(paths: Sequence[str | Path]) -> Iterator[SourceDocument]:
     """Documents of text files, folders (every file below, in sorted order) and JSONL files.
 
     A text file is one document whose id is its path; a JSONL line's id is its ``id`` field, or
-    ``path:line`` without one. Files are read one at a time.
+    ``path:line`` without one. Files are read one at a time; those holding no text (see
+    :func:`empty_inputs`) are skipped.
     """
     for path in _files([Path(p) for p in paths]):
         if path.suffix.lower() in JSONL_SUFFIXES:
             yield from _jsonl_documents(path)
-        else:
+        elif not _holds_no_text(path):
             yield SourceDocument(str(path), read_text(path), {"source": str(path)})
 
 
@@ -106,7 +118,7 @@ def count_documents(paths: Sequence[str | Path]) -> int:
         if path.suffix.lower() in JSONL_SUFFIXES:
             with open(path, "rb") as handle:
                 total += sum(1 for line in handle if line.strip())
-        else:
+        elif not _holds_no_text(path):
             total += 1
     return total
 

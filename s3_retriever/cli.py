@@ -2,7 +2,8 @@
 
 s3-retriever index PATH... --out DIR      scan files, folders or JSONL into an index directory
                                           (saved every --commit-every docs; --resume continues)
-s3-retriever query DIR "question"         print evidence spans with sources and scores
+s3-retriever query DIR "question"...      evidence spans, best first (stdin: one question a
+                                          line, JSON lines out; --filter key=value)
 s3-retriever train-sae --data PATH --out DIR   train an SAE bundle for a model
 s3-retriever sae-report --data PATH --out STEM  fidelity report of an SAE bundle
 s3-retriever eval --data DIR --tasks T --out STEM  retrieval quality against baselines
@@ -11,16 +12,18 @@ s3-retriever eval --data DIR --tasks T --out STEM  retrieval quality against bas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from s3_retriever.errors import S3RetrieverError
 
 if TYPE_CHECKING:
     from s3_retriever.bulk import SourceDocument
+    from s3_retriever.retriever import Hit
 
 
 class CLIError(Exception):
@@ -34,12 +37,19 @@ def _read_text(path: Path) -> str:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from s3_retriever.bulk import count_documents, index_corpus, iter_documents
+    from s3_retriever.bulk import count_documents, empty_inputs, index_corpus, iter_documents
     from s3_retriever.persistence import has_index
     from s3_retriever.retriever import S3Retriever
 
     out = Path(args.out)
     total = count_documents(args.files)  # also checks that every input exists, before loading
+    if total == 0:
+        raise CLIError(
+            f"nothing to index: {' '.join(args.files)} hold(s) no text; pass non-empty UTF-8 "
+            f"text files, folders of them, or JSONL files"
+        )
+    for path in empty_inputs(args.files):
+        print(f"s3-retriever: skipping {path}: it holds no text", file=sys.stderr)
     # has_index also sees an index that a killed save left only in its backup, so --append
     # or --resume continues from it instead of starting an empty index that would hide it.
     exists = has_index(out)
@@ -86,32 +96,84 @@ def _refuse_indexed(
 def _cmd_query(args: argparse.Namespace) -> int:
     from s3_retriever.retriever import S3Retriever
 
+    filters = _parse_filters(args.filter)
     retriever = S3Retriever.load(Path(args.index), model_path=args.model)
-    hits = retriever.retrieve(
-        args.question, token_budget=args.budget, mode=args.mode, top_k=args.top_k
-    )
-    if args.json:
-        rows = [
-            {
-                "id": h.id,
-                "doc_id": h.doc_id,
-                "start_char": h.start_char,
-                "end_char": h.end_char,
-                "score": h.score,
-                "scores": h.scores,
-                "text": h.text,
-            }
-            for h in hits
-        ]
-        print(json.dumps(rows, ensure_ascii=False, indent=1))
-        return 0
+    # Several questions (or questions on stdin) answer one JSON line each: one model load.
+    questions: Iterator[str] = iter(args.questions) if args.questions else _stdin_lines()
+    as_json = args.json or len(args.questions) != 1
+    answered = 0
+    for question in questions:
+        hits = retriever.retrieve(
+            question,
+            token_budget=args.token_budget,
+            mode=args.mode,
+            top_k=args.top_k,
+            filters=filters,
+            order=args.order,
+        )
+        answered += 1
+        if as_json:
+            rows = [_hit_row(rank, hit) for rank, hit in enumerate(hits, start=1)]
+            print(json.dumps({"question": question, "hits": rows}, ensure_ascii=False), flush=True)
+        else:
+            _print_hits(hits)
+    if answered == 0:
+        raise CLIError("no question given: pass questions as arguments or one per line on stdin")
+    return 0
+
+
+def _stdin_lines() -> Iterator[str]:
+    """Non-blank lines of stdin, each as soon as it arrives (so a pipe gets answers as it goes)."""
+    for line in sys.stdin:
+        if line.strip():
+            yield line.strip()
+
+
+def _hit_row(rank: int, hit: Hit) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "id": hit.id,
+        "doc_id": hit.doc_id,
+        "start_char": hit.start_char,
+        "end_char": hit.end_char,
+        "relevance": hit.relevance,
+        "score": hit.score,
+        "scores": hit.scores,
+        "text": hit.text,
+    }
+
+
+def _print_hits(hits: Sequence[Hit]) -> None:
     if not hits:
         print("no evidence found")
-    for hit in hits:
+    for rank, hit in enumerate(hits, start=1):
         parts = " ".join(f"{k}={v:.4g}" for k, v in hit.scores.items())
-        print(f"[{hit.doc_id} {hit.start_char}:{hit.end_char}] score={hit.score:.4g} {parts}")
+        print(
+            f"{rank}. [{hit.doc_id} {hit.start_char}:{hit.end_char}] "
+            f"relevance={hit.relevance:.2f} score={hit.score:.4g} {parts}"
+        )
         print("    " + hit.text.replace("\n", "\n    "))
-    return 0
+
+
+def _parse_filters(items: Sequence[str]) -> dict[str, Any] | None:
+    """``--filter key=value`` options as core filters; a key given twice matches either value.
+
+    A value that reads as JSON (``2021``, ``true``, ``"a b"``) is that value, else the text.
+    """
+    filters: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--filter takes key=value, e.g. --filter source=a.txt; got {item!r}")
+        key = key.strip()
+        value: Any = raw
+        if key != "doc_id":  # document ids are always text
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(raw)
+        filters.setdefault(key, []).append(value)
+    if not filters:
+        return None
+    return {key: values[0] if len(values) == 1 else values for key, values in filters.items()}
 
 
 def _cmd_train_sae(args: argparse.Namespace) -> int:
@@ -259,6 +321,12 @@ def _eval_command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def _eval_task_names() -> list[str]:
+    from s3_retriever.eval.harness import TASKS
+
+    return list(TASKS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3-retriever",
@@ -302,14 +370,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.set_defaults(run=_cmd_index)
 
-    query = sub.add_parser("query", help="retrieve evidence spans for a question")
+    query = sub.add_parser(
+        "query",
+        help="retrieve evidence spans for questions, best first",
+        description="Print the evidence spans for each question, best first with their rank. "
+        "One question prints text; several (arguments, or one per line on stdin when none is "
+        "given) print one JSON line each, {question, hits}, with the model loaded once.",
+    )
     query.add_argument("index", help="index directory")
-    query.add_argument("question", help="the question")
-    query.add_argument("--budget", type=int, default=512, help="token budget (default 512)")
-    query.add_argument("--mode", choices=("hybrid", "s3", "bm25"), default="hybrid")
+    query.add_argument(
+        "questions", nargs="*", metavar="question", help="questions (default: read from stdin)"
+    )
+    query.add_argument(
+        "--token-budget",
+        "--budget",
+        dest="token_budget",
+        type=int,
+        default=512,
+        help="model tokens of all spans returned for a question (default 512)",
+    )
+    query.add_argument(
+        "--mode",
+        choices=("hybrid", "s3", "bm25"),
+        default="hybrid",
+        help="hybrid: the model's attention fused with BM25 (default); s3: attention only; "
+        "bm25: words only",
+    )
     query.add_argument("--top-k", type=int, default=None, help="keep at most this many spans")
+    query.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only documents whose metadata KEY equals VALUE (JSON or text; doc_id for ids); "
+        "repeat a key to allow several values, repeat keys to require each",
+    )
+    query.add_argument(
+        "--order",
+        choices=("score", "document"),
+        default="score",
+        help="score: best first (default); document: in reading order",
+    )
     query.add_argument("--model", default=None, help="model folder the index was built with")
-    query.add_argument("--json", action="store_true", help="print JSON instead of text")
+    query.add_argument("--json", action="store_true", help="JSON lines even for one question")
     query.set_defaults(run=_cmd_query)
 
     evaluate = sub.add_parser(
@@ -319,7 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
         "budgets and write <out>.json, <out>.md and <out>.png.",
     )
     evaluate.add_argument("--data", default=None, help="evaluation data folder (see docs)")
-    evaluate.add_argument("--tasks", default="hotpotqa-3k", help="comma-separated task names")
+    evaluate.add_argument(
+        "--tasks",
+        default="hotpotqa-3k",
+        help=f"comma-separated task names: {', '.join(_eval_task_names())} (default hotpotqa-3k)",
+    )
     evaluate.add_argument(
         "--methods",
         default="s3:exact,hybrid:exact,bm25,dense,bm25+dense,full",
