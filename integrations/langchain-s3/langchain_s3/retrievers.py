@@ -39,7 +39,7 @@ def hit_to_document(hit: Hit) -> Document:
     The metadata is the source document's metadata, never overwritten, plus:
 
     * ``s3``: the span's fields ``doc_id``, ``span_id``, ``start_index``, ``end_index``,
-      ``score`` and ``scores`` (component scores ``s3`` / ``bm25``);
+      ``score``, ``scores`` (component scores ``s3`` / ``bm25``) and ``relevance`` (in [0, 1]);
     * ``start_index``: the span's start in the document, where LangChain's text splitters put
       it (``add_start_index=True``), unless the metadata already has one;
     * ``source``: the document id, unless the metadata already has a ``source``.
@@ -54,6 +54,7 @@ def hit_to_document(hit: Hit) -> Document:
         "end_index": hit.end_char,
         "score": hit.score,
         "scores": dict(hit.scores),
+        "relevance": hit.relevance,
     }
     if RESERVED_KEY in metadata:
         warnings.warn(
@@ -250,13 +251,12 @@ class S3AttentionRetriever(BaseRetriever):
             "token_budget": options["token_budget"],
             "mode": options["mode"],
             "filters": options["filters"],
+            "order": "score",  # best first; ties keep document order
         }
 
     @staticmethod
     def _to_documents(hits: Sequence[Hit]) -> list[Document]:
-        """Documents best score first; ties keep the core's document order."""
-        ranked = sorted(hits, key=lambda hit: -hit.score)
-        return [hit_to_document(hit) for hit in ranked]
+        return [hit_to_document(hit) for hit in hits]
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any

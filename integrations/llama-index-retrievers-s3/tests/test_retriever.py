@@ -72,6 +72,7 @@ def test_nodes_are_exact_spans_with_unique_deterministic_ids(
             ours = node.metadata["s3"]
             assert ours["span_id"] == node.node_id and ours["score"] == result.score
             assert set(ours["scores"]) == {"s3", "bm25"}
+            assert 0.0 <= ours["relevance"] <= 1.0
             assert "s3" not in node.get_content(metadata_mode=MetadataMode.LLM)
             assert isinstance(result.score, float)
         scores = [r.score for r in results]

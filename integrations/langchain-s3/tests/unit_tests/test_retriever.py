@@ -32,7 +32,7 @@ def test_metadata_fields(core: S3Retriever) -> None:
     for doc in docs:
         meta = doc.metadata
         span = meta["s3"]
-        assert set(span) == SPAN_KEYS
+        assert set(span) == SPAN_KEYS | {"relevance"}
         assert set(meta) == {"topic", "year", "source", "start_index", "s3"}
         span_id = f"{span['doc_id']}:{span['start_index']}:{span['end_index']}"
         assert doc.id == span["span_id"] == span_id

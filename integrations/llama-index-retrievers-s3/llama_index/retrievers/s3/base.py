@@ -49,7 +49,8 @@ def hit_to_node(hit: Hit) -> NodeWithScore:
     """Translate one core :class:`~s3_retriever.Hit` into a scored ``TextNode``.
 
     The node's metadata is the document's metadata plus, under the one key ``"s3"``, the span
-    id, the ranking score and the component scores (``scores``); that key is excluded from the
+    id, the ranking score, the component scores (``scores``) and the normalised ``relevance`` in
+    [0, 1] (``s3_retriever/relevance.py``); that key is excluded from the
     text LLMs and embedders see. The document's own metadata is never overwritten.
     """
     metadata: dict[str, Any] = dict(hit.metadata)
@@ -61,7 +62,12 @@ def hit_to_node(hit: Hit) -> NodeWithScore:
             stacklevel=2,
         )
     else:
-        metadata[RESERVED_KEY] = {"span_id": hit.id, "score": hit.score, "scores": dict(hit.scores)}
+        metadata[RESERVED_KEY] = {
+            "span_id": hit.id,
+            "score": hit.score,
+            "scores": dict(hit.scores),
+            "relevance": hit.relevance,
+        }
     node = TextNode(
         id_=hit.id,
         text=hit.text,
@@ -268,12 +274,13 @@ class S3AttentionRetriever(BaseRetriever):
             "token_budget": self.token_budget,
             "mode": self.mode,
             "filters": to_core_filters(self.filters),
+            "order": "score",  # best first; ties keep document order
         }
 
     @staticmethod
     def _to_nodes(hits: Sequence[Hit]) -> list[NodeWithScore]:
-        """Nodes best score first (ties keep the core's document order), neighbours linked."""
-        results = [hit_to_node(hit) for hit in sorted(hits, key=lambda hit: -hit.score)]
+        """Nodes in the core's best-first order, neighbours linked."""
+        results = [hit_to_node(hit) for hit in hits]
         link_neighbours(results)
         return results
 
