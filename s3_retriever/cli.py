@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from s3_retriever.errors import S3RetrieverError
 
@@ -48,8 +48,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
             f"nothing to index: {' '.join(args.files)} hold(s) no text; pass non-empty UTF-8 "
             f"text files, folders of them, or JSONL files"
         )
-    for path in empty_inputs(args.files):
-        print(f"s3-retriever: skipping {path}: it holds no text", file=sys.stderr)
+    empty = empty_inputs(args.files)
     # has_index also sees an index that a killed save left only in its backup, so --append
     # or --resume continues from it instead of starting an empty index that would hide it.
     exists = has_index(out)
@@ -74,6 +73,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
         progress=False if args.quiet else None,  # None: a bar only on a terminal
     )
     skipped = f", skipped {report.skipped} already indexed" if report.skipped else ""
+    if empty:
+        skipped += f", skipped {len(empty)} file(s) holding no text: {' '.join(map(str, empty))}"
     print(
         f"indexed {report.added} document(s), {report.tokens} tokens{skipped} -> {out} "
         f"({retriever.corpus.n_positions} tokens in all)"
@@ -327,8 +328,18 @@ def _eval_task_names() -> list[str]:
     return list(TASKS)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors survive arguments that are not valid UTF-8."""
+
+    def error(self, message: str) -> NoReturn:
+        # An unknown argument decoded with surrogateescape would make printing the error fail.
+        safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {safe}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="s3-retriever",
         description="Evidence retrieval from long documents with a language model's attention.",
     )

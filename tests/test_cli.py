@@ -366,8 +366,8 @@ def test_empty_input_files_are_reported(
     assert not tiny_from_pretrained and not (tmp_path / "none").exists()
     assert main(["index", str(empty), str(files[0]), "--out", str(tmp_path / "one")]) == 0
     out = capsys.readouterr()
-    assert f"skipping {empty}: it holds no text" in out.err
     assert out.out.startswith("indexed 1 document(s)")
+    assert f"skipped 1 file(s) holding no text: {empty}" in out.out
 
 
 def test_query_with_bad_budget_reports_error(
