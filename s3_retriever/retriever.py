@@ -132,6 +132,9 @@ class S3Retriever:
             if self.config.store_postings
         }
         self.bm25 = BM25Index(self.config.lexical)
+        self.index_versions: dict[str, str] = {}
+        """Index folder -> sha256 of the manifest this retriever last loaded from or saved
+        there; a save refuses to replace a version it has not seen (another writer's)."""
         self._lock = threading.RLock()
         self._query_cache: OrderedDict[str, dict[int, Any]] = OrderedDict()
 
