@@ -334,7 +334,7 @@ def _named(exc: BaseException, root: Path, folder: Path) -> BaseException:
 
 def _read_generation(root: Path, folder: Path, with_contents: bool) -> StoredIndex:
     try:
-        raw = read_json_file(root / "manifest.json")
+        raw = read_json_file(root / "manifest.json", bounded_ints=True)
     except UntrustedFileError as exc:
         raise IndexLoadError(f"{exc}; the index is damaged. Rebuild the index.") from exc
     if not isinstance(raw, dict) or raw.get("format_version") not in _READABLE_VERSIONS:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from s3_retriever.config import RetrieverConfig
+from s3_retriever.untrusted import HugeInt
 
 MAX_COUNT = 2**53
 """Ceiling on any count an index declares (documents, positions, heads): far above any real
@@ -122,7 +123,8 @@ def parse_config(data: dict[str, Any]) -> RetrieverConfig:
 
 def _huge_int(value: Any, where: str) -> str | None:
     """Where ``value`` holds an int of absolute value above :data:`MAX_COUNT`, or None."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_COUNT:
+    too_big = isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_COUNT
+    if too_big or isinstance(value, HugeInt):
         return where or "value"
     items = (
         value.items()

@@ -30,15 +30,27 @@ class UntrustedFileError(S3RetrieverError, ValueError):
     """A file's content is malformed or declares more than it holds; the message says which."""
 
 
-def read_json_file(path: Path, max_bytes: int | None = None) -> Any:
+class HugeInt(str):
+    """An integer literal too long to be any count (see :func:`read_json_file`), kept as its
+    digits so the schema can name the field that holds it."""
+
+
+def _bounded_int(digits: str) -> int | HugeInt:
+    # Python refuses to convert over 4,300 digits with a ValueError that names no field.
+    return HugeInt(digits) if len(digits) > 30 else int(digits)
+
+
+def read_json_file(path: Path, max_bytes: int | None = None, bounded_ints: bool = False) -> Any:
     """Parse a JSON file of at most ``max_bytes`` (default :data:`MAX_MANIFEST_BYTES`), refusing
-    larger ones before reading them."""
+    larger ones before reading them. With ``bounded_ints``, integers of over 30 digits are read
+    as :class:`HugeInt` for the caller to refuse by field."""
     max_bytes = MAX_MANIFEST_BYTES if max_bytes is None else max_bytes
     size = path.stat().st_size
     if size > max_bytes:
         raise UntrustedFileError(f"{path} is {size} bytes, more than the {max_bytes} allowed")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text, parse_int=_bounded_int) if bounded_ints else json.loads(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         # ValueError also covers integers past Python's 4,300-digit conversion limit.
         raise UntrustedFileError(f"{path} is not valid UTF-8 JSON: {exc}") from exc
