@@ -59,7 +59,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 @contextmanager
 def pinned(folder: Path) -> Iterator[tuple[Path, tuple[int, int]]]:
     """Open ``folder``; yields a path that reads through the open folder, and its identity."""
-    if folder.is_symlink() is False and not folder.is_dir():
+    if not folder.is_dir():
         raise IndexLoadError(f"{folder} is not a folder; it holds no s3-retriever index.")
     handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:

@@ -326,7 +326,8 @@ def _still_current(path: Path, identity: tuple[int, int]) -> bool:
 def _named(exc: BaseException, root: Path, folder: Path) -> BaseException:
     """``exc`` with the folder's own name where the open-folder path stood."""
     if isinstance(exc, OSError):
-        return IndexLoadError(f"cannot read {folder}: {exc.strerror or exc}; {exc.filename}")
+        where = str(exc.filename).replace(str(root), str(folder)) if exc.filename else folder
+        return IndexLoadError(f"cannot read {where}: {exc.strerror or exc}")
     if root == folder:
         return exc
     return type(exc)(str(exc).replace(str(root), str(folder)))

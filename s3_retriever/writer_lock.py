@@ -12,6 +12,7 @@ sees that the name no longer leads to it and takes the lock again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -66,7 +67,8 @@ def writer_lock(index: Path, wait_s: float | None = None) -> Iterator[None]:
     try:
         yield
     finally:
-        os.unlink(name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
         os.close(handle)  # closing the descriptor releases the lock
 
 
