@@ -25,7 +25,7 @@ class IndexLoadError(S3RetrieverError, ValueError):
 
 
 class SaveTargetError(S3RetrieverError, ValueError):
-    """A save would replace something that is not an index of this library (a file, a folder of
+    """A save would replace something that is not an s3-retriever index (a file, a folder of
     other files), or an index that another writer changed since this retriever read it."""
 
 

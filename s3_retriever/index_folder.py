@@ -79,7 +79,7 @@ def still_names(path: Path, identity: tuple[int, int]) -> bool:
 
 
 def is_index_folder(path: Path) -> bool:
-    """Whether ``path`` holds a manifest this library wrote (format version and file list)."""
+    """Whether ``path`` holds a manifest s3-retriever wrote (format version and file list)."""
     try:
         manifest = json.loads((path / "manifest.json").read_bytes())
     except (OSError, ValueError, RecursionError):
@@ -92,7 +92,7 @@ def is_index_folder(path: Path) -> bool:
 
 
 def check_save_target(path: Path) -> None:
-    """Refuse to save over anything the library did not write.
+    """Refuse to save over anything s3-retriever did not write.
 
     ``path`` may be absent, an empty folder, or an index folder holding exactly the files its
     manifest lists. A file, a link, or a folder of anything else is refused: a save replaces the

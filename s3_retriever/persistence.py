@@ -16,7 +16,7 @@ Layout::
 
 A save is written to a sibling staging folder and swapped in with renames, so a crash at any
 moment leaves either the old or the new complete index. It holds the folder's writer lock
-(:mod:`s3_retriever.writer_lock`) and refuses to replace anything the library did not write
+(:mod:`s3_retriever.writer_lock`) and refuses to replace anything s3-retriever did not write
 (:func:`s3_retriever.index_folder.check_save_target`). A load reads one generation of the folder
 even while saves replace it (:mod:`s3_retriever.index_folder`).
 

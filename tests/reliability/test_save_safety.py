@@ -1,4 +1,4 @@
-"""Saves never delete what the library did not write, one writer at a time, and loads during
+"""Saves never delete what s3-retriever did not write, one writer at a time, and loads during
 saves see a complete index (issue: data loss cases)."""
 
 from __future__ import annotations

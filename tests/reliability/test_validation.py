@@ -1,4 +1,4 @@
-"""Values the library used to accept and trip over later: saved settings, array types, SAE
+"""Values s3-retriever used to accept and trip over later: saved settings, array types, SAE
 weights, metadata, ids, and the error classes every refusal belongs to."""
 
 from __future__ import annotations
