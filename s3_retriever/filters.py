@@ -113,6 +113,8 @@ def check_filters(filters: Filters) -> None:
             check_filters(wanted)
         elif isinstance(key, str) and key.startswith("$"):
             _fail(f"unknown filter group {key!r}; groups are $and, $or and $not")
+        elif key == DOC_ID_KEY:
+            _check_doc_ids(wanted)
         elif isinstance(wanted, Mapping):
             if not wanted:
                 _fail(f"the operators of {key!r} are empty")
@@ -121,6 +123,17 @@ def check_filters(filters: Filters) -> None:
                     _fail(f"unknown operator {op!r} on {key!r}; known: {', '.join(OPERATORS)}")
                 if op in _LIST_OPERANDS and not isinstance(operand, _LISTS):
                     _fail(f"{op} on {key!r} takes a list, got {operand!r}")
+
+
+def _check_doc_ids(wanted: Any) -> None:
+    """Ids are always str: ``{"doc_id": 5}`` would match nothing, silently."""
+    operands = list(wanted.items()) if isinstance(wanted, Mapping) else [("", wanted)]
+    for op, operand in operands:
+        if op == "$empty":
+            continue
+        values = operand if isinstance(operand, _LISTS) else [operand]
+        if not all(isinstance(v, str) for v in values):
+            raise TypeError(f"filters['doc_id'] must be a str or a list of str, got {wanted!r}")
 
 
 def filter_keys(filters: Filters) -> Iterator[str]:
