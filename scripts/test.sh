@@ -13,5 +13,5 @@ mypy s3_retriever
 python -m pytest -q -p no:cacheprovider tests "$@"
 python -m pytest -q -p no:cacheprovider integrations/langchain-s3/tests
 python -m pytest -q -p no:cacheprovider integrations/llama-index-retrievers-s3/tests
-# The three wheels, installed in a fresh venv, run the README quickstart (about 3 minutes).
+# The three wheels, installed in a fresh venv, run the README quickstart.
 ./scripts/check_wheels.sh
