@@ -31,7 +31,7 @@ import torch
 from benchmarks.common import markdown_table, write_result
 from benchmarks.real_corpus import data_dir, haystacks, quiet, quiet_retriever
 from s3_retriever import S3Retriever, ScoringConfig
-from s3_retriever.cluster_search import key_clusters
+from s3_retriever.index.clusters import key_clusters
 from s3_retriever.eval.data import EvalExample
 from s3_retriever.eval.metrics import evidence_recall, hits_to_ranges
 

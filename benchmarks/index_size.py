@@ -30,7 +30,7 @@ from benchmarks.real_corpus import data_dir, haystacks, quiet_retriever
 from s3_retriever import S3Retriever, ScoringConfig
 from s3_retriever.eval.data import EvalExample
 from s3_retriever.eval.metrics import evidence_recall
-from s3_retriever.index import Postings
+from s3_retriever.index.postings import Postings
 
 BUDGETS = (256, 512, 1024)
 V1_BYTES_PER_POSTING = 4 + 2  # int32 position + float16 activation

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from s3_retriever import S3Retriever
-from s3_retriever.corpus import Corpus
-from s3_retriever.index import KeyStore, Postings, decode_varints, encode_varints
+from s3_retriever.index.corpus import Corpus
+from s3_retriever.index.postings import KeyStore, Postings, decode_varints, encode_varints
 
 
 def replicate_corpus(corpus: Corpus, copies: int) -> Corpus:

@@ -23,9 +23,9 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, markdown_table, write_result
 from s3_retriever import RetrieverConfig, S3Retriever, SAEBundle, ScanConfig
-from s3_retriever.models import LoadedModel, cache_dir, load_model
-from s3_retriever.sae import SAEConfig, TopKSAE, shipped_bundle_dir
-from s3_retriever.scan import tokenize
+from s3_retriever.model.loading import LoadedModel, cache_dir, load_model
+from s3_retriever.sae.bundle import SAEConfig, TopKSAE, shipped_bundle_dir
+from s3_retriever.model.scan import tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN_FOLDER_PREFIX = "Qwen2.5-Coder-0.5B-Instruct"

@@ -35,7 +35,7 @@ def _read_text(path: Path) -> str:
 
 def _cmd_index(args: argparse.Namespace) -> int:
     from s3_retriever.bulk import count_documents, index_corpus, iter_documents
-    from s3_retriever.persistence import has_index
+    from s3_retriever.index.storage import has_index
     from s3_retriever.retriever import S3Retriever
 
     out = Path(args.out)
@@ -115,9 +115,9 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_sae(args: argparse.Namespace) -> int:
-    from s3_retriever.models import attention_shape, load_model
-    from s3_retriever.sae import SAEConfig
-    from s3_retriever.sae_training import TrainConfig, train_bundles
+    from s3_retriever.model.loading import attention_shape, load_model
+    from s3_retriever.sae.bundle import SAEConfig
+    from s3_retriever.sae.training import TrainConfig, train_bundles
 
     if args.resume and not args.checkpoint:
         raise CLIError("--resume continues from --checkpoint DIR; pass the folder to resume from")
@@ -182,9 +182,9 @@ def _read_lines(path: str | None) -> list[str]:
 
 
 def _cmd_sae_report(args: argparse.Namespace) -> int:
-    from s3_retriever.fidelity import build_report, write_report
-    from s3_retriever.models import load_model
-    from s3_retriever.sae import SAEBundle, shipped_bundle_dir
+    from s3_retriever.sae.fidelity import build_report, write_report
+    from s3_retriever.model.loading import load_model
+    from s3_retriever.sae.bundle import SAEBundle, shipped_bundle_dir
 
     texts = [_read_text(Path(p)) for p in args.data]
     questions = _read_lines(args.questions)

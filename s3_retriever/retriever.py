@@ -18,19 +18,19 @@ from typing import Any, Literal
 import numpy as np
 
 from s3_retriever.config import RetrieverConfig
-from s3_retriever.corpus import Corpus, check_metadata
+from s3_retriever.index.corpus import Corpus, check_metadata
 from s3_retriever.errors import SAEError
-from s3_retriever.filters import Filters, document_mask
-from s3_retriever.fusion import fuse, rank_order
-from s3_retriever.index import Field, KeyStore, Postings
-from s3_retriever.key_encoding import KeyEncoder, NewCodes, NewKeys
-from s3_retriever.lexical import BM25Index
-from s3_retriever.models import LoadedModel, attention_shape, load_model
-from s3_retriever.sae import COMPACT_VARIANT, SAEBundle, shipped_bundle_dir
-from s3_retriever.scan import Scanner, TokenizedText, tokenize
-from s3_retriever.scoring import content_token_indices, score_positions
-from s3_retriever.segment import segment
-from s3_retriever.spans import Seed, grow, merge_adjacent, pack, peak_units, smooth, unit_scores
+from s3_retriever.search.filters import Filters, document_mask
+from s3_retriever.search.fusion import fuse, rank_order
+from s3_retriever.index.postings import Field, KeyStore, Postings
+from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys
+from s3_retriever.index.bm25 import BM25Index
+from s3_retriever.model.loading import LoadedModel, attention_shape, load_model
+from s3_retriever.sae.bundle import COMPACT_VARIANT, SAEBundle, shipped_bundle_dir
+from s3_retriever.model.scan import Scanner, TokenizedText, tokenize
+from s3_retriever.search.scoring import content_token_indices, score_positions
+from s3_retriever.index.segment import segment
+from s3_retriever.search.spans import Seed, grow, merge_adjacent, pack, peak_units, smooth, unit_scores
 
 Mode = Literal["hybrid", "s3", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "s3", "bm25")
@@ -315,7 +315,7 @@ class S3Retriever:
                 fit the budget. Values above the number of spans are clamped.
             token_budget: total model tokens of the returned spans.
             mode: ``hybrid`` (S3 + BM25), ``s3`` (S3-Pure) or ``bm25``.
-            filters: metadata filters (see :mod:`s3_retriever.filters`), applied before ranking.
+            filters: metadata filters (see :mod:`s3_retriever.search.filters`), applied before ranking.
         """
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
@@ -520,7 +520,7 @@ class S3Retriever:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to a versioned directory, atomically (see :mod:`persistence`)."""
-        from s3_retriever.persistence import save_index
+        from s3_retriever.index.storage import save_index
 
         with self._lock:
             save_index(self, Path(path))
@@ -538,7 +538,7 @@ class S3Retriever:
 
         ``dtype`` defaults to the precision the index was built with.
         """
-        from s3_retriever.persistence import load_index
+        from s3_retriever.index.storage import load_index
 
         return load_index(Path(path), model_path=model_path, device=device, dtype=dtype)
 

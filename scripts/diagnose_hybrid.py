@@ -35,8 +35,8 @@ from s3_retriever.eval.data import EvalExample
 from s3_retriever.eval.harness import TASKS, apply_override
 from s3_retriever.eval.methods import EngineIndex
 from s3_retriever.eval.metrics import evidence_recall
-from s3_retriever.fusion import fuse
-from s3_retriever.spans import position_units
+from s3_retriever.search.fusion import fuse
+from s3_retriever.search.spans import position_units
 
 _PASSAGE_HEADER = re.compile(r"Passage \d+:\n")
 

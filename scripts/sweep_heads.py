@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from s3_retriever.eval.data import load_hotpotqa_haystacks
-from s3_retriever.models import attention_shape, load_model
-from s3_retriever.scan import ScanConfig, Scanner, tokenize
+from s3_retriever.model.loading import attention_shape, load_model
+from s3_retriever.model.scan import ScanConfig, Scanner, tokenize
 
 _PASSAGE = re.compile(r"Passage \d+:\n")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from s3_retriever import RetrieverConfig, S3Retriever, SAEBundle
-from s3_retriever.models import LoadedModel, load_model
+from s3_retriever.model.loading import LoadedModel, load_model
 from s3_retriever.testing import (
     HEAD_DIM,
     N_HEADS,

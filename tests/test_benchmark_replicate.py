@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.replicate import check_replication, replicate
 from s3_retriever import ScoringConfig
-from s3_retriever.scoring import ScorerName
+from s3_retriever.search.scoring import ScorerName
 from tests.conftest import RetrieverFactory
 
 QUESTION = "When does the train leave the mountain station?"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from s3_retriever import S3Retriever
-from s3_retriever.cluster_search import clustered_exact_scores, key_clusters
-from s3_retriever.index import KeyStore
-from s3_retriever.scoring import ScoringConfig, exact_scores_reference, score_positions
+from s3_retriever.index.clusters import clustered_exact_scores, key_clusters
+from s3_retriever.index.postings import KeyStore
+from s3_retriever.search.scoring import ScoringConfig, exact_scores_reference, score_positions
 from tests.conftest import HEAD_DIM, hit_tokens, make_bundle
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from s3_retriever import S3Retriever, SAEBundle, SAEConfig, ScanConfig
-from s3_retriever.models import load_model
-from s3_retriever.sae_training import TrainConfig, train_topk_sae
+from s3_retriever.model.loading import load_model
+from s3_retriever.sae.training import TrainConfig, train_topk_sae
 from s3_retriever.testing import tiny_config
 from tests.test_key_encoding import assert_same_postings
 
@@ -64,8 +64,8 @@ def test_sae_training_on_gpu_follows_cpu() -> None:
 def test_pursuit_refinement_on_gpu_follows_cpu() -> None:
     """Fitting atoms to pursuit codes on the GPU (a copy, written back to the CPU SAE) gives the
     atoms a CPU refinement gives, to float32 rounding."""
-    from s3_retriever.pursuit import refine_for_pursuit
-    from s3_retriever.sae import TopKSAE
+    from s3_retriever.sae.pursuit import refine_for_pursuit
+    from s3_retriever.sae.bundle import TopKSAE
 
     generator = torch.Generator().manual_seed(0)
     keys = torch.randn(3000, 32, generator=generator)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from s3_retriever.fidelity import (
+from s3_retriever.sae.fidelity import (
     dual_budget_perplexity,
     elbow,
     logit_fidelity,
@@ -19,9 +19,9 @@ from s3_retriever.fidelity import (
     reconstructed_keys,
     reconstructed_projections,
 )
-from s3_retriever.models import LoadedModel, attention_shape
-from s3_retriever.sae import SAEBundle, SAEConfig
-from s3_retriever.sae_training import TrainConfig, train_topk_sae
+from s3_retriever.model.loading import LoadedModel, attention_shape
+from s3_retriever.sae.bundle import SAEBundle, SAEConfig
+from s3_retriever.sae.training import TrainConfig, train_topk_sae
 
 
 def test_logit_fidelity_perfect_and_degraded() -> None:

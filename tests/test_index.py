@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from s3_retriever.index import (
+from s3_retriever.index.postings import (
     KeyStore,
     Postings,
     decode_varints,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from s3_retriever import ScanConfig
-from s3_retriever.index import KeyStore, Postings
-from s3_retriever.scan import tokenize
+from s3_retriever.index.postings import KeyStore, Postings
+from s3_retriever.model.scan import tokenize
 from tests.conftest import RetrieverFactory
 
 

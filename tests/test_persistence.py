@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from s3_retriever import IndexLoadError, S3Retriever, ScoringConfig
-from s3_retriever.cluster_search import cluster_count, key_clusters
-from s3_retriever.hashing import sha256_file
+from s3_retriever.index.clusters import cluster_count, key_clusters
+from s3_retriever.files.hashing import sha256_file
 from s3_retriever.retriever import Mode
-from s3_retriever.scoring import ScorerName
+from s3_retriever.search.scoring import ScorerName
 from tests.conftest import one_thread, tiny_config
 
 MODES: tuple[Mode, ...] = ("hybrid", "s3", "bm25")

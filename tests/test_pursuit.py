@@ -14,19 +14,19 @@ import torch
 
 from s3_retriever import RetrieverConfig, S3Retriever, ScoringConfig
 from s3_retriever.errors import IndexLoadError, SAEError
-from s3_retriever.index import Postings, dequantize_activations, quantize_activations
-from s3_retriever.key_encoding import KeyEncoder
-from s3_retriever.models import LoadedModel
-from s3_retriever.pursuit import (
+from s3_retriever.index.postings import Postings, dequantize_activations, quantize_activations
+from s3_retriever.index.key_encoding import KeyEncoder
+from s3_retriever.model.loading import LoadedModel
+from s3_retriever.sae.pursuit import (
     nonnegative_refit,
     pursuit_encode,
     pursuit_encode_batched,
     refine_for_pursuit,
 )
-from s3_retriever.sae import SAEBundle, SAEConfig, TopKSAE, fraction_of_variance_unexplained
-from s3_retriever.sae_training import TrainConfig, train_bundles
-from s3_retriever.scan import BatchCapture
-from s3_retriever.scoring import coactivation_scores
+from s3_retriever.sae.bundle import SAEBundle, SAEConfig, TopKSAE, fraction_of_variance_unexplained
+from s3_retriever.sae.training import TrainConfig, train_bundles
+from s3_retriever.model.scan import BatchCapture
+from s3_retriever.search.scoring import coactivation_scores
 from tests.conftest import CORPUS, HEAD_DIM, tiny_config
 
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from s3_retriever import Hit, S3Retriever, SAEError, ScanConfig, ScoringConfig
-from s3_retriever.fusion import HybridConfig
-from s3_retriever.index import dequantize_activations, quantize_activations
-from s3_retriever.models import LoadedModel, decoder_layers
+from s3_retriever.search.fusion import HybridConfig
+from s3_retriever.index.postings import dequantize_activations, quantize_activations
+from s3_retriever.model.loading import LoadedModel, decoder_layers
 from s3_retriever.retriever import Mode
-from s3_retriever.scan import Scanner, tokenize
-from s3_retriever.scoring import ScorerName, coactivation_scores
+from s3_retriever.model.scan import Scanner, tokenize
+from s3_retriever.search.scoring import ScorerName, coactivation_scores
 from tests.conftest import (
     HEAD_DIM,
     N_HEADS,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from s3_retriever import SAEBundle, SAEConfig, SAEError, TopKSAE
-from s3_retriever.sae import bundle_checksum, fraction_of_variance_unexplained
-from s3_retriever.sae_training import TrainConfig, train_topk_sae
+from s3_retriever.sae.bundle import bundle_checksum, fraction_of_variance_unexplained
+from s3_retriever.sae.training import TrainConfig, train_topk_sae
 from tests.conftest import HEAD_DIM, N_HEADS, N_LATENTS, N_LAYERS, SAE_K, make_bundle
 
 

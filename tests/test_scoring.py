@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import s3_retriever.scoring as scoring
-from s3_retriever.index import KeyStore, Postings
-from s3_retriever.sae import TopKSAE
-from s3_retriever.scoring import (
+import s3_retriever.search.scoring as scoring
+from s3_retriever.index.postings import KeyStore, Postings
+from s3_retriever.sae.bundle import TopKSAE
+from s3_retriever.search.scoring import (
     ScoringConfig,
     aligned_scores,
     coactivation_scores,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from s3_retriever import S3Retriever
-from s3_retriever.spans import Seed, grow, pack
+from s3_retriever.search.spans import Seed, grow, pack
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -7,8 +7,8 @@ import re
 import numpy as np
 
 from s3_retriever.config import RetrieverConfig
-from s3_retriever.corpus import Corpus
-from s3_retriever.spans import grow
+from s3_retriever.index.corpus import Corpus
+from s3_retriever.search.spans import grow
 
 # Three paragraphs of two sentences each; every word is one token below.
 TEXT = (

@@ -36,7 +36,7 @@ from s3_retriever.eval.methods import BaselineIndex, EngineIndex, Retrieved, eng
 from s3_retriever.eval.metrics import answer_recall, evidence_recall, full_support, qa_f1
 from s3_retriever.eval.qa import Generator, render_context
 from s3_retriever.retriever import S3Retriever
-from s3_retriever.scan import tokenize
+from s3_retriever.model.scan import tokenize
 
 __all__ = ["EvalSettings", "TASKS", "apply_override", "run_eval", "write_report"]
 

@@ -19,7 +19,7 @@ from typing import cast
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.eval.baselines import BM25Baseline, DenseBaseline, RRFBaseline
 from s3_retriever.retriever import Mode, S3Retriever
-from s3_retriever.scoring import SCORERS, ScorerName, ScoringConfig
+from s3_retriever.search.scoring import SCORERS, ScorerName, ScoringConfig
 
 __all__ = [
     "BASELINE_METHODS",

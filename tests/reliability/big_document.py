@@ -49,7 +49,7 @@ def _rss() -> int:
 def measure(n_tokens: int, phase: str) -> dict[str, Any]:
     """Peak memory of one ``phase`` over a document of ``n_tokens``: ``scan`` (the model scan
     alone) or ``add`` (add_documents: tokenise, scan, encode, commit)."""
-    from s3_retriever.scan import ScanConfig, tokenize
+    from s3_retriever.model.scan import ScanConfig, tokenize
     from s3_retriever.testing import TRAINING_TEXT, one_thread, tiny_retriever
 
     with one_thread(), tempfile.TemporaryDirectory() as tmp:

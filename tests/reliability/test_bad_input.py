@@ -17,7 +17,7 @@ import pytest
 from s3_retriever import ModelError, S3Retriever, SAEError
 from s3_retriever.cli import main
 from s3_retriever.retriever import Mode
-from s3_retriever.sae import SAEBundle, SAEConfig, TopKSAE
+from s3_retriever.sae.bundle import SAEBundle, SAEConfig, TopKSAE
 from s3_retriever.testing import HEAD_DIM, N_HEADS
 from tests.conftest import RetrieverFactory, hit_tokens, tiny_config
 from tests.test_retriever import check_hits

@@ -9,7 +9,7 @@ import pytest
 
 from s3_retriever import Hit, S3Retriever
 from s3_retriever.retriever import Mode
-from s3_retriever.scan import tokenize
+from s3_retriever.model.scan import tokenize
 from s3_retriever.testing import TRAINING_TEXT
 from tests.conftest import RetrieverFactory
 

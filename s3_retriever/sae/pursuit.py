@@ -23,7 +23,7 @@ import copy
 
 import torch
 
-from s3_retriever.sae import TopKSAE, fraction_of_variance_unexplained
+from s3_retriever.sae.bundle import TopKSAE, fraction_of_variance_unexplained
 
 # Added to the diagonal of each small Gram matrix: two chosen atoms can be near-parallel.
 _RIDGE = 1e-6

@@ -5,7 +5,7 @@
 - decoder atoms stay at unit norm, and the gradient along each atom is removed;
 - an auxiliary Top-K loss on dead latents (Gao et al., 2024) brings them back.
 
-Runs can be checkpointed and resumed exactly (:mod:`s3_retriever.sae_checkpoint`).
+Runs can be checkpointed and resumed exactly (:mod:`s3_retriever.sae.checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from s3_retriever.models import decoder_layers
-from s3_retriever.pursuit import code_vectors, refine_for_pursuit
-from s3_retriever.sae import KEY_CODINGS, SAEConfig, TopKSAE, fraction_of_variance_unexplained
-from s3_retriever.sae_checkpoint import (
+from s3_retriever.model.loading import decoder_layers
+from s3_retriever.sae.pursuit import code_vectors, refine_for_pursuit
+from s3_retriever.sae.bundle import KEY_CODINGS, SAEConfig, TopKSAE, fraction_of_variance_unexplained
+from s3_retriever.sae.checkpoint import (
     TrainingState,
     load_checkpoint,
     run_settings,
     save_checkpoint,
 )
-from s3_retriever.scan import ScanConfig, Scanner, TokenizedText, tokenize
+from s3_retriever.model.scan import ScanConfig, Scanner, TokenizedText, tokenize
 
 
 @dataclass(frozen=True)
@@ -320,7 +320,7 @@ class LayerReport:
     """What the SAE encodes: ``keys`` or ``values``."""
     coding: str = "encoder"
     """How the FVUs were coded: the SAE's ``encoder`` or ``pursuit`` (after fitting the atoms to
-    pursuit codes, see :func:`s3_retriever.pursuit.refine_for_pursuit`)."""
+    pursuit codes, see :func:`s3_retriever.sae.pursuit.refine_for_pursuit`)."""
 
 
 class TrainedBundles(NamedTuple):
@@ -391,10 +391,10 @@ def train_bundles(
     ``value_sae_config`` also trains value SAEs (STA's dual budget: its ``k`` is the value k).
     ``checkpoint_dir`` keeps one checkpoint per SAE there; ``resume`` continues from them.
     ``captured`` reuses vectors collected earlier from the same ``texts`` (see
-    :mod:`s3_retriever.vector_cache`) instead of scanning again.
+    :mod:`s3_retriever.sae.vector_cache`) instead of scanning again.
 
     ``key_coding="pursuit"`` makes the key bundle code keys by matching pursuit at index time
-    (:mod:`s3_retriever.pursuit`) and, after each key SAE is trained, fits its atoms to pursuit
+    (:mod:`s3_retriever.sae.pursuit`) and, after each key SAE is trained, fits its atoms to pursuit
     codes for ``pursuit_rounds`` rounds; the reports then give pursuit FVUs.
     """
     _check_training_choices(metric, key_heads, logit_weight, question_texts, retrieval_heads)
@@ -402,8 +402,8 @@ def train_bundles(
         raise ValueError(f"key_coding must be one of {', '.join(KEY_CODINGS)}, got {key_coding!r}")
     if pursuit_rounds < 0:
         raise ValueError(f"pursuit_rounds must be 0 or more, got {pursuit_rounds}")
-    from s3_retriever.models import attention_shape
-    from s3_retriever.sae import SAEBundle
+    from s3_retriever.model.loading import attention_shape
+    from s3_retriever.sae.bundle import SAEBundle
 
     want_values = value_sae_config is not None
     if captured is None:

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from s3_retriever.errors import SAEError
-from s3_retriever.sae import SAEConfig, TopKSAE
+from s3_retriever.sae.bundle import SAEConfig, TopKSAE
 
 CHECKPOINT_FORMAT = 1
 

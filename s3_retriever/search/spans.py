@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3_retriever.corpus import Corpus
+from s3_retriever.index.corpus import Corpus
 
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 

@@ -9,9 +9,9 @@ Layout::
     keys/L{l}_H{h}_{codes,scales}.npy
     clusters/L{l}_H{h}_{means,variance,spread,cluster_of}.npy
                          k-means clusters of those keys, for indexes past the clustered-search
-                         threshold (see :mod:`s3_retriever.cluster_search`)
+                         threshold (see :mod:`s3_retriever.index.clusters`)
     postings/L{l}_H{h}_{indptr,byteptr,position_bytes,activation_codes}.npy
-                         compact postings (see :mod:`s3_retriever.index`)
+                         compact postings (see :mod:`s3_retriever.index.postings`)
     sae/                 a copy of the SAE bundle the index was built with
 
 A save is written to a sibling staging folder and swapped in with renames, so a crash at any
@@ -34,18 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from s3_retriever.cluster_search import (
+from s3_retriever.index.clusters import (
     CLUSTER_ARRAYS,
     KeyClusters,
     attach_clusters,
     key_clusters,
 )
 from s3_retriever.config import RetrieverConfig
-from s3_retriever.corpus import Corpus
+from s3_retriever.index.corpus import Corpus
 from s3_retriever.errors import IndexLoadError
-from s3_retriever.hashing import sha256_file
-from s3_retriever.index import KeyStore, Postings
-from s3_retriever.untrusted import (
+from s3_retriever.files.hashing import sha256_file
+from s3_retriever.index.postings import KeyStore, Postings
+from s3_retriever.files.untrusted import (
     UntrustedFileError,
     check_manifest_fields,
     corpus_problem,
@@ -269,9 +269,9 @@ def load_index(
     dtype: str | None = None,
 ) -> S3Retriever:
     """Load an index; refuse it if the model, tokenizer or SAEs differ from those that built it."""
-    from s3_retriever.models import DEFAULT_MODEL_NAME, load_model
+    from s3_retriever.model.loading import DEFAULT_MODEL_NAME, load_model
     from s3_retriever.retriever import S3Retriever
-    from s3_retriever.sae import SAEBundle
+    from s3_retriever.sae.bundle import SAEBundle
 
     folder, manifest = read_manifest(path)
     if model_path is None and manifest["model_id"] != DEFAULT_MODEL_NAME:

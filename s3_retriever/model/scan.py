@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from s3_retriever.models import attention_shape, decoder_layers
+from s3_retriever.model.loading import attention_shape, decoder_layers
 
 # Tokenising a multi-megabyte string in one call builds millions of Python offset tuples at once;
 # pieces of this many characters keep that transient memory flat.

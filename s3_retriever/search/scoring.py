@@ -26,11 +26,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from s3_retriever.cluster_search import clustered_exact_scores
-from s3_retriever.index import Field, KeyStore, Postings
-from s3_retriever.int8_dot import QuestionCodes, int8_logits
-from s3_retriever.pursuit import code_vectors
-from s3_retriever.sae import SAEBundle, TopKSAE
+from s3_retriever.index.clusters import clustered_exact_scores
+from s3_retriever.index.postings import Field, KeyStore, Postings
+from s3_retriever.search.int8_dot import QuestionCodes, int8_logits
+from s3_retriever.sae.pursuit import code_vectors
+from s3_retriever.sae.bundle import SAEBundle, TopKSAE
 
 ScorerName = Literal["exact", "aligned", "coactivation"]
 SCORERS: tuple[str, ...] = ("exact", "aligned", "coactivation")
@@ -58,7 +58,7 @@ class ScoringConfig:
     """Softmax temperature on top of the usual 1/sqrt(head_dim)."""
     cluster_search_above: int | None = 65_536
     """``exact``: past this many candidate positions, each question row reads only the keys of
-    its nearest clusters (:mod:`s3_retriever.cluster_search`); ``None`` always reads every key.
+    its nearest clusters (:mod:`s3_retriever.index.clusters`); ``None`` always reads every key.
     Below it, reading every key takes tens of ms and is exact."""
     positions_per_row: int = 4096
     """``exact`` clustered search: keys each question row reads (whole clusters, at least this

@@ -15,7 +15,7 @@ covariance ``S``, as for keys spread like a Gaussian around the mean
 the others, so a row whose attention is diffuse is not mistaken for one that points.
 Positions outside a row's clusters get none of its weight.
 
-The full computation (:func:`s3_retriever.scoring.exact_scores`) stays the reference; their
+The full computation (:func:`s3_retriever.search.scoring.exact_scores`) stays the reference; their
 agreement on a real index is measured by ``benchmarks/cluster_search.py`` and tested in
 ``tests/test_cluster_search.py``.
 """
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from s3_retriever.index import KeyStore
-from s3_retriever.int8_dot import QuestionCodes, int8_logits
+from s3_retriever.index.postings import KeyStore
+from s3_retriever.search.int8_dot import QuestionCodes, int8_logits
 
 CLUSTER_ARRAYS = ("means", "variance", "spread", "cluster_of")
 """The arrays a saved index holds per key store, in :meth:`KeyClusters.from_arrays` order."""
@@ -260,7 +260,7 @@ def clustered_exact_scores(
 ) -> np.ndarray:
     """Mean attention of (n_q, d) question vectors, each row reading its nearest clusters only.
 
-    Same arguments and result as :func:`s3_retriever.scoring.exact_scores` (``groups`` splits the
+    Same arguments and result as :func:`s3_retriever.search.scoring.exact_scores` (``groups`` splits the
     rows into query heads whose mean attentions are summed).
     """
     n_rows = queries.shape[0]

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from s3_retriever.errors import SAEError
-from s3_retriever.untrusted import UntrustedFileError, read_json_file, safetensors_shapes
+from s3_retriever.files.untrusted import UntrustedFileError, read_json_file, safetensors_shapes
 
 BUNDLE_FORMAT = 1
 
@@ -116,7 +116,7 @@ class SAEBundle:
     key_coding: KeyCoding = "encoder"
     """How indexing turns a key into its k postings: ``encoder`` (the SAE's own Top-K encoder)
     or ``pursuit`` (non-negative orthogonal matching pursuit over the decoder atoms,
-    :mod:`s3_retriever.pursuit`): a closer code of the same size for some more index-time
+    :mod:`s3_retriever.sae.pursuit`): a closer code of the same size for some more index-time
     compute. Part of the bundle, so an index and its appends always use one coding."""
 
     def __post_init__(self) -> None:
@@ -295,5 +295,5 @@ def shipped_bundle_dir(model_id: str, variant: str | None = None) -> Path:
     bundle's checksum covers only its own files, so the two never mix): ``"compact"``
     (:data:`COMPACT_VARIANT`) for indexes that keep postings only.
     """
-    folder = Path(__file__).resolve().parent / "saes" / model_id
+    folder = Path(__file__).resolve().parent.parent / "saes" / model_id
     return folder if variant is None else folder / variant

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from s3_retriever.corpus import Corpus
+from s3_retriever.index.corpus import Corpus
 
 MAX_MANIFEST_BYTES = 16 << 20
 """A manifest is a few kB; anything this large is not one, and is refused unread."""

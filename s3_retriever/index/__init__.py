@@ -1,0 +1,1 @@
+"""The index: documents, stored keys, postings, key clusters and BM25 (see :mod:`.index`)."""

@@ -1,0 +1,1 @@
+"""Answering a question: question vectors, position scores, units, spans, fusion, hits."""
