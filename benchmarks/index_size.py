@@ -120,7 +120,7 @@ def _compact_copy(retriever: S3Retriever) -> dict[Any, Postings]:
     """Compact postings with the same positions, encoded from the retriever's float16 ones
     (what loading a format-1 index does)."""
     compact = {}
-    for field_key, postings in retriever.postings.items():
+    for field_key, postings in retriever.index.postings.items():
         positions, acts = postings.decode()
         ids = np.repeat(np.arange(postings.n_latents), postings.doc_freq())
         encoded = Postings(postings.n_latents)
@@ -152,14 +152,15 @@ def _recall(retriever: S3Retriever, examples: Sequence[EvalExample], scorer: str
 def measure(sae_path: str | None, examples: Sequence[EvalExample]) -> dict[str, Any]:
     """Index the haystacks once (float16 postings), derive the compact ones, size and compare."""
     retriever = quiet_retriever(sae_path)
-    retriever.postings = {
-        f: Postings(p.n_latents, exact_activations=True) for f, p in retriever.postings.items()
+    retriever.index.postings = {
+        f: Postings(p.n_latents, exact_activations=True)
+        for f, p in retriever.index.postings.items()
     }
     index_haystacks(retriever, examples)
-    n_tokens = retriever.corpus.n_positions
-    float16_postings = retriever.postings
+    n_tokens = retriever.index.corpus.n_positions
+    float16_postings = retriever.index.postings
     compact_postings = _compact_copy(retriever)
-    retriever.postings = compact_postings
+    retriever.index.postings = compact_postings
     with tempfile.TemporaryDirectory() as tmp:
         retriever.save(Path(tmp) / "index")
         disk = disk_bytes(Path(tmp) / "index")
@@ -173,7 +174,7 @@ def measure(sae_path: str | None, examples: Sequence[EvalExample]) -> dict[str, 
     n_fields = len(retriever.fields)
     head_dim = sae.d_in
     compact = _recall(retriever, examples, "aligned")
-    retriever.postings = float16_postings
+    retriever.index.postings = float16_postings
     previous = _recall(retriever, examples, "aligned")
     exact = _recall(retriever, examples, "exact")
     same_hits = np.mean([a == b for a, b in zip(compact["hits"], previous["hits"], strict=True)])

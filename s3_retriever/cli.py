@@ -66,7 +66,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     skipped = f", skipped {report.skipped} already indexed" if report.skipped else ""
     print(
         f"indexed {report.added} document(s), {report.tokens} tokens{skipped} -> {out} "
-        f"({retriever.corpus.n_positions} tokens in all)"
+        f"({retriever.index.corpus.n_positions} tokens in all)"
     )
     return 0
 
@@ -182,9 +182,9 @@ def _read_lines(path: str | None) -> list[str]:
 
 
 def _cmd_sae_report(args: argparse.Namespace) -> int:
-    from s3_retriever.sae.fidelity import build_report, write_report
     from s3_retriever.model.loading import load_model
     from s3_retriever.sae.bundle import SAEBundle, shipped_bundle_dir
+    from s3_retriever.sae.fidelity import build_report, write_report
 
     texts = [_read_text(Path(p)) for p in args.data]
     questions = _read_lines(args.questions)

@@ -22,9 +22,9 @@ import torch
 
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.model.loading import load_model
+from s3_retriever.model.scan import ScanConfig
 from s3_retriever.retriever import S3Retriever
 from s3_retriever.sae.bundle import SAEBundle, SAEConfig, TopKSAE
-from s3_retriever.model.scan import ScanConfig
 from s3_retriever.search.spans import SpanConfig
 
 if TYPE_CHECKING:

@@ -66,7 +66,7 @@ def main() -> None:
         started = time.perf_counter()
         retriever.add_documents(example.documents, ids=example.doc_ids)
         index_seconds.append(time.perf_counter() - started)
-        n_tokens.append(retriever.corpus.n_positions)
+        n_tokens.append(retriever.index.corpus.n_positions)
         for method in methods:
             mode, scorer = METHODS[method]
             scoring = ScoringConfig(scorer=scorer)
@@ -96,7 +96,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "command": "python scripts/measure_recall.py "
         + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
-        "model": retriever.loaded.model_id,
+        "model": retriever.model.model_id,
         "heads": [list(h) for h in retriever.heads],
         "n_questions": len(examples),
         "mean_tokens_per_haystack": float(np.mean(n_tokens)),

@@ -60,7 +60,7 @@ def measure_bundle(
     the bundled one); the retrieval heads are the bundle's."""
     retriever = quiet(S3Retriever.from_pretrained(model, sae_path=sae))
     index_haystacks(retriever, examples)
-    n_tokens = retriever.corpus.n_positions
+    n_tokens = retriever.index.corpus.n_positions
     with tempfile.TemporaryDirectory() as tmp:
         retriever.save(Path(tmp) / "index")
         postings_bytes = disk_bytes(Path(tmp) / "index")["postings"]
@@ -84,7 +84,7 @@ def measure_bundle(
         }
     return {
         "sae": sae or "shipped",
-        "model": retriever.loaded.model_id,
+        "model": retriever.model.model_id,
         "layers": {str(layer): c.__dict__ for layer, c in configs.items()},
         "training": retriever.bundle.info.get("command"),
         "key_kv_heads": retriever.bundle.info.get("key_kv_heads"),

@@ -181,7 +181,7 @@ def indexed(
 
 def hit_tokens(retriever: S3Retriever, hit: Any) -> int:
     """Model tokens charged for a hit: the token counts of the units it covers."""
-    corpus = retriever.corpus
+    corpus = retriever.index.corpus
     row = corpus.doc_ids.index(hit.doc_id)
     units = np.flatnonzero(
         (corpus.unit_doc == row)

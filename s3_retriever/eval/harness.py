@@ -35,8 +35,8 @@ from s3_retriever.eval.data import (
 from s3_retriever.eval.methods import BaselineIndex, EngineIndex, Retrieved, engine_method
 from s3_retriever.eval.metrics import answer_recall, evidence_recall, full_support, qa_f1
 from s3_retriever.eval.qa import Generator, render_context
-from s3_retriever.retriever import S3Retriever
 from s3_retriever.model.scan import tokenize
+from s3_retriever.retriever import S3Retriever
 
 __all__ = ["EvalSettings", "TASKS", "apply_override", "run_eval", "write_report"]
 
@@ -218,7 +218,7 @@ def run_eval(
         scan=dataclasses.replace(retriever.config.scan, show_progress=False)
     )
     configs = variants(base_config, settings)
-    tokenizer = retriever.loaded.tokenizer
+    tokenizer = retriever.model.tokenizer
 
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -355,7 +355,7 @@ def _report(
         "settings": {
             k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()
         },
-        "model": retriever.loaded.model_id,
+        "model": retriever.model.model_id,
         "sae": retriever.bundle.checksum,
         "generator": generator.name if generator is not None else None,
         "retrieval_heads": [list(h) for h in retriever.heads],

@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from s3_retriever.index.corpus import Corpus
-
 MAX_MANIFEST_BYTES = 16 << 20
 """A manifest is a few kB; anything this large is not one, and is refused unread."""
 MAX_ARRAY_BYTES = 1 << 40
@@ -185,38 +183,3 @@ def documents_fit(documents: Any) -> bool:
         and all(isinstance(t, str) for t in texts)
         and all(isinstance(m, dict) for m in metas)
     )
-
-
-def corpus_problem(corpus: Corpus) -> str | None:
-    """What is inconsistent in a loaded corpus's tables, or None: offsets must stay in range."""
-    n_docs, n_units = len(corpus), corpus.n_units
-    counts, starts = corpus.doc_token_count, corpus.doc_token_start
-    if counts.shape != (n_docs,) or starts.shape != (n_docs,) or (counts < 0).any():
-        return "document token tables do not match the document list"
-    if not np.array_equal(starts, np.concatenate([[0], np.cumsum(counts)[:-1]])[:n_docs]):
-        return "document token starts are not contiguous"
-    if corpus.unit_chars.shape != (n_units, 2) or corpus.unit_tokens.shape != (n_units, 2):
-        return "unit tables have the wrong shape"
-    if n_units == 0:
-        return None
-    if corpus.unit_doc.min() < 0 or corpus.unit_doc.max() >= n_docs:
-        return "units point to documents that do not exist"
-    if (np.diff(corpus.unit_doc) < 0).any():
-        return "units are not in document order"
-    lengths = np.array([len(t) for t in corpus.texts], dtype=np.int64)[corpus.unit_doc]
-    chars, tokens = corpus.unit_chars, corpus.unit_tokens
-    if (
-        (chars[:, 0] < 0).any()
-        or (chars[:, 0] > chars[:, 1]).any()
-        or (chars[:, 1] > lengths).any()
-    ):
-        return "unit character offsets fall outside their documents"
-    doc_first = starts[corpus.unit_doc]
-    doc_end = doc_first + counts[corpus.unit_doc]
-    if (
-        (tokens[:, 0] < doc_first).any()
-        or (tokens[:, 1] > doc_end).any()
-        or (tokens[:, 0] > tokens[:, 1]).any()
-    ):
-        return "unit token ranges fall outside their documents"
-    return None

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from s3_retriever.errors import IndexLoadError
+from s3_retriever.files.untrusted import UntrustedFileError, documents_fit, read_json_file
+from s3_retriever.index.arrays import load_npy, write_npy
+
+TABLES = ("doc_token_start", "doc_token_count", "unit_doc", "unit_chars", "unit_tokens")
+"""The corpus's arrays, saved as ``corpus/{name}.npy``."""
 
 
 @dataclass
@@ -111,6 +119,43 @@ class Corpus:
     def unit_token_counts(self) -> np.ndarray:
         return (self.unit_tokens[:, 1] - self.unit_tokens[:, 0]).astype(np.int64)
 
+    def save(self, folder: Path) -> None:
+        """Write ``documents.json`` (ids, texts, metadata) and ``corpus/*.npy`` into ``folder``."""
+        documents = {"ids": self.doc_ids, "texts": self.texts, "metadatas": self.metadatas}
+        (folder / "documents.json").write_text(json.dumps(documents, ensure_ascii=False))
+        for name in TABLES:
+            write_npy(folder / "corpus" / f"{name}.npy", getattr(self, name))
+
+    @classmethod
+    def read(cls, folder: Path, n_documents: int, n_positions: int) -> Corpus:
+        """The corpus :meth:`save` wrote into ``folder``, checked for consistency and against
+        the ``n_documents`` and ``n_positions`` the manifest says it holds."""
+        path = folder / "documents.json"
+        if not path.is_file():
+            raise IndexLoadError(f"{path} is missing; the index is damaged. Rebuild the index.")
+        try:
+            documents = read_json_file(path, max_bytes=path.stat().st_size)
+        except UntrustedFileError as exc:
+            raise IndexLoadError(f"{exc}; the index is damaged. Rebuild the index.") from exc
+        if not documents_fit(documents):
+            raise IndexLoadError(
+                f"{path} does not hold unique string ids, string texts and dict metadata of equal "
+                f"count; the index is damaged. Rebuild the index."
+            )
+        corpus = cls(
+            doc_ids=list(documents["ids"]),
+            texts=list(documents["texts"]),
+            metadatas=list(documents["metadatas"]),
+        )
+        for name in TABLES:
+            setattr(corpus, name, load_npy(folder / "corpus" / f"{name}.npy"))
+        if corpus.n_positions != n_positions or len(corpus) != n_documents:
+            raise IndexLoadError(f"{folder}: document tables disagree with the manifest; rebuild.")
+        problem = corpus_problem(corpus)
+        if problem:
+            raise IndexLoadError(f"{folder}: {problem}; the index is damaged. Rebuild the index.")
+        return corpus
+
 
 def check_metadata(metadata: Any, doc_id: str) -> dict[str, Any]:
     """Metadata must be a dict that survives a JSON round trip: it is saved as JSON, never pickled.
@@ -136,3 +181,38 @@ def check_metadata(metadata: Any, doc_id: str) -> dict[str, Any]:
             f"tuples); {hint}."
         )
     return dict(metadata)
+
+
+def corpus_problem(corpus: Corpus) -> str | None:
+    """What is inconsistent in a loaded corpus's tables, or None: offsets must stay in range."""
+    n_docs, n_units = len(corpus), corpus.n_units
+    counts, starts = corpus.doc_token_count, corpus.doc_token_start
+    if counts.shape != (n_docs,) or starts.shape != (n_docs,) or (counts < 0).any():
+        return "document token tables do not match the document list"
+    if not np.array_equal(starts, np.concatenate([[0], np.cumsum(counts)[:-1]])[:n_docs]):
+        return "document token starts are not contiguous"
+    if corpus.unit_chars.shape != (n_units, 2) or corpus.unit_tokens.shape != (n_units, 2):
+        return "unit tables have the wrong shape"
+    if n_units == 0:
+        return None
+    if corpus.unit_doc.min() < 0 or corpus.unit_doc.max() >= n_docs:
+        return "units point to documents that do not exist"
+    if (np.diff(corpus.unit_doc) < 0).any():
+        return "units are not in document order"
+    lengths = np.array([len(t) for t in corpus.texts], dtype=np.int64)[corpus.unit_doc]
+    chars, tokens = corpus.unit_chars, corpus.unit_tokens
+    if (
+        (chars[:, 0] < 0).any()
+        or (chars[:, 0] > chars[:, 1]).any()
+        or (chars[:, 1] > lengths).any()
+    ):
+        return "unit character offsets fall outside their documents"
+    doc_first = starts[corpus.unit_doc]
+    doc_end = doc_first + counts[corpus.unit_doc]
+    if (
+        (tokens[:, 0] < doc_first).any()
+        or (tokens[:, 1] > doc_end).any()
+        or (tokens[:, 0] > tokens[:, 1]).any()
+    ):
+        return "unit token ranges fall outside their documents"
+    return None

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from s3_retriever.index.postings import Field
-from s3_retriever.sae.pursuit import code_vectors
-from s3_retriever.sae.bundle import SAEBundle, TopKSAE
 from s3_retriever.model.scan import BatchCapture
+from s3_retriever.sae.bundle import SAEBundle, TopKSAE
+from s3_retriever.sae.pursuit import code_vectors
 
 NewKeys = dict[Field, list[tuple[np.ndarray, np.ndarray]]]
 """field -> (global positions, float32 keys) per chunk, waiting to be committed."""

@@ -1,4 +1,4 @@
-"""CPU stores keyed by global token position: SAE postings (CSR) and quantised raw keys.
+"""SAE postings of one field, keyed by global token position: a compact CSR over latents.
 
 S3 step 3: an inverted index feature id -> token positions with activations. The paper's prototype
 used Python dicts and proposed contiguous integer arrays, delta coding and pruning of frequent
@@ -19,15 +19,13 @@ until the postings change. New postings are buffered and merged on the next read
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from pathlib import Path
 
 import numpy as np
 
 from s3_retriever.errors import IndexLoadError
-
-T = TypeVar("T")
+from s3_retriever.index.arrays import load_npy, write_npy
 
 Field = tuple[int, int]
 """(layer, kv_head): one stream of keys."""
@@ -371,71 +369,40 @@ class Postings:
         )
         return int(sum(a.nbytes for a in arrays))
 
+    PARTS = ("indptr", "byteptr", "position_bytes", "activation_codes")
+    """The arrays a saved index holds per field, as ``{stem}_{part}.npy``."""
 
-@dataclass
-class KeyStore:
-    """Raw pre-RoPE keys of one field, int8 with one float scale per token (absmax).
+    def save(self, stem: Path) -> None:
+        """Write the compact arrays as ``{stem}_{part}.npy``."""
+        self.flush()
+        for part in self.PARTS:
+            write_npy(Path(f"{stem}_{part}.npy"), getattr(self, part))
 
-    This is the exact-attention reference: a 64-dim head costs 68 bytes per token.
-    """
+    def read(self, stem: Path, n_positions: int, format_version: int) -> None:
+        """Replace the arrays by those :meth:`save` wrote (memory-mapped), then check them.
 
-    head_dim: int
-    codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int8))
-    scales: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
-    # Search structures derived from the keys (built on first use); any change to the keys
-    # drops them.
-    _derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+        Format 1 kept int32 positions and float16 activations; they are re-encoded compactly.
+        """
+        if format_version == 1:
+            self._read_v1(stem)
+        else:
+            for part in self.PARTS:
+                setattr(self, part, load_npy(Path(f"{stem}_{part}.npy"), mmap=True))
+        problem = self.check(n_positions)
+        if problem:
+            raise IndexLoadError(f"{stem.parent.parent}: {problem}; rebuild the index.")
 
-    def __post_init__(self) -> None:
-        if self.codes.shape[1:] != (self.head_dim,):
-            self.codes = np.zeros((0, self.head_dim), np.int8)
-
-    def append(self, positions: np.ndarray, keys: np.ndarray) -> None:
-        """Quantise and buffer keys (float32, shape (n, head_dim)) at global ``positions``."""
-        scale = np.abs(keys).max(axis=1) / 127.0
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        codes = np.clip(np.rint(keys / scale[:, None]), -127, 127).astype(np.int8)
-        self._pending.append((positions.astype(np.int64), codes, scale))
-
-    def flush(self, n_positions: int) -> None:
-        """Place buffered keys at their positions; the store then covers ``n_positions``."""
-        if not self._pending and len(self.scales) == n_positions:
-            return
-        codes = np.zeros((n_positions, self.head_dim), np.int8)
-        scales = np.zeros(n_positions, np.float32)
-        codes[: len(self.scales)] = self.codes[:n_positions]
-        scales[: len(self.scales)] = self.scales[:n_positions]
-        for positions, new_codes, new_scales in self._pending:
-            codes[positions] = new_codes
-            scales[positions] = new_scales
-        self._pending = []
-        self.codes, self.scales = codes, scales
-        self._derived = {}
-
-    def dequantize(self, start: int, stop: int) -> np.ndarray:
-        """float32 keys of positions [start, stop)."""
-        return self.codes[start:stop].astype(np.float32) * self.scales[start:stop, None]
-
-    def keep(self, keep_pos: np.ndarray) -> None:
-        self.flush(len(keep_pos))
-        self.codes = self.codes[keep_pos]
-        self.scales = self.scales[keep_pos]
-        self._derived = {}
-
-    def derived(self, key: Hashable, build: Callable[[KeyStore], T]) -> T:
-        """``build(self)``, computed on first use and kept until the keys change."""
-        if key not in self._derived:
-            self._derived[key] = build(self)
-        return cast(T, self._derived[key])
-
-    def has_derived(self, key: Hashable) -> bool:
-        return key in self._derived
-
-    def set_derived(self, key: Hashable, value: Any) -> None:
-        """Keep ``value`` as derived from the current keys (one read back with a saved index)."""
-        self._derived[key] = value
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.codes.nbytes + self.scales.nbytes)
+    def _read_v1(self, stem: Path) -> None:
+        indptr = load_npy(Path(f"{stem}_indptr.npy"))
+        positions = load_npy(Path(f"{stem}_positions.npy"))
+        activations = load_npy(Path(f"{stem}_activations.npy"))
+        lengths = np.diff(indptr)
+        if (
+            indptr.shape != (self.n_latents + 1,)
+            or len(positions) != len(activations)
+            or (np.any(lengths < 0) or int(indptr[-1]) != len(positions))
+        ):
+            raise IndexLoadError(f"{stem}: format-1 postings are inconsistent; rebuild the index.")
+        ids = np.repeat(np.arange(self.n_latents), lengths)
+        self.append(positions.astype(np.int64), ids[:, None], activations[:, None])
+        self.flush()

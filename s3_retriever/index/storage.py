@@ -29,54 +29,22 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
-from s3_retriever.index.clusters import (
-    CLUSTER_ARRAYS,
-    KeyClusters,
-    attach_clusters,
-    key_clusters,
-)
-from s3_retriever.config import RetrieverConfig
-from s3_retriever.index.corpus import Corpus
 from s3_retriever.errors import IndexLoadError
 from s3_retriever.files.hashing import sha256_file
-from s3_retriever.index.postings import KeyStore, Postings
 from s3_retriever.files.untrusted import (
     UntrustedFileError,
     check_manifest_fields,
-    corpus_problem,
-    documents_fit,
-    npy_header,
     read_json_file,
 )
-
-if TYPE_CHECKING:
-    from s3_retriever.retriever import S3Retriever
+from s3_retriever.index.index import Index
+from s3_retriever.sae.bundle import SAEBundle
 
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
-_POSTINGS_PARTS = (
-    "indptr",
-    "byteptr",
-    "position_bytes",
-    "activation_codes",
-)
-_CORPUS_ARRAYS = (
-    "doc_token_start",
-    "doc_token_count",
-    "unit_doc",
-    "unit_chars",
-    "unit_tokens",
-)
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -86,13 +54,24 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def save_index(retriever: S3Retriever, path: Path) -> None:
-    """Write ``retriever``'s index to ``path`` atomically."""
+def save_index(
+    index: Index,
+    header: Mapping[str, Any],
+    bundle: SAEBundle,
+    path: Path,
+    keep_clusters_above: int | None = None,
+) -> None:
+    """Write ``index``, a copy of ``bundle`` and a manifest to ``path`` atomically.
+
+    ``header`` is what the caller records about how the index was built (model, tokenizer, SAE
+    checksum, settings, heads); the manifest adds the format version, the sizes and every file's
+    checksum. ``keep_clusters_above``: see :meth:`Index.write`.
+    """
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-{os.getpid()}-", dir=path.parent))
     try:
-        _write_contents(retriever, staging)
+        _write_contents(index, header, bundle, staging, keep_clusters_above)
         _fsync_tree(staging)
         _swap_in(staging, path)
     except BaseException:
@@ -126,44 +105,23 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _write_contents(retriever: S3Retriever, folder: Path) -> None:
-    corpus = retriever.corpus
-    documents = {"ids": corpus.doc_ids, "texts": corpus.texts, "metadatas": corpus.metadatas}
-    (folder / "documents.json").write_text(json.dumps(documents, ensure_ascii=False))
-    for name in _CORPUS_ARRAYS:
-        _write_npy(folder / "corpus" / f"{name}.npy", getattr(corpus, name))
-    n_positions = corpus.n_positions
-    threshold = retriever.config.scoring.cluster_search_above
-    # Clusters are derived from the keys, but building them takes seconds per million tokens:
-    # an index big enough to search through them keeps them, so its first query does not wait.
-    with_clusters = threshold is not None and n_positions > threshold
-    for (layer, kv), store in retriever.key_stores.items():
-        store.flush(n_positions)
-        _write_npy(folder / "keys" / f"L{layer}_H{kv}_codes.npy", store.codes)
-        _write_npy(folder / "keys" / f"L{layer}_H{kv}_scales.npy", store.scales)
-        if with_clusters:
-            for name, array in key_clusters(store).arrays().items():
-                _write_npy(folder / "clusters" / f"L{layer}_H{kv}_{name}.npy", array)
-    for (layer, kv), postings in retriever.postings.items():
-        postings.flush()
-        for part in _POSTINGS_PARTS:
-            _write_npy(folder / "postings" / f"L{layer}_H{kv}_{part}.npy", getattr(postings, part))
-    retriever.bundle.save(folder / "sae")
+def _write_contents(
+    index: Index,
+    header: Mapping[str, Any],
+    bundle: SAEBundle,
+    folder: Path,
+    keep_clusters_above: int | None,
+) -> None:
+    index.write(folder, keep_clusters_above)
+    bundle.save(folder / "sae")
     files = {
         str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
     }
     manifest = {
         "format_version": FORMAT_VERSION,
-        "model_id": retriever.loaded.model_id,
-        "model_fingerprint": retriever.loaded.fingerprint,
-        "dtype": str(next(retriever.loaded.model.parameters()).dtype).removeprefix("torch."),
-        "tokenizer_fingerprint": retriever.loaded.tokenizer_fingerprint,
-        "sae_checksum": retriever.bundle.checksum,
-        "config": retriever.config.to_dict(),
-        "heads": [list(h) for h in retriever.heads],
-        "fields": [list(f) for f in retriever.fields],
-        "n_documents": len(corpus),
-        "n_positions": n_positions,
+        **header,
+        "n_documents": len(index),
+        "n_positions": index.n_positions,
         "files": files,
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -248,143 +206,7 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
     return folder, manifest
 
 
-def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
-    if not path.is_file():
-        raise IndexLoadError(f"{path} is missing; the index is damaged. Rebuild the index.")
-    try:
-        # The header is checked against the file size before numpy allocates or maps anything.
-        npy_header(path)
-        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except (ValueError, OSError) as exc:
-        raise IndexLoadError(f"{path} is not a plain numeric .npy array ({exc}); refused.") from exc
-    if not isinstance(array, np.ndarray) or array.dtype.hasobject:
-        raise IndexLoadError(f"{path} does not hold a numeric array; refused.")
-    return array
-
-
-def load_index(
-    path: Path,
-    model_path: str | os.PathLike[str] | None = None,
-    device: str = "cpu",
-    dtype: str | None = None,
-) -> S3Retriever:
-    """Load an index; refuse it if the model, tokenizer or SAEs differ from those that built it."""
-    from s3_retriever.model.loading import DEFAULT_MODEL_NAME, load_model
-    from s3_retriever.retriever import S3Retriever
-    from s3_retriever.sae.bundle import SAEBundle
-
-    folder, manifest = read_manifest(path)
-    if model_path is None and manifest["model_id"] != DEFAULT_MODEL_NAME:
-        raise IndexLoadError(
-            f"This index was built with {manifest['model_id']!r}; pass model_path= to load it."
-        )
-    # Question vectors must come from the same precision the keys were stored from.
-    loaded = load_model(model_path, device=device, dtype=dtype or manifest.get("dtype", "auto"))
-    if loaded.fingerprint != manifest["model_fingerprint"]:
-        raise IndexLoadError(
-            f"Model mismatch: the index was built with {manifest['model_id']!r} "
-            f"(fingerprint {manifest['model_fingerprint'][:12]}), but the model given is "
-            f"{loaded.model_id!r} ({loaded.fingerprint[:12]}). Load it with the same model."
-        )
-    if loaded.tokenizer_fingerprint != manifest["tokenizer_fingerprint"]:
-        raise IndexLoadError(
-            "Tokenizer mismatch: the model's tokenizer differs from the one the index was built "
-            "with, so token positions would not line up. Rebuild the index or use that tokenizer."
-        )
-    bundle = SAEBundle.load(folder / "sae")
-    if bundle.checksum != manifest["sae_checksum"]:
-        raise IndexLoadError(
-            "SAE mismatch: the SAE bundle in the index does not match the checksum it was built "
-            "with. Rebuild the index."
-        )
-    try:
-        config = RetrieverConfig.from_dict(manifest["config"])
-    except (TypeError, ValueError) as exc:
-        raise IndexLoadError(f"{folder}/manifest.json holds invalid settings: {exc}") from exc
-    retriever = S3Retriever(loaded, bundle, config)
-    if [list(h) for h in retriever.heads] != manifest["heads"]:
-        raise IndexLoadError("The saved retrieval heads differ from those the config selects.")
-    _fill(retriever, folder, manifest)
-    return retriever
-
-
-def _fill(retriever: S3Retriever, folder: Path, manifest: dict[str, Any]) -> None:
-    corpus = _read_documents(folder)
-    for name in _CORPUS_ARRAYS:
-        setattr(corpus, name, _load_npy(folder / "corpus" / f"{name}.npy"))
-    if corpus.n_positions != manifest["n_positions"] or len(corpus) != manifest["n_documents"]:
-        raise IndexLoadError(f"{folder}: document tables disagree with the manifest; rebuild.")
-    problem = corpus_problem(corpus)
-    if problem:
-        raise IndexLoadError(f"{folder}: {problem}; the index is damaged. Rebuild the index.")
-    retriever.corpus = corpus
-    for (layer, kv), store in retriever.key_stores.items():
-        store.codes = _load_npy(folder / "keys" / f"L{layer}_H{kv}_codes.npy", mmap=True)
-        store.scales = _load_npy(folder / "keys" / f"L{layer}_H{kv}_scales.npy", mmap=True)
-        if store.codes.shape != (corpus.n_positions, store.head_dim) or store.scales.shape != (
-            corpus.n_positions,
-        ):
-            raise IndexLoadError(f"{folder}: stored keys have the wrong shape; rebuild the index.")
-        _read_clusters(store, folder / "clusters" / f"L{layer}_H{kv}", corpus.n_positions)
-    version = manifest["format_version"]
-    for (layer, kv), postings in retriever.postings.items():
-        stem = folder / "postings" / f"L{layer}_H{kv}"
-        if version == 1:
-            _read_v1_postings(postings, stem)
-        else:
-            for part in _POSTINGS_PARTS:
-                setattr(postings, part, _load_npy(Path(f"{stem}_{part}.npy"), mmap=True))
-        problem = postings.check(corpus.n_positions)
-        if problem:
-            raise IndexLoadError(f"{folder}: {problem}; rebuild the index.")
-
-
-def _read_clusters(store: KeyStore, stem: Path, n_positions: int) -> None:
-    """Attach saved key clusters, when the index has them (small indexes do not)."""
-    if not Path(f"{stem}_means.npy").is_file():
-        return
-    arrays = {
-        name: _load_npy(Path(f"{stem}_{name}.npy"), mmap=name == "cluster_of")
-        for name in CLUSTER_ARRAYS
-    }
-    try:
-        attach_clusters(store, KeyClusters.from_arrays(arrays, n_positions, store.head_dim))
-    except ValueError as exc:
-        raise IndexLoadError(f"{stem.parent.parent}: {exc}; rebuild the index.") from exc
-
-
-def _read_v1_postings(postings: Postings, stem: Path) -> None:
-    """Format 1 kept int32 positions and float16 activations; encode them compactly."""
-    indptr = _load_npy(Path(f"{stem}_indptr.npy"))
-    positions = _load_npy(Path(f"{stem}_positions.npy"))
-    activations = _load_npy(Path(f"{stem}_activations.npy"))
-    lengths = np.diff(indptr)
-    if (
-        indptr.shape != (postings.n_latents + 1,)
-        or len(positions) != len(activations)
-        or (np.any(lengths < 0) or int(indptr[-1]) != len(positions))
-    ):
-        raise IndexLoadError(f"{stem}: format-1 postings are inconsistent; rebuild the index.")
-    ids = np.repeat(np.arange(postings.n_latents), lengths)
-    postings.append(positions.astype(np.int64), ids[:, None], activations[:, None])
-    postings.flush()
-
-
-def _read_documents(folder: Path) -> Corpus:
-    path = folder / "documents.json"
-    if not path.is_file():
-        raise IndexLoadError(f"{path} is missing; the index is damaged. Rebuild the index.")
-    try:
-        documents = read_json_file(path, max_bytes=path.stat().st_size)
-    except UntrustedFileError as exc:
-        raise IndexLoadError(f"{exc}; the index is damaged. Rebuild the index.") from exc
-    if not documents_fit(documents):
-        raise IndexLoadError(
-            f"{path} does not hold unique string ids, string texts and dict metadata of equal "
-            f"count; the index is damaged. Rebuild the index."
-        )
-    return Corpus(
-        doc_ids=list(documents["ids"]),
-        texts=list(documents["texts"]),
-        metadatas=list(documents["metadatas"]),
-    )
+def read_index(index: Index, folder: Path, manifest: Mapping[str, Any]) -> None:
+    """Fill ``index`` (built empty with the saved settings) from a folder :func:`read_manifest`
+    verified."""
+    index.read(folder, manifest["format_version"], manifest["n_documents"], manifest["n_positions"])

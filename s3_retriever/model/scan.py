@@ -224,9 +224,15 @@ class Scanner:
         return batch, (mask if padded else None), offset
 
     def scan_batches(
-        self, docs: Sequence[TokenizedText], want_queries: bool = False, desc: str = "scanning"
+        self,
+        docs: Sequence[TokenizedText],
+        want_queries: bool = False,
+        desc: str = "scanning",
+        show_progress: bool | None = None,
     ) -> Iterator[BatchCapture]:
         """Yield each batch's projections, still on the model's device, one batch at a time.
+
+        ``show_progress`` overrides the config's for this call (a caller with its own bar).
 
         Nothing here waits for the device: on a GPU the projections may still be being computed
         when they are yielded, so a consumer can queue its own work on them straight away.
@@ -244,7 +250,8 @@ class Scanner:
             for i in range(0, len(work), self.config.batch_size)
         ]
         progress = None
-        if self.config.show_progress and len(batches) > 1:
+        show = self.config.show_progress if show_progress is None else show_progress
+        if show and len(batches) > 1:
             from tqdm.auto import tqdm
 
             total = sum(len(doc) for doc in docs)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from s3_retriever.model.loading import attention_shape, decoder_layers
-from s3_retriever.sae.pursuit import code_vectors
 from s3_retriever.sae.bundle import SAEBundle, fraction_of_variance_unexplained
+from s3_retriever.sae.pursuit import code_vectors
 
 
 @dataclass(frozen=True)
@@ -220,8 +220,8 @@ def build_report(
     With a value bundle ``values``, also per layer the values' FVU and elbow, and perplexity with
     keys only, values only, and both reconstructed at each ``(k_keys, k_values)`` of ``budgets``.
     """
-    from s3_retriever.sae.training import collect_vectors, question_queries, select_kv_heads
     from s3_retriever.model.scan import tokenize
+    from s3_retriever.sae.training import collect_vectors, question_queries, select_kv_heads
 
     _, n_heads, n_kv, head_dim = attention_shape(loaded.model)
     group = n_heads // n_kv

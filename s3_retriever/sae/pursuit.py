@@ -20,6 +20,7 @@ atoms are fitted to pursuit codes (:func:`refine_for_pursuit`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 
@@ -100,15 +101,30 @@ def pursuit_encode_batched(
     return ids, torch.cat([p[1] for p in parts]).reshape(shape)
 
 
+KeyCoder = Callable[[TopKSAE, torch.Tensor, "int | None"], tuple[torch.Tensor, torch.Tensor]]
+"""(sae, (..., d_in) vectors, k or None) -> latent ids and activations, each (..., k)."""
+
+
+def _encoder_code(
+    sae: TopKSAE, vectors: torch.Tensor, k: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return sae.encode(vectors, k)
+
+
+KEY_CODERS: dict[str, KeyCoder] = {"encoder": _encoder_code, "pursuit": pursuit_encode_batched}
+"""How each :data:`~s3_retriever.sae.bundle.KEY_CODINGS` name codes vectors."""
+
+
 @torch.no_grad()
 def code_vectors(
     sae: TopKSAE, vectors: torch.Tensor, coding: str, k: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent ids and activations of (..., d_in) vectors, coded as a bundle's ``key_coding``
     says: by the SAE's own encoder, or by pursuit over its atoms."""
-    if coding == "pursuit":
-        return pursuit_encode_batched(sae, vectors, k)
-    return sae.encode(vectors, k)
+    coder = KEY_CODERS.get(coding)
+    if coder is None:
+        raise ValueError(f"key coding must be one of {', '.join(KEY_CODERS)}; got {coding!r}")
+    return coder(sae, vectors, k)
 
 
 @torch.no_grad()

@@ -20,15 +20,20 @@ import numpy as np
 import torch
 
 from s3_retriever.model.loading import decoder_layers
-from s3_retriever.sae.pursuit import code_vectors, refine_for_pursuit
-from s3_retriever.sae.bundle import KEY_CODINGS, SAEConfig, TopKSAE, fraction_of_variance_unexplained
+from s3_retriever.model.scan import ScanConfig, Scanner, TokenizedText, tokenize
+from s3_retriever.sae.bundle import (
+    KEY_CODINGS,
+    SAEConfig,
+    TopKSAE,
+    fraction_of_variance_unexplained,
+)
 from s3_retriever.sae.checkpoint import (
     TrainingState,
     load_checkpoint,
     run_settings,
     save_checkpoint,
 )
-from s3_retriever.model.scan import ScanConfig, Scanner, TokenizedText, tokenize
+from s3_retriever.sae.pursuit import code_vectors, refine_for_pursuit
 
 
 @dataclass(frozen=True)

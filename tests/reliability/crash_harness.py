@@ -125,7 +125,7 @@ def kill_once(index: Path, model: Path, phase: str, rng: random.Random) -> KillR
     # A kill aimed late in ``add`` may land in the save that follows, so both are allowed.
     assert after in (complete, complete + 1), (phase, complete, after)
     assert restored.doc_ids == [doc_id(k) for k in range(after)]
-    assert restored.corpus.texts == [crash_doc(k) for k in range(after)]
+    assert restored.index.corpus.texts == [crash_doc(k) for k in range(after)]
     assert restored.retrieve("Which record mentions the harvest?", token_budget=64)
     leftovers = [p for p in index.parent.iterdir() if p.name.startswith(f".{index.name}.")]
     # The next save removes what killed processes left; only the last kill's remains can be here.

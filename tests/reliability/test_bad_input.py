@@ -77,7 +77,7 @@ def test_budget_smaller_than_every_unit_gives_no_hits(make_retriever: RetrieverF
     retriever = make_retriever()
     text = "Supercalifragilisticexpialidocious antidisestablishmentarianism. " * 3
     retriever.add_documents([text], ids=["long-words"])
-    smallest = int(retriever.corpus.unit_token_counts().min())
+    smallest = int(retriever.index.corpus.unit_token_counts().min())
     assert smallest > 2
     for mode in MODES:
         assert retriever.retrieve("antidisestablishmentarianism", token_budget=2, mode=mode) == []
@@ -191,7 +191,7 @@ def test_accepted_metadata_survives_save_and_load(
     retriever.add_documents(["Some text."], ids=["d"], metadatas=[metadata])
     retriever.save(tmp_path / "index")
     restored = S3Retriever.load(tmp_path / "index", model_path=model_dir)
-    assert restored.corpus.metadatas == [metadata]
+    assert restored.index.corpus.metadatas == [metadata]
     assert restored.retrieve("text", mode="bm25")[0].metadata == metadata
 
 

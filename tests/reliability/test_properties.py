@@ -45,7 +45,7 @@ TEXT = st.text(
 
 def _per_doc_scores(retriever: S3Retriever, question: str) -> dict[str, np.ndarray]:
     scores = retriever.score_positions(question)
-    c = retriever.corpus
+    c = retriever.index.corpus
     return {
         d: scores[c.doc_token_start[r] : c.doc_token_start[r] + c.doc_token_count[r]]
         for r, d in enumerate(c.doc_ids)
@@ -100,7 +100,9 @@ def test_random_add_delete_sequences_equal_a_rebuild(
             assert self.live.doc_ids == self.order
             rebuilt = make_retriever(**config)
             rebuilt.add_documents([POOL[d] for d in self.order], ids=list(self.order))
-            np.testing.assert_array_equal(self.live.corpus.unit_tokens, rebuilt.corpus.unit_tokens)
+            np.testing.assert_array_equal(
+                self.live.index.corpus.unit_tokens, rebuilt.index.corpus.unit_tokens
+            )
             for question in ("harvest in the valley", "首都"):
                 np.testing.assert_allclose(
                     self.live.score_positions(question),

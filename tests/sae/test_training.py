@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from s3_retriever import S3Retriever
 from s3_retriever.errors import SAEError
 from s3_retriever.model.loading import LoadedModel, attention_shape
+from s3_retriever.model.scan import ScanConfig, tokenize
 from s3_retriever.sae.bundle import SAEBundle, SAEConfig, fraction_of_variance_unexplained
 from s3_retriever.sae.training import (
     TrainConfig,
@@ -28,7 +29,6 @@ from s3_retriever.sae.training import (
     train_bundles,
     train_topk_sae,
 )
-from s3_retriever.model.scan import ScanConfig, tokenize
 from s3_retriever.sae.vector_cache import load_vectors, save_vectors
 from tests.conftest import CORPUS, HEAD_DIM, tiny_config
 

@@ -14,19 +14,19 @@ import torch
 
 from s3_retriever import RetrieverConfig, S3Retriever, ScoringConfig
 from s3_retriever.errors import IndexLoadError, SAEError
-from s3_retriever.index.postings import Postings, dequantize_activations, quantize_activations
 from s3_retriever.index.key_encoding import KeyEncoder
+from s3_retriever.index.postings import Postings, dequantize_activations, quantize_activations
 from s3_retriever.model.loading import LoadedModel
+from s3_retriever.model.scan import BatchCapture
+from s3_retriever.sae.bundle import SAEBundle, SAEConfig, TopKSAE, fraction_of_variance_unexplained
 from s3_retriever.sae.pursuit import (
     nonnegative_refit,
     pursuit_encode,
     pursuit_encode_batched,
     refine_for_pursuit,
 )
-from s3_retriever.sae.bundle import SAEBundle, SAEConfig, TopKSAE, fraction_of_variance_unexplained
 from s3_retriever.sae.training import TrainConfig, train_bundles
-from s3_retriever.model.scan import BatchCapture
-from s3_retriever.search.scoring import coactivation_scores
+from s3_retriever.search.through_sae import coactivation_scores
 from tests.conftest import CORPUS, HEAD_DIM, tiny_config
 
 
@@ -214,7 +214,7 @@ def test_compact_config_keeps_postings_only_and_scores_through_the_sae(
     assert config.scoring.scorer == "aligned"
     retriever = S3Retriever(loaded, dataclasses.replace(bundle, key_coding="pursuit"), config)
     retriever.add_documents(list(CORPUS.values()))
-    assert retriever.index_nbytes()["keys"] == 0
+    assert retriever.index.nbytes()["keys"] == 0
     hits = retriever.retrieve("Which station does the small train leave from?", mode="s3")
     assert hits and all(h.text for h in hits)
 

@@ -8,17 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import s3_retriever.search.scoring as scoring
-from s3_retriever.index.postings import KeyStore, Postings
+import s3_retriever.search.exact as scoring
+from s3_retriever.index.key_store import KeyStore
+from s3_retriever.index.postings import Postings
 from s3_retriever.sae.bundle import TopKSAE
-from s3_retriever.search.scoring import (
-    ScoringConfig,
-    aligned_scores,
-    coactivation_scores,
-    exact_scores,
-    exact_scores_reference,
-    score_positions,
-)
+from s3_retriever.search.exact import exact_scores, exact_scores_reference
+from s3_retriever.search.scoring import ScoringConfig, score_positions
+from s3_retriever.search.through_sae import aligned_scores, coactivation_scores
 from tests.conftest import HEAD_DIM, make_bundle
 
 N_POS = 97

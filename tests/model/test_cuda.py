@@ -1,6 +1,6 @@
 """The CUDA paths against the CPU: indexing on a GPU and SAE training on a GPU.
 
-Skipped where no GPU is visible (CI); run on a GPU machine with ``pytest tests/test_cuda.py``.
+Skipped where no GPU is visible (CI); run on a GPU machine with ``pytest tests/model/test_cuda.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from s3_retriever import S3Retriever, SAEBundle, SAEConfig, ScanConfig
 from s3_retriever.model.loading import load_model
 from s3_retriever.sae.training import TrainConfig, train_topk_sae
 from s3_retriever.testing import tiny_config
-from tests.test_key_encoding import assert_same_postings
+from tests.index.test_key_encoding import assert_same_postings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -34,8 +34,8 @@ def test_gpu_index_matches_cpu_index(
         built[device] = retriever
     cpu, gpu = built["cpu"], built["cuda"]
     for f in cpu.fields:
-        assert_same_postings(cpu.postings[f], gpu.postings[f])
-        codes_a, codes_b = cpu.key_stores[f].codes, gpu.key_stores[f].codes
+        assert_same_postings(cpu.index.postings[f], gpu.index.postings[f])
+        codes_a, codes_b = cpu.index.key_stores[f].codes, gpu.index.key_stores[f].codes
         assert np.abs(codes_a.astype(int) - codes_b.astype(int)).max() <= 1
     question = "When does the train leave?"
     cpu_hits = [
@@ -64,8 +64,8 @@ def test_sae_training_on_gpu_follows_cpu() -> None:
 def test_pursuit_refinement_on_gpu_follows_cpu() -> None:
     """Fitting atoms to pursuit codes on the GPU (a copy, written back to the CPU SAE) gives the
     atoms a CPU refinement gives, to float32 rounding."""
-    from s3_retriever.sae.pursuit import refine_for_pursuit
     from s3_retriever.sae.bundle import TopKSAE
+    from s3_retriever.sae.pursuit import refine_for_pursuit
 
     generator = torch.Generator().manual_seed(0)
     keys = torch.randn(3000, 32, generator=generator)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from s3_retriever import S3Retriever
-from s3_retriever.index.clusters import clustered_exact_scores, key_clusters
-from s3_retriever.index.postings import KeyStore
-from s3_retriever.search.scoring import ScoringConfig, exact_scores_reference, score_positions
+from s3_retriever.index.clusters import key_clusters
+from s3_retriever.index.key_store import KeyStore
+from s3_retriever.search.clustered import clustered_exact_scores
+from s3_retriever.search.exact import exact_scores_reference
+from s3_retriever.search.scoring import ScoringConfig, score_positions
 from tests.conftest import HEAD_DIM, hit_tokens, make_bundle
 
 
@@ -49,7 +51,8 @@ def test_clusters_partition_the_positions() -> None:
 
 def test_reading_every_cluster_is_the_full_computation() -> None:
     """With every key read there is nothing to estimate: scores equal the reference within the
-    int8 search path's tolerance (questions coded in ~16 bits, as in tests/test_scoring.py)."""
+    int8 search path's tolerance (questions coded in ~16 bits, as in
+    tests/search/test_scoring.py)."""
     rng = np.random.default_rng(1)
     n = 1000
     store = _store(rng.standard_normal((n, HEAD_DIM)).astype(np.float32) * 2)
@@ -155,7 +158,7 @@ def test_retriever_search_through_clusters(indexed: S3Retriever) -> None:
             indexed.score_question_vectors(vectors), indexed.score_positions(question)
         )
         full = indexed.retrieve(question, token_budget=60, mode="s3")
-        n = indexed.corpus.n_positions
+        n = indexed.index.corpus.n_positions
         every_key = dataclasses.replace(
             full_config.scoring, cluster_search_above=0, positions_per_row=n
         )

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3_retriever.model.scan import tokenize
 from s3_retriever.index.segment import SegmentConfig, segment
+from s3_retriever.model.scan import tokenize
 
 _ALPHABET = st.sampled_from(
     list("abcdefghij ABC  ...!?\n\n\t\x0b\r")

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from s3_retriever.model.loading import LoadedModel, attention_shape
+from s3_retriever.sae.bundle import SAEBundle, SAEConfig
 from s3_retriever.sae.fidelity import (
     dual_budget_perplexity,
     elbow,
@@ -19,8 +21,6 @@ from s3_retriever.sae.fidelity import (
     reconstructed_keys,
     reconstructed_projections,
 )
-from s3_retriever.model.loading import LoadedModel, attention_shape
-from s3_retriever.sae.bundle import SAEBundle, SAEConfig
 from s3_retriever.sae.training import TrainConfig, train_topk_sae
 
 

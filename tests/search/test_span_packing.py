@@ -16,7 +16,7 @@ def test_seeds_pack_like_grown_groups(indexed: S3Retriever, seed: int) -> None:
     """Random scores, seed orders, budgets and span limits: growing a seed only when its own
     unit could still fit changes nothing in the result, and skips growth once the budget is
     nearly full."""
-    corpus = indexed.corpus
+    corpus = indexed.index.corpus
     counts = corpus.unit_token_counts()
     rng = np.random.default_rng(seed)
     grown_calls = 0
@@ -45,7 +45,7 @@ def test_seeds_pack_like_grown_groups(indexed: S3Retriever, seed: int) -> None:
 def test_a_chosen_seed_still_grows_into_room_left(indexed: S3Retriever) -> None:
     """A seed whose unit is already taken (by a lead group) costs only its new neighbours: it is
     grown even when its own unit would no longer fit."""
-    corpus = indexed.corpus
+    corpus = indexed.index.corpus
     counts = corpus.unit_token_counts()
     # A unit with a smaller next neighbour in the same document.
     unit = next(

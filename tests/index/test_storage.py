@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from s3_retriever import IndexLoadError, S3Retriever, ScoringConfig
-from s3_retriever.index.clusters import cluster_count, key_clusters
 from s3_retriever.files.hashing import sha256_file
+from s3_retriever.index.clusters import cluster_count, key_clusters
 from s3_retriever.retriever import Mode
 from s3_retriever.search.scoring import ScorerName
 from tests.conftest import one_thread, tiny_config
@@ -94,11 +94,11 @@ def test_round_trip_gives_identical_results(
     assert restored.config == original.config
     assert restored.heads == original.heads
     assert restored.doc_ids == original.doc_ids
-    assert restored.corpus.texts == original.corpus.texts
-    assert restored.corpus.metadatas == original.corpus.metadatas
+    assert restored.index.corpus.texts == original.index.corpus.texts
+    assert restored.index.corpus.metadatas == original.index.corpus.metadatas
     assert restored.bundle.checksum == original.bundle.checksum
     assert _results(restored) == _results(original)
-    assert restored.index_nbytes() == original.index_nbytes()
+    assert restored.index.nbytes() == original.index.nbytes()
 
 
 def test_round_trip_keeps_model_dtype(
@@ -107,7 +107,7 @@ def test_round_trip_keeps_model_dtype(
     """An index built with a float32 model answers identically after save/load."""
     indexed.save(tmp_path / "index")
     restored = S3Retriever.load(tmp_path / "index", model_path=model_dir)
-    assert restored.loaded.model.dtype == indexed.loaded.model.dtype
+    assert restored.model.model.dtype == indexed.model.model.dtype
     assert _results(restored) == _results(indexed)
 
 
@@ -148,7 +148,7 @@ def test_saving_over_an_index_replaces_it(
     other.save(path)
     restored = S3Retriever.load(path, model_path=model_dir)
     assert restored.doc_ids == ["only"]
-    assert restored.corpus.n_positions == other.corpus.n_positions
+    assert restored.index.corpus.n_positions == other.index.corpus.n_positions
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
     assert _results(restored) == _results(other)
 
@@ -187,9 +187,9 @@ def test_model_path_is_required_for_other_models(saved: Path) -> None:
 def test_large_arrays_are_memory_mapped(saved: Path, model_dir: Path) -> None:
     """Keys and postings are mapped from disk, not read into memory, and still search."""
     restored = S3Retriever.load(saved, model_path=model_dir)
-    for store in restored.key_stores.values():
+    for store in restored.index.key_stores.values():
         assert isinstance(store.codes, np.memmap)
-    for postings in restored.postings.values():
+    for postings in restored.index.postings.values():
         assert isinstance(postings.position_bytes, np.memmap)
     assert restored.retrieve(QUESTIONS[0], token_budget=30, mode="s3")
 
@@ -197,7 +197,7 @@ def test_large_arrays_are_memory_mapped(saved: Path, model_dir: Path) -> None:
 def _downgrade_to_format_1(index: Path, built: S3Retriever) -> None:
     """Rewrite an index's postings the way format 1 stored them (int32 + float16 lists)."""
     manifest = json.loads((index / "manifest.json").read_text())
-    for (layer, kv), postings in built.postings.items():
+    for (layer, kv), postings in built.index.postings.items():
         stem = f"postings/L{layer}_H{kv}"
         for part in ("byteptr", "position_bytes", "activation_codes"):
             (index / f"{stem}_{part}.npy").unlink()
@@ -215,8 +215,8 @@ def test_format_1_index_is_read(saved: Path, built: S3Retriever, model_dir: Path
     """An index saved before compact postings loads, with the same postings positions."""
     _downgrade_to_format_1(saved, built)
     restored = S3Retriever.load(saved, model_path=model_dir)
-    for field_key, postings in restored.postings.items():
-        want_pos, want_act = built.postings[field_key].decode()
+    for field_key, postings in restored.index.postings.items():
+        want_pos, want_act = built.index.postings[field_key].decode()
         got_pos, got_act = postings.decode()
         assert np.array_equal(got_pos, want_pos)
         np.testing.assert_array_equal(got_act, want_act)  # codes survive float16 exactly
@@ -398,11 +398,11 @@ def test_key_clusters_are_saved_and_read_back(
     original = _build(model_dir, bundle_dir, corpus, corpus_metadata, scoring=scoring)
     original.save(tmp_path / "index")
     saved_files = sorted(p.name for p in (tmp_path / "index" / "clusters").iterdir())
-    assert len(saved_files) == 4 * len(original.key_stores)
+    assert len(saved_files) == 4 * len(original.index.key_stores)
     restored = S3Retriever.load(tmp_path / "index", model_path=model_dir)
-    for field, store in restored.key_stores.items():
+    for field, store in restored.index.key_stores.items():
         assert store.has_derived(("clusters", cluster_count(len(store.scales))))
-        mine, theirs = key_clusters(store), key_clusters(original.key_stores[field])
+        mine, theirs = key_clusters(store), key_clusters(original.index.key_stores[field])
         assert np.array_equal(mine.cluster_of, theirs.cluster_of)
         assert np.array_equal(mine.order, theirs.order)
     assert _results(restored) == _results(original)

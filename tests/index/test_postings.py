@@ -7,8 +7,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import (
-    KeyStore,
     Postings,
     decode_varints,
     dequantize_activations,

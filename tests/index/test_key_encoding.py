@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from s3_retriever import ScanConfig
-from s3_retriever.index.postings import KeyStore, Postings
+from s3_retriever.index.key_store import KeyStore
+from s3_retriever.index.postings import Postings
 from s3_retriever.model.scan import tokenize
 from tests.conftest import RetrieverFactory
 
@@ -19,7 +20,7 @@ def _reference_stores(
     from s3_retriever.retriever import S3Retriever
 
     assert isinstance(retriever, S3Retriever)
-    docs = [tokenize(retriever.loaded.tokenizer, t) for t in texts]
+    docs = [tokenize(retriever.model.tokenizer, t) for t in texts]
     bases = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
     postings = {f: Postings(retriever.bundle.saes[f[0]].config.n_latents) for f in retriever.fields}
     stores = {f: KeyStore(retriever.scanner.head_dim) for f in retriever.fields}
@@ -56,13 +57,13 @@ def test_fast_encoding_matches_per_chunk_reference(
     ref_postings, ref_stores = _reference_stores(retriever, texts)
     total = 0
     for f, ref in ref_postings.items():
-        fast = retriever.postings[f]
+        fast = retriever.index.postings[f]
         fast.flush()
         # The float64 reference can only disagree on exact ties, which random weights never make.
         assert_same_postings(fast, ref)
         total += len(ref.decode()[0])
-        np.testing.assert_array_equal(retriever.key_stores[f].codes, ref_stores[f].codes)
-        np.testing.assert_array_equal(retriever.key_stores[f].scales, ref_stores[f].scales)
+        np.testing.assert_array_equal(retriever.index.key_stores[f].codes, ref_stores[f].codes)
+        np.testing.assert_array_equal(retriever.index.key_stores[f].scales, ref_stores[f].scales)
     assert total > 0
 
 
@@ -76,7 +77,7 @@ def test_batched_and_unbatched_scans_index_the_same(
     one.add_documents(texts, ids=[str(i) for i in range(len(texts))])
     many.add_documents(texts, ids=[str(i) for i in range(len(texts))])
     for f in one.fields:
-        assert_same_postings(one.postings[f], many.postings[f])
+        assert_same_postings(one.index.postings[f], many.index.postings[f])
 
 
 def assert_same_postings(a: Postings, b: Postings) -> None:
