@@ -26,7 +26,8 @@ from s3_retriever.model.loading import attention_shape
 from s3_retriever.model.scan import ScanConfig
 from s3_retriever.sae.bundle import SAEConfig, TopKSAE
 from s3_retriever.sae.pursuit import refine_for_pursuit
-from s3_retriever.sae.training import TrainConfig, collect_vectors, train_topk_sae
+from s3_retriever.sae.training import TrainConfig, train_topk_sae
+from s3_retriever.sae.vectors import collect_vectors
 from s3_retriever.testing import TRAINING_TEXT, tiny_tokenizer
 
 

@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from s3_retriever.errors import S3RetrieverError
+
 if TYPE_CHECKING:
     from s3_retriever.retriever import S3Retriever
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-class SourceError(ValueError):
+class SourceError(S3RetrieverError, ValueError):
     """An input that cannot be read as documents; the message says which and how to fix it."""
 
 

@@ -1,4 +1,10 @@
-"""Exceptions raised by s3-retriever. Each message says what went wrong and what to do."""
+"""Exceptions raised by s3-retriever. Each message says what went wrong and what to do.
+
+Every error the package raises on purpose derives from :class:`S3RetrieverError`. Besides the
+classes here: :class:`s3_retriever.files.untrusted.UntrustedFileError` and
+:class:`s3_retriever.bulk.SourceError` (both also ``ValueError``, as before). Bad arguments
+raise ``ValueError`` or ``TypeError``, as Python's own functions do.
+"""
 
 from __future__ import annotations
 
@@ -17,3 +23,7 @@ class SAEError(S3RetrieverError):
 
 class IndexLoadError(S3RetrieverError):
     """A saved index is damaged, from an unknown format version, or does not match its model."""
+
+
+class CLIError(S3RetrieverError):
+    """A user-facing problem on the command line: printed as one line on stderr, exit status 2."""

@@ -94,9 +94,7 @@ class S3Retriever:
             store_postings=self.config.store_postings,
         )
         postings_latents = {
-            f: bundle.saes[f[0]].config.n_latents
-            for f in self.fields
-            if self.config.store_postings
+            f: bundle.saes[f[0]].config.n_latents for f in self.fields if self.config.store_postings
         }
         self.index = Index(
             self.fields if self.config.store_keys else (),

@@ -536,15 +536,11 @@ def test_results_independent_of_insertion_order(
         )
         bm25 = {
             forward.index.corpus.unit_text(u): s
-            for u, s in enumerate(
-                forward.index.bm25_scores(question)
-            )
+            for u, s in enumerate(forward.index.bm25_scores(question))
         }
         bm25_back = {
             backward.index.corpus.unit_text(u): s
-            for u, s in enumerate(
-                backward.index.bm25_scores(question)
-            )
+            for u, s in enumerate(backward.index.bm25_scores(question))
         }
         assert bm25 == pytest.approx(bm25_back, abs=1e-5)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from s3_retriever.errors import S3RetrieverError
+
 MAX_MANIFEST_BYTES = 16 << 20
 """A manifest is a few kB; anything this large is not one, and is refused unread."""
 MAX_ARRAY_BYTES = 1 << 40
@@ -40,7 +42,7 @@ MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
 """Every manifest field that loading reads, with its JSON type."""
 
 
-class UntrustedFileError(ValueError):
+class UntrustedFileError(S3RetrieverError, ValueError):
     """A file's content is malformed or declares more than it holds; the message says which."""
 
 

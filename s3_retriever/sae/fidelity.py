@@ -221,7 +221,7 @@ def build_report(
     keys only, values only, and both reconstructed at each ``(k_keys, k_values)`` of ``budgets``.
     """
     from s3_retriever.model.scan import tokenize
-    from s3_retriever.sae.training import collect_vectors, question_queries, select_kv_heads
+    from s3_retriever.sae.vectors import collect_vectors, question_queries, select_kv_heads
 
     _, n_heads, n_kv, head_dim = attention_shape(loaded.model)
     group = n_heads // n_kv

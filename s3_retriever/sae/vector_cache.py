@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from s3_retriever.errors import SAEError
-from s3_retriever.sae.training import CapturedVectors
+from s3_retriever.sae.vectors import CapturedVectors
 
 CACHE_FORMAT = 1
 

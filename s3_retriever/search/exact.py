@@ -1,8 +1,8 @@
 """The ``exact`` scorer's kernels: attention of question vectors over the stored int8 keys.
 
 The logits are turned into an attention distribution per question token (softmax over every
-candidate position) and averaged over question tokens; docs/method.md measured this far above
-max- or mean-of-logits.
+candidate position) and averaged over question tokens, not used as raw logits, which an earlier
+study found far worse (docs/method.md, step 3).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """S3-Hybrid: fusing S3 unit scores with BM25 unit scores (S3 step 6).
 
-The paper takes the union of S3 spans, BM25 hits and the lead/tail of the context. METHOD.md
-measured a z-scored sum of the two score lists above either alone; both, and reciprocal-rank
-fusion, are offered so the evaluation harness can compare them.
+The paper takes the union of S3 spans, BM25 hits and the lead/tail of the context. A z-scored
+sum of the two score lists and reciprocal-rank fusion are offered too, so the evaluation harness
+can compare them; docs/method.md (step 5) gives the ablation that made ``rrf`` the default
+(docs/results/ablations/ablation_fusion*.md).
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ class ScoringConfig:
     On tuning questions, S3-Pure recall@1024 was 0.679 with 64 atoms, 0.726 with 256 and 0.837
     with all 2,048, against 0.821 for exact attention (docs/results/tune_atoms.json)."""
     center_queries: bool = True
-    """Subtract the model's mean query vector per head before scoring (METHOD.md: ~4x better)."""
+    """Subtract the model's mean query vector per head before scoring (docs/method.md, settings
+    table: mean recall@4 over heads 0.083 without centring, 0.138 with)."""
     temperature: float = 1.0
     """Softmax temperature on top of the usual 1/sqrt(head_dim)."""
     cluster_search_above: int | None = 65_536

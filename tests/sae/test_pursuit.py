@@ -25,7 +25,8 @@ from s3_retriever.sae.pursuit import (
     pursuit_encode_batched,
     refine_for_pursuit,
 )
-from s3_retriever.sae.training import TrainConfig, train_bundles
+from s3_retriever.sae.recipe import train_bundles
+from s3_retriever.sae.training import TrainConfig
 from s3_retriever.search.through_sae import coactivation_scores
 from tests.conftest import CORPUS, HEAD_DIM, tiny_config
 

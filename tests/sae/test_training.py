@@ -19,17 +19,15 @@ from s3_retriever.errors import SAEError
 from s3_retriever.model.loading import LoadedModel, attention_shape
 from s3_retriever.model.scan import ScanConfig, tokenize
 from s3_retriever.sae.bundle import SAEBundle, SAEConfig, fraction_of_variance_unexplained
-from s3_retriever.sae.training import (
-    TrainConfig,
-    TrainedBundles,
+from s3_retriever.sae.recipe import TrainedBundles, train_bundles
+from s3_retriever.sae.training import TrainConfig, train_topk_sae
+from s3_retriever.sae.vector_cache import load_vectors, save_vectors
+from s3_retriever.sae.vectors import (
     collect_vectors,
     question_queries,
     retrieval_kv_heads,
     select_kv_heads,
-    train_bundles,
-    train_topk_sae,
 )
-from s3_retriever.sae.vector_cache import load_vectors, save_vectors
 from tests.conftest import CORPUS, HEAD_DIM, tiny_config
 
 QUICK = ScanConfig(chunk_size=32, batch_size=3, show_progress=False)
