@@ -17,6 +17,7 @@ Three parts, all in one run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,13 +132,20 @@ def _compact_copy(retriever: S3Retriever) -> dict[Any, Postings]:
 
 
 def _recall(retriever: S3Retriever, examples: Sequence[EvalExample], scorer: str) -> dict[str, Any]:
-    retriever.config = retriever.config.replace(scoring=ScoringConfig(scorer=scorer))  # type: ignore[arg-type]
+    search = dataclasses.replace(
+        retriever.config.search_settings(),
+        scoring=ScoringConfig(scorer=scorer),  # type: ignore[arg-type]
+    )
     per_budget: dict[int, list[float]] = {b: [] for b in BUDGETS}
     hits_seen = []
     for i, example in enumerate(examples):
         for budget in BUDGETS:
             hits = retriever.retrieve(
-                example.question, token_budget=budget, mode="s3", filters={"haystack": [i]}
+                example.question,
+                token_budget=budget,
+                mode="s3",
+                filters={"haystack": [i]},
+                search=search,
             )
             ranges = [(0, h.start_char, h.end_char) for h in hits]
             per_budget[budget].append(evidence_recall(ranges, example.gold))

@@ -32,7 +32,8 @@ LAYERS: dict[str, int] = {
     "bulk": 9,
     "testing": 9,
     "eval": 10,
-    "cli": 11,
+    "cli_research": 11,
+    "cli": 12,
 }
 """Layer of each top-level module or stage package, lowest first."""
 
