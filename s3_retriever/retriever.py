@@ -28,8 +28,8 @@ from s3_retriever.header import build_header, check_heads_match, open_saved
 from s3_retriever.heads import check_heads, check_saes, fallback_heads, fields_of
 from s3_retriever.index.index import Index
 from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys
-from s3_retriever.index.storage import read_index, save_index
-from s3_retriever.inputs import check_ids_free, new_documents, search_arguments
+from s3_retriever.index.storage import fill_index, save_index
+from s3_retriever.inputs import check_id_type, check_ids_free, new_documents, search_arguments
 from s3_retriever.model.loading import LoadedModel, attention_shape, load_model
 from s3_retriever.model.scan import Scanner, tokenize
 from s3_retriever.sae.bundle import COMPACT_VARIANT, SAEBundle, shipped_bundle_dir
@@ -190,6 +190,9 @@ class S3Retriever:
         """Remove documents by id; returns how many were removed (unknown ids are ignored)."""
         if isinstance(ids, str):
             ids = [ids]
+        ids = list(ids)
+        for i, doc_id in enumerate(ids):
+            check_id_type(doc_id, f"ids[{i}]")
         with self._lock:
             return self.index.delete(ids)
 
@@ -297,10 +300,11 @@ class S3Retriever:
 
         ``dtype`` defaults to the precision the index was built with.
         """
-        folder, manifest, loaded, bundle, config = open_saved(
+        stored, loaded, config = open_saved(
             Path(path), model_path=model_path, device=device, dtype=dtype
         )
-        retriever = cls(loaded, bundle, config)
-        check_heads_match(manifest, retriever.heads)
-        read_index(retriever.index, folder, manifest)
+        assert stored.bundle is not None
+        retriever = cls(loaded, stored.bundle, config)
+        check_heads_match(stored, retriever.heads)
+        fill_index(retriever.index, stored, path)
         return retriever
