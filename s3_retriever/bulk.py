@@ -208,7 +208,8 @@ def index_corpus(
     batch: list[SourceDocument] = []
 
     def commit() -> None:
-        before = retriever.corpus.n_positions
+        before = retriever.index.n_positions
+        # One bar for the whole corpus; per-batch scan bars would stack below it.
         retriever.add_documents(
             [d.text for d in batch],
             ids=[d.doc_id for d in batch],
@@ -217,11 +218,11 @@ def index_corpus(
         )
         retriever.save(out)
         report.added += len(batch)
-        report.tokens += retriever.corpus.n_positions - before
+        report.tokens += retriever.index.n_positions - before
         report.commits += 1
         if bar is not None:
             bar.update(len(batch))
-            bar.set_postfix(tokens=retriever.corpus.n_positions, refresh=False)
+            bar.set_postfix(tokens=retriever.index.n_positions, refresh=False)
         batch.clear()
         if on_commit is not None:
             on_commit(report)

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from s3_retriever import ModelError, models
+from s3_retriever import ModelError
 from s3_retriever.console import progress_bar, progress_enabled
-from s3_retriever.models import BundledModel, load_model, looks_like_path
-from s3_retriever.scan import ScanConfig
+from s3_retriever.model import loading as models
+from s3_retriever.model.loading import BundledModel, load_model, looks_like_path
+from s3_retriever.model.scan import ScanConfig
 from s3_retriever.testing import tiny_config
 from tests.conftest import RetrieverFactory
 

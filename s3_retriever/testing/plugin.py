@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from s3_retriever import S3Retriever, SAEBundle, SAEError, SpanConfig
-from s3_retriever.models import LoadedModel, load_model
+from s3_retriever.model.loading import LoadedModel, load_model
 from s3_retriever.testing import save_tiny_bundle, save_tiny_model, tiny_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

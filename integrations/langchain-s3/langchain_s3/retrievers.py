@@ -111,7 +111,7 @@ class S3AttentionRetriever(BaseRetriever):
     """``hybrid`` (attention + BM25), ``s3`` (attention only) or ``bm25``."""
     filters: dict[str, Any] | None = None
     """Metadata filters applied before ranking, in the core's filter language
-    (``s3_retriever/filters.py``): ``{"key": value}``, ``{"key": [v1, v2]}`` (any of),
+    (``s3_retriever/search/filters.py``): ``{"key": value}``, ``{"key": [v1, v2]}`` (any of),
     ``{"year": {"$gte": 2020}}`` and the other ``$`` operators, ``{"$or": [...]}``; ``doc_id``
     filters on document ids."""
 

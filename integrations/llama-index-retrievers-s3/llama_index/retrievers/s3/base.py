@@ -50,7 +50,7 @@ def hit_to_node(hit: Hit) -> NodeWithScore:
 
     The node's metadata is the document's metadata plus, under the one key ``"s3"``, the span
     id, the ranking score, the component scores (``scores``) and the normalised ``relevance`` in
-    [0, 1] (``s3_retriever/relevance.py``); that key is excluded from the
+    [0, 1] (``s3_retriever/search/relevance.py``); that key is excluded from the
     text LLMs and embedders see. The document's own metadata is never overwritten.
     """
     metadata: dict[str, Any] = dict(hit.metadata)

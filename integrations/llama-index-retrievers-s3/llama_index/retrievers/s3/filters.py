@@ -1,4 +1,4 @@
-"""LlamaIndex ``MetadataFilters`` in the core's filter language (``s3_retriever/filters.py``).
+"""LlamaIndex ``MetadataFilters`` in the core filter language (``s3_retriever/search/filters.py``).
 
 Every standard ``FilterOperator`` and every ``FilterCondition`` (``AND``, ``OR``, ``NOT``) has a
 core counterpart, nested groups included, so a filter selects the same documents as it would in a
