@@ -164,18 +164,29 @@ def apply_override(config: RetrieverConfig, assignment: str) -> RetrieverConfig:
     return config.replace(**{section: dataclasses.replace(component, **{name: value})})  # type: ignore[type-var]
 
 
+SWEEP_SEPARATOR = " + "
+"""Separates several sweeps in one ``--sweep``; each varies one setting from the base alone,
+and settings read at query time share one index (one scan serves several levers)."""
+
+
 def variants(base: RetrieverConfig, settings: EvalSettings) -> list[tuple[str, RetrieverConfig]]:
     """The configs to evaluate: the base with overrides, once per sweep value."""
     for assignment in settings.overrides:
         base = apply_override(base, assignment)
     if not settings.sweep:
         return [("default", base)]
-    path, sep, values = settings.sweep.partition("=")
-    if not sep or not values:
-        raise ValueError(f"--sweep takes section.field=v1,v2,...; got {settings.sweep!r}")
-    # Head sets hold commas themselves, so they are separated by ';': 8:0,8:1;5:6
-    choices = values.split(";") if path == "retrieval_heads" else values.split(",")
-    return [(f"{path}={v}", apply_override(base, f"{path}={v}")) for v in choices]
+    out: list[tuple[str, RetrieverConfig]] = []
+    for sweep in settings.sweep.split(SWEEP_SEPARATOR):
+        path, sep, values = sweep.strip().partition("=")
+        if not sep or not values:
+            raise ValueError(f"--sweep takes section.field=v1,v2,...; got {sweep!r}")
+        # Head sets hold commas themselves, so they are separated by ';': 8:0,8:1;5:6
+        choices = values.split(";") if path == "retrieval_heads" else values.split(",")
+        out += [(f"{path}={v}", apply_override(base, f"{path}={v}")) for v in choices]
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--sweep names a setting value twice: {labels}")
+    return out
 
 
 def _index_key(config: RetrieverConfig) -> str:
