@@ -104,6 +104,8 @@ class _UnitStore:
         self.ids: list[str] = []
         self.units: list[tuple[int, int, int]] = []
         """(document index, start_char, end_char) per unit, in document order."""
+        self._counts: dict[int, int] = {}
+        self._counter: Callable[[str], int] | None = None
 
     def add(self, texts: Sequence[str], ids: Sequence[str] | None) -> list[str]:
         """Add documents and split them into units; returns their ids."""
@@ -129,6 +131,15 @@ class _UnitStore:
     def unit_text(self, unit: int) -> str:
         doc, start, end = self.units[unit]
         return self.texts[doc][start:end]
+
+    def unit_tokens(self, unit: int, count_tokens: Callable[[str], int]) -> int:
+        """Token count of a unit, remembered per counter: filling a budget may try every unit
+        of a large corpus once the remainder is smaller than a chunk, for every question."""
+        if count_tokens is not self._counter:
+            self._counts, self._counter = {}, count_tokens
+        if unit not in self._counts:
+            self._counts[unit] = count_tokens(self.unit_text(unit))
+        return self._counts[unit]
 
 
 def _rank(scores: np.ndarray, keep: np.ndarray | None = None) -> list[tuple[int, float]]:
@@ -168,7 +179,7 @@ class _BudgetedRetriever(ABC):
         store = self.store
         ranked = self.rank_units(query)
         chosen = fill_budget(
-            ranked, lambda item: count_tokens(store.unit_text(item[0])), token_budget
+            ranked, lambda item: store.unit_tokens(item[0], count_tokens), token_budget
         )
         hits = []
         for unit, score in sorted(chosen):
