@@ -18,6 +18,7 @@ On the corpus and needle tasks the baselines rank fixed 128-token chunks of each
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -26,9 +27,9 @@ from s3_retriever.config import RetrieverConfig
 from s3_retriever.eval.baselines import BM25Baseline, DenseBaseline, RRFBaseline, Splitter
 from s3_retriever.eval.chunking import token_splitter
 from s3_retriever.eval.rerank import DEFAULT_CANDIDATES, AttentionReranker
-from s3_retriever.models import LoadedModel, attention_shape
+from s3_retriever.model.loading import LoadedModel, attention_shape
 from s3_retriever.retriever import Mode, S3Retriever
-from s3_retriever.scoring import SCORERS, ScorerName, ScoringConfig
+from s3_retriever.search.settings import SCORERS, ScorerName
 
 __all__ = [
     "BASELINE_METHODS",
@@ -113,7 +114,7 @@ class EngineIndex:
         doc_ids: Sequence[str] | None = None,
         metadatas: Sequence[dict[str, Any]] | None = None,
     ) -> None:
-        self.retriever = S3Retriever(template.loaded, template.bundle, config)
+        self.retriever = S3Retriever(template.model, template.bundle, config)
         self.doc_ids = list(doc_ids) if doc_ids else [f"d{i}" for i in range(len(documents))]
         self.retriever.add_documents(list(documents), ids=self.doc_ids, metadatas=metadatas)
         self._rows = {doc_id: row for row, doc_id in enumerate(self.doc_ids)}
@@ -121,7 +122,9 @@ class EngineIndex:
     def forget_questions(self) -> None:
         """Drop the retriever's remembered question forward passes, so the next query is timed
         cold (S3-Pure and S3-Hybrid would otherwise share one)."""
-        remembered = getattr(self.retriever, "_query_cache", None)
+        # The retriever keeps no public switch for this; its question encoder holds the memory.
+        questions = getattr(self.retriever, "_questions", None)
+        remembered = getattr(questions, "_cache", None)
         if remembered is not None:
             remembered.clear()
 
@@ -133,15 +136,15 @@ class EngineIndex:
         scorer: ScorerName,
         config: RetrieverConfig | None = None,
     ) -> list[Retrieved]:
-        """Retrieve with ``scorer`` and the query-time settings of ``config`` (default: own)."""
-        own = self.retriever.config
-        base = config or own
-        scoring = ScoringConfig(**{**base.scoring.__dict__, "scorer": scorer})
-        self.retriever.config = base.replace(scoring=scoring)
-        try:
-            hits = self.retriever.retrieve(question, token_budget=budget, mode=mode)
-        finally:
-            self.retriever.config = own
+        """Retrieve with ``scorer`` and the query-time settings of ``config`` (default: own).
+
+        The settings go with the call, so the shared retriever is never changed.
+        """
+        base = (config or self.retriever.config).search_settings()
+        settings = dataclasses.replace(
+            base, scoring=dataclasses.replace(base.scoring, scorer=scorer)
+        )
+        hits = self.retriever.retrieve(question, token_budget=budget, mode=mode, search=settings)
         return [Retrieved(self._rows[h.doc_id], h.start_char, h.end_char, h.text) for h in hits]
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from s3_retriever.eval.baselines import BM25Baseline, _BudgetedRetriever, _UnitStore
-from s3_retriever.models import LoadedModel, decoder_layers
+from s3_retriever.model.loading import LoadedModel, decoder_layers
 
 __all__ = ["AttentionReranker", "DEFAULT_CANDIDATES"]
 

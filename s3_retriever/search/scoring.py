@@ -1,0 +1,88 @@
+"""Position scores: how much a question attends to each indexed token.
+
+Every scorer of :data:`~s3_retriever.search.scorers.SCORER_REGISTRY` shares one interface
+(question vectors in, one score per global position out). Heads are averaged with equal weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from s3_retriever.index.index import Index
+from s3_retriever.index.key_store import KeyStore
+from s3_retriever.index.postings import Field, Postings
+from s3_retriever.sae.bundle import SAEBundle
+from s3_retriever.search.scorers import SCORER_REGISTRY, HeadQueries, ScoringContext
+from s3_retriever.search.settings import SCORERS, ScorerName, ScoringConfig
+
+__all__ = [
+    "SCORERS",
+    "ScorerName",
+    "ScoringConfig",
+    "require_store",
+    "score_index",
+    "score_positions",
+]
+
+
+def require_store(config: ScoringConfig, has_keys: bool, has_postings: bool) -> None:
+    """Refuse a scorer whose store the index does not keep, saying which setting it needs."""
+    reads = SCORER_REGISTRY[config.scorer].reads
+    if reads == "keys" and not has_keys:
+        raise ValueError(f"the {config.scorer} scorer needs store_keys=True when indexing")
+    if reads == "postings" and not has_postings:
+        raise ValueError(f"the {config.scorer} scorer needs store_postings=True when indexing")
+
+
+def score_positions(
+    head_queries: HeadQueries,
+    config: ScoringConfig,
+    n_positions: int,
+    kv_group: int,
+    key_stores: Mapping[Field, KeyStore],
+    postings: Mapping[Field, Postings],
+    bundle: SAEBundle,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
+    """Score every position for one question: the mean over heads of the scorer's scores.
+
+    Args:
+        head_queries: (layer, query head) -> (question tokens, head_dim) pre-RoPE queries.
+        kv_group: query heads per KV head (GQA); query head h reads KV head ``h // kv_group``.
+        allowed: optional mask of candidate positions (metadata filters), applied before ranking.
+    """
+    total = np.zeros(n_positions, np.float32)
+    if n_positions == 0 or not head_queries:
+        return total
+    context = ScoringContext(config, n_positions, kv_group, key_stores, postings, bundle, allowed)
+    for part in SCORER_REGISTRY[config.scorer].contributions(head_queries, context):
+        total += part
+    return total / len(head_queries)
+
+
+def score_index(
+    index: Index,
+    head_queries: HeadQueries,
+    config: ScoringConfig,
+    kv_group: int,
+    bundle: SAEBundle,
+    doc_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Raw score of every position of ``index``; documents outside ``doc_mask`` score zero and
+    cost nothing."""
+    corpus = index.corpus
+    allowed = None
+    if doc_mask is not None and not doc_mask.all():
+        allowed = np.repeat(doc_mask, corpus.doc_token_count)
+    return score_positions(
+        head_queries,
+        config,
+        corpus.n_positions,
+        kv_group,
+        index.key_stores,
+        index.postings,
+        bundle,
+        allowed,
+    )
