@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["Offsets", "token_chunks", "token_splitter"]
+__all__ = ["CHUNK_TOKENS", "Offsets", "token_chunks", "token_splitter"]
+
+CHUNK_TOKENS: dict[str, int] = {"hotpotqa-corpus": 128, "qmsum-corpus": 128, "needles": 128}
+"""Evaluation tasks whose baselines rank fixed windows of this many model tokens per document
+(the chunking of RAG applications); the others rank sentence units of at most 60 words."""
 
 Offsets = Callable[[str], list[tuple[int, int]]]
 """``text -> [(start_char, end_char), ...]``, one pair per model token, in order."""

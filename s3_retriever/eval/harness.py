@@ -25,6 +25,7 @@ import numpy as np
 
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.eval.baselines import DenseBaseline
+from s3_retriever.eval.chunking import CHUNK_TOKENS
 from s3_retriever.eval.corpus_tasks import load_hotpotqa_corpus, load_qmsum_corpus
 from s3_retriever.eval.data import (
     EvalExample,
@@ -35,7 +36,7 @@ from s3_retriever.eval.data import (
 )
 from s3_retriever.eval.methods import BaselineIndex, EngineIndex, Retrieved, engine_method
 from s3_retriever.eval.metrics import answer_recall, evidence_recall, full_support, qa_f1
-from s3_retriever.eval.paraphrase_needles import load_needles
+from s3_retriever.eval.paraphrase_needles import FOUND_THRESHOLD, load_needles
 from s3_retriever.eval.qa import Generator, render_context
 from s3_retriever.model.scan import tokenize
 from s3_retriever.retriever import S3Retriever
@@ -65,12 +66,6 @@ TASKS: dict[str, Loader] = {
 evaluation, 300-379 for tuning and 380-499 for SAE training (see docs/measurements.md); the
 corpus and needle splits are in docs/results_corpus.md."""
 
-CHUNK_TOKENS: dict[str, int] = {"hotpotqa-corpus": 128, "qmsum-corpus": 128, "needles": 128}
-"""Tasks whose baselines rank fixed windows of this many model tokens per document (the
-chunking of RAG applications); the others rank sentence units of at most 60 words."""
-
-FOUND_THRESHOLD = 0.8
-"""A needle is found when this share of its characters is retrieved."""
 
 # Settings under these keys are fixed when an index is built, so a sweep over them re-indexes.
 _INDEX_SECTIONS = (

@@ -11,8 +11,8 @@ needles ``4h .. 4h + 3``, one at each of :data:`DEPTHS` (rotated with ``h``, so 
 sees needles of both sources). A needle is its own line in a meeting and its own paragraph in
 wiki text. Needles 0-7 (haystacks 0 and 1) are for tuning, 8-31 for evaluation.
 
-A needle counts as found when the retrieved ranges cover 80% of its characters
-(:func:`s3_retriever.eval.metrics.found`).
+A needle counts as found when the retrieved ranges cover :data:`FOUND_THRESHOLD` (80%) of its
+characters (:func:`s3_retriever.eval.metrics.full_support` with that threshold).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from s3_retriever.eval.data import (
 
 __all__ = [
     "DEPTHS",
+    "FOUND_THRESHOLD",
     "HAYSTACK_CHARS",
     "NEEDLES",
     "STOP_WORDS",
@@ -188,6 +189,9 @@ DEPTHS: tuple[float, ...] = (0.05, 0.35, 0.65, 0.95)
 """Where needles go, as a share of the haystack's characters."""
 
 NEEDLES_PER_HAYSTACK = len(DEPTHS)
+
+FOUND_THRESHOLD = 0.8
+"""A needle is found when this share of its characters is retrieved."""
 
 HAYSTACK_CHARS = 20_000
 """Length of each haystack before planting (about 4,500 SmolLM2 tokens)."""
