@@ -55,6 +55,7 @@ from s3_retriever.untrusted import (
 )
 
 if TYPE_CHECKING:
+    from s3_retriever.models import LoadedModel
     from s3_retriever.retriever import S3Retriever
 
 FORMAT_VERSION = 2
@@ -267,19 +268,26 @@ def load_index(
     model_path: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     dtype: str | None = None,
+    loaded: LoadedModel | None = None,
 ) -> S3Retriever:
-    """Load an index; refuse it if the model, tokenizer or SAEs differ from those that built it."""
+    """Load an index; refuse it if the model, tokenizer or SAEs differ from those that built it.
+
+    ``loaded`` reuses a model already in memory (checked like a freshly loaded one), so several
+    indexes of one model (the shards of :mod:`s3_retriever.distributed`) share it.
+    """
     from s3_retriever.models import DEFAULT_MODEL_NAME, load_model
     from s3_retriever.retriever import S3Retriever
     from s3_retriever.sae import SAEBundle
 
     folder, manifest = read_manifest(path)
-    if model_path is None and manifest["model_id"] != DEFAULT_MODEL_NAME:
+    if loaded is None and model_path is None and manifest["model_id"] != DEFAULT_MODEL_NAME:
         raise IndexLoadError(
             f"This index was built with {manifest['model_id']!r}; pass model_path= to load it."
         )
-    # Question vectors must come from the same precision the keys were stored from.
-    loaded = load_model(model_path, device=device, dtype=dtype or manifest.get("dtype", "auto"))
+    if loaded is None:
+        # Question vectors must come from the same precision the keys were stored from.
+        dtype = dtype or manifest.get("dtype", "auto")
+        loaded = load_model(model_path, device=device, dtype=dtype)
     if loaded.fingerprint != manifest["model_fingerprint"]:
         raise IndexLoadError(
             f"Model mismatch: the index was built with {manifest['model_id']!r} "

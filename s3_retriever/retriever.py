@@ -28,7 +28,7 @@ from s3_retriever.lexical import BM25Index
 from s3_retriever.models import LoadedModel, attention_shape, load_model
 from s3_retriever.sae import COMPACT_VARIANT, SAEBundle, shipped_bundle_dir
 from s3_retriever.scan import Scanner, TokenizedText, tokenize
-from s3_retriever.scoring import content_token_indices, score_positions
+from s3_retriever.scoring import content_token_indices, position_logsumexp, score_positions
 from s3_retriever.segment import segment
 from s3_retriever.spans import Seed, grow, merge_adjacent, pack, peak_units, smooth, unit_scores
 
@@ -63,6 +63,18 @@ class Hit:
     def id(self) -> str:
         """Deterministic span id ``doc_id:start:end``, unique within one result list."""
         return f"{self.doc_id}:{self.start_char}:{self.end_char}"
+
+
+@dataclass(frozen=True)
+class ScannedTexts:
+    """Texts read by the model but not yet indexed (:meth:`S3Retriever.scan_texts`)."""
+
+    texts: list[str]
+    tokenized: list[TokenizedText]
+    keys: NewKeys
+    """Key field -> ``(positions, float32 keys)`` chunks; positions from the first text's start."""
+    codes: NewCodes
+    """Key field -> ``(positions, latent ids, activations)`` chunks, positioned like ``keys``."""
 
 
 class S3Retriever:
@@ -191,40 +203,58 @@ class S3Retriever:
         texts, ids_list, metas = self._validate_new(texts, ids, metadatas)
         if not texts:
             return []
-        tokenized = [tokenize(self.loaded.tokenizer, text) for text in texts]
         with self._lock:
             # Checked again under the lock: another thread may have added these ids meanwhile.
             self._check_ids_free(ids_list)
-            base = self.corpus.n_positions
-            doc_base = base + np.concatenate(
-                [[0], np.cumsum([len(t) for t in tokenized])[:-1]]
-            ).astype(np.int64)
-            new_keys: NewKeys = {f: [] for f in self.fields}
-            new_codes: NewCodes = {f: [] for f in self.fields}
-            self.encoder.run(self.scanner.scan_batches(tokenized), doc_base, new_keys, new_codes)
-            self._commit(texts, ids_list, metas, tokenized, new_keys, new_codes)
+            self._commit(self.scan_texts(texts), ids_list, metas)
         return ids_list
 
-    def _commit(
+    def scan_texts(self, texts: Sequence[str]) -> ScannedTexts:
+        """Read ``texts`` with the model without indexing them; :meth:`add_scanned` commits them.
+
+        Positions count from the first text's first token. A sharded build scans on workers and
+        commits on the shard that owns each document (:mod:`s3_retriever.distributed`).
+        """
+        tokenized = [tokenize(self.loaded.tokenizer, text) for text in texts]
+        doc_base = np.concatenate([[0], np.cumsum([len(t) for t in tokenized])[:-1]]).astype(
+            np.int64
+        )
+        new_keys: NewKeys = {f: [] for f in self.fields}
+        new_codes: NewCodes = {f: [] for f in self.fields}
+        with self._lock:
+            self.encoder.run(self.scanner.scan_batches(tokenized), doc_base, new_keys, new_codes)
+        return ScannedTexts(list(texts), tokenized, new_keys, new_codes)
+
+    def add_scanned(
         self,
-        texts: list[str],
-        ids: list[str],
-        metas: list[dict[str, Any]],
-        tokenized: list[TokenizedText],
-        new_keys: NewKeys,
-        new_codes: NewCodes,
-    ) -> None:
-        for text, doc_id, meta, tokens in zip(texts, ids, metas, tokenized, strict=True):
+        scanned: ScannedTexts,
+        ids: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Index texts read by :meth:`scan_texts` (of this model and these SAEs); returns ids."""
+        texts, ids_list, metas = self._validate_new(scanned.texts, ids, metadatas)
+        if not texts:
+            return []
+        with self._lock:
+            self._check_ids_free(ids_list)
+            self._commit(scanned, ids_list, metas)
+        return ids_list
+
+    def _commit(self, scanned: ScannedTexts, ids: list[str], metas: list[dict[str, Any]]) -> None:
+        base = self.corpus.n_positions
+        for text, doc_id, meta, tokens in zip(
+            scanned.texts, ids, metas, scanned.tokenized, strict=True
+        ):
             units = segment(text, tokens.starts, self.config.segment)
             self.corpus.append(doc_id, text, meta, tokens.ends, units)
         n_positions = self.corpus.n_positions
         for f, store in self.key_stores.items():
-            for positions, vectors in new_keys[f]:
-                store.append(positions, vectors)
+            for positions, vectors in scanned.keys[f]:
+                store.append(positions + base, vectors)
             store.flush(n_positions)
         for f, postings in self.postings.items():
-            for positions, latent_ids, acts in new_codes[f]:
-                postings.append(positions, latent_ids, acts)
+            for positions, latent_ids, acts in scanned.codes[f]:
+                postings.append(positions + base, latent_ids, acts)
             postings.flush()
         self.bm25.invalidate()
 
@@ -351,13 +381,16 @@ class S3Retriever:
         self,
         head_queries: Mapping[tuple[int, int], np.ndarray],
         doc_mask: np.ndarray | None = None,
+        row_lse: Mapping[tuple[int, int], np.ndarray] | None = None,
     ) -> np.ndarray:
         """:meth:`score_positions` for question vectors already computed (the index search
-        alone, without the question's forward pass)."""
+        alone, without the question's forward pass).
+
+        ``row_lse`` gives every question row's softmax normaliser over a larger corpus that this
+        index is one shard of (see :meth:`question_logsumexp`); the scores are then this shard's
+        part of that corpus's scores.
+        """
         with self._lock:
-            allowed = None
-            if doc_mask is not None and not doc_mask.all():
-                allowed = np.repeat(doc_mask, self.corpus.doc_token_count)
             return score_positions(
                 head_queries,
                 self.config.scoring,
@@ -366,8 +399,33 @@ class S3Retriever:
                 self.key_stores,
                 self.postings,
                 self.bundle,
-                allowed,
+                self._allowed_positions(doc_mask),
+                row_lse,
             )
+
+    def question_logsumexp(
+        self,
+        head_queries: Mapping[tuple[int, int], np.ndarray],
+        doc_mask: np.ndarray | None = None,
+    ) -> dict[tuple[int, int], np.ndarray]:
+        """Per head, each question row's softmax normaliser over this index's candidate
+        positions (log-sum-exp): what shards of one corpus combine before scoring."""
+        with self._lock:
+            return position_logsumexp(
+                head_queries,
+                self.config.scoring,
+                self.corpus.n_positions,
+                self.kv_group,
+                self.key_stores,
+                self.postings,
+                self.bundle,
+                self._allowed_positions(doc_mask),
+            )
+
+    def _allowed_positions(self, doc_mask: np.ndarray | None) -> np.ndarray | None:
+        if doc_mask is None or doc_mask.all():
+            return None
+        return np.repeat(doc_mask, self.corpus.doc_token_count)
 
     def _projected_queries(self, text: str, input_ids: np.ndarray) -> dict[int, Any]:
         """The model's query projections of ``text``, remembered for the last few questions.

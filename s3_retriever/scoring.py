@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -166,6 +166,7 @@ def exact_scores(
     allowed: np.ndarray | None = None,
     temperature: float = 1.0,
     groups: Sequence[int] | None = None,
+    row_lse: np.ndarray | None = None,
 ) -> np.ndarray:
     """Mean attention of (n_q, d) question vectors over the stored keys: the search fast path.
 
@@ -178,6 +179,10 @@ def exact_scores(
     the keys are read once for all of them and the result is the sum over groups of each
     group's mean attention. With ``allowed``, only those positions take part (and are computed
     at all): a filter to a few documents costs what those documents cost, not the whole index.
+
+    ``row_lse`` replaces each row's softmax normaliser by a given log-sum-exp: a sharded index
+    passes the one over every shard's positions (:func:`exact_row_logsumexp` gives each shard's
+    part), so a shard's attention is exactly its share of the attention over the whole corpus.
     """
     n_rows = queries.shape[0]
     group_sizes = list(groups) if groups is not None else [n_rows]
@@ -186,13 +191,64 @@ def exact_scores(
     n_candidates = n_positions if candidates is None else len(candidates)
     if n_candidates == 0 or n_rows == 0:
         return out
+    row_weight = np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
+    total = torch.zeros(n_candidates, dtype=torch.float32)
+    for lo, hi, logits in _exact_logits(queries, keys, n_positions, candidates, temperature):
+        if row_lse is None:
+            weights = torch.softmax(logits, dim=1)
+        else:
+            norm = torch.from_numpy(np.asarray(row_lse[lo:hi], np.float32))
+            weights = torch.exp(logits - norm[:, None])
+        total += torch.from_numpy(row_weight[lo:hi]) @ weights
+    mass = total.numpy()
+    if candidates is None:
+        out[:] = mass
+    else:
+        out[candidates] = mass
+    return out
+
+
+def exact_row_logsumexp(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    allowed: np.ndarray | None = None,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """Each question row's softmax normaliser over the candidate positions, as a log-sum-exp.
+
+    The statistic a sharded search combines across shards (``logaddexp`` of the shards' values)
+    before each shard calls :func:`exact_scores` with it; ``-inf`` where no position is a
+    candidate.
+    """
+    out = np.full(queries.shape[0], -np.inf, np.float64)
+    candidates = None if allowed is None else np.flatnonzero(allowed)
+    n_candidates = n_positions if candidates is None else len(candidates)
+    if n_candidates == 0:
+        return out
+    for lo, hi, logits in _exact_logits(queries, keys, n_positions, candidates, temperature):
+        out[lo:hi] = torch.logsumexp(logits, dim=1).double().numpy()
+    return out
+
+
+def _exact_logits(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    candidates: np.ndarray | None,
+    temperature: float,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Scaled logits of a few question rows at a time over every candidate: ``(lo, hi, logits)``.
+
+    The int8 keys are multiplied as stored by int8 question vectors (see :func:`exact_scores`).
+    """
+    n_rows = queries.shape[0]
+    n_candidates = n_positions if candidates is None else len(candidates)
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
     questions = QuestionCodes.of(queries)
-    row_weight = np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
     codes, key_scales = _candidate_keys(keys, candidates, n_positions)
     # One float multiply per logit: the question's step and the softmax scale ride on the keys'.
     key_factor = key_scales * torch.tensor(questions.step * scale, dtype=torch.float32)
-    total = torch.zeros(n_candidates, dtype=torch.float32)
     # Rows are independent softmaxes, so memory stays bounded by computing a few rows over all
     # candidates at a time.
     rows_per_pass = max(1, _LOGIT_BUDGET // max(n_candidates, 1))
@@ -204,14 +260,7 @@ def exact_scores(
         for start in range(0, n_candidates, _BLOCK):
             stop = min(n_candidates, start + _BLOCK)
             logits[:, start:stop] = int8_logits(codes[start:stop], key_factor[start:stop], part)
-        weights = torch.softmax(logits, dim=1)
-        total += torch.from_numpy(row_weight[lo:hi]) @ weights
-    mass = total.numpy()
-    if candidates is None:
-        out[:] = mass
-    else:
-        out[candidates] = mass
-    return out
+        yield lo, hi, logits
 
 
 def _candidate_keys(
@@ -245,14 +294,57 @@ def aligned_scores(
     atoms_per_query: int,
     allowed: np.ndarray | None = None,
     temperature: float = 1.0,
+    row_lse: np.ndarray | None = None,
 ) -> np.ndarray:
     """Attention through the SAE: each question token keeps its top atoms by ``q.d_j``.
 
     The logit of position t for question row r is ``sum_i a_i(t) w_r[j_i(t)]`` over t's postings,
     with ``w_r`` zero outside the row's chosen atoms. All rows are computed in one pass over the
     postings grouped by position (``embedding_bag`` with per-posting weights), which reads each
-    posting once instead of once per question row.
+    posting once instead of once per question row. ``row_lse`` as in :func:`exact_scores`.
     """
+    if n_positions == 0 or queries.shape[0] == 0:
+        return np.zeros(n_positions, np.float32)
+    if allowed is not None and not allowed.any():
+        return np.zeros(n_positions, np.float32)
+    logits = _aligned_logits(
+        queries, sae, postings, n_positions, atoms_per_query, allowed, temperature
+    )
+    if row_lse is None:
+        weights = torch.softmax(logits, dim=1)
+    else:
+        weights = torch.exp(logits - torch.from_numpy(np.asarray(row_lse, np.float32))[:, None])
+    return weights.mean(dim=0).numpy().astype(np.float32)
+
+
+def aligned_row_logsumexp(
+    queries: np.ndarray,
+    sae: TopKSAE,
+    postings: Postings,
+    n_positions: int,
+    atoms_per_query: int,
+    allowed: np.ndarray | None = None,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """:func:`exact_row_logsumexp` for the ``aligned`` scorer."""
+    if n_positions == 0 or (allowed is not None and not allowed.any()):
+        return np.full(queries.shape[0], -np.inf, np.float64)
+    logits = _aligned_logits(
+        queries, sae, postings, n_positions, atoms_per_query, allowed, temperature
+    )
+    return torch.logsumexp(logits, dim=1).double().numpy()
+
+
+def _aligned_logits(
+    queries: np.ndarray,
+    sae: TopKSAE,
+    postings: Postings,
+    n_positions: int,
+    atoms_per_query: int,
+    allowed: np.ndarray | None,
+    temperature: float,
+) -> torch.Tensor:
+    """(n_q, n_positions) logits through the SAE; ``-inf`` outside ``allowed``."""
     atoms = sae.W_dec.detach().float().numpy()
     weights = queries.astype(np.float32) @ atoms.T  # (n_q, n_latents): q.d_j
     m = min(atoms_per_query, atoms.shape[0])
@@ -262,8 +354,6 @@ def aligned_scores(
         np.put_along_axis(kept, chosen, np.take_along_axis(weights, chosen, axis=1), axis=1)
         weights = kept
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
-    if n_positions == 0 or queries.shape[0] == 0:
-        return np.zeros(n_positions, np.float32)
     ids, acts, offsets = postings.by_position(n_positions)
     logits = torch.nn.functional.embedding_bag(
         torch.from_numpy(ids),
@@ -273,10 +363,8 @@ def aligned_scores(
         per_sample_weights=torch.from_numpy(acts),
     ).T.contiguous()  # (n_q, n_positions)
     if allowed is not None:
-        if not allowed.any():
-            return np.zeros(n_positions, np.float32)
         logits.masked_fill_(~torch.from_numpy(allowed)[None, :], -math.inf)
-    return torch.softmax(logits, dim=1).mean(dim=0).numpy().astype(np.float32)
+    return logits
 
 
 def coactivation_scores(
@@ -318,6 +406,7 @@ def score_positions(
     postings: Mapping[Field, Postings],
     bundle: SAEBundle,
     allowed: np.ndarray | None = None,
+    row_lse: Mapping[tuple[int, int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Score every position for one question.
 
@@ -325,21 +414,23 @@ def score_positions(
         head_queries: (layer, query head) -> (question tokens, head_dim) pre-RoPE queries.
         kv_group: query heads per KV head (GQA); query head h reads KV head ``h // kv_group``.
         allowed: optional mask of candidate positions (metadata filters), applied before ranking.
+        row_lse: (layer, query head) -> every question row's softmax normaliser over the whole
+            corpus, from :func:`position_logsumexp` combined over shards. Given, every key is read
+            (no clustered search) and each softmax is divided by it instead of by its own sum.
     """
-    query_means = bundle.query_means
     total = np.zeros(n_positions, np.float32)
     if n_positions == 0 or not head_queries:
         return total
-    exact_by_field: dict[Field, list[np.ndarray]] = {}
-    for (layer, head), vectors in head_queries.items():
-        field_key = (layer, head // kv_group)
-        q = vectors
-        if config.center_queries and config.scorer != "coactivation" and layer in query_means:
-            q = vectors - query_means[layer][head].numpy()[None, :]
+    if row_lse is not None and config.scorer == "coactivation":
+        raise ValueError(_NO_SHARDED_COACTIVATION)
+    exact_by_field: dict[Field, list[tuple[tuple[int, int], np.ndarray]]] = {}
+    for head, field_key, q in _scored_queries(head_queries, config, kv_group, bundle):
+        layer = head[0]
+        lse = None if row_lse is None else row_lse[head]
         if config.scorer == "exact":
             # Heads sharing a KV head (GQA) are scored together: their keys are read once.
             if len(q):
-                exact_by_field.setdefault(field_key, []).append(q)
+                exact_by_field.setdefault(field_key, []).append((head, q))
         elif config.scorer == "aligned":
             total += aligned_scores(
                 bundle.map_queries(layer, q),
@@ -349,6 +440,7 @@ def score_positions(
                 config.atoms_per_query,
                 allowed,
                 config.temperature,
+                lse,
             )
         else:
             total += coactivation_scores(
@@ -361,9 +453,9 @@ def score_positions(
             )
     n_candidates = n_positions if allowed is None else int(allowed.sum())
     threshold = config.cluster_search_above
-    clustered = threshold is not None and n_candidates > threshold
+    clustered = row_lse is None and threshold is not None and n_candidates > threshold
     for field_key, group in exact_by_field.items():
-        rows, sizes = np.concatenate(group), [len(q) for q in group]
+        rows, sizes = np.concatenate([q for _, q in group]), [len(q) for _, q in group]
         if clustered:
             total += clustered_exact_scores(
                 rows,
@@ -375,7 +467,65 @@ def score_positions(
                 config.positions_per_row,
             )
         else:
+            lse = None if row_lse is None else np.concatenate([row_lse[h] for h, _ in group])
             total += exact_scores(
-                rows, key_stores[field_key], n_positions, allowed, config.temperature, sizes
+                rows, key_stores[field_key], n_positions, allowed, config.temperature, sizes, lse
             )
     return total / len(head_queries)
+
+
+_NO_SHARDED_COACTIVATION = (
+    "the coactivation scorer normalises by a sum over the whole corpus that shards do not share; "
+    "use the exact or aligned scorer with a sharded index"
+)
+
+
+def position_logsumexp(
+    head_queries: Mapping[tuple[int, int], np.ndarray],
+    config: ScoringConfig,
+    n_positions: int,
+    kv_group: int,
+    key_stores: Mapping[Field, KeyStore],
+    postings: Mapping[Field, Postings],
+    bundle: SAEBundle,
+    allowed: np.ndarray | None = None,
+) -> dict[tuple[int, int], np.ndarray]:
+    """Every question row's softmax normaliser (log-sum-exp) over this index's candidates.
+
+    One index's part of the statistic that :func:`score_positions` takes as ``row_lse``: over
+    shards, the whole corpus's normaliser is ``np.logaddexp.reduce`` of the shards' values.
+    """
+    if config.scorer == "coactivation":
+        raise ValueError(_NO_SHARDED_COACTIVATION)
+    out: dict[tuple[int, int], np.ndarray] = {}
+    for head, field_key, q in _scored_queries(head_queries, config, kv_group, bundle):
+        if config.scorer == "exact":
+            out[head] = exact_row_logsumexp(
+                q, key_stores[field_key], n_positions, allowed, config.temperature
+            )
+        else:
+            out[head] = aligned_row_logsumexp(
+                bundle.map_queries(head[0], q),
+                bundle.saes[head[0]],
+                postings[field_key],
+                n_positions,
+                config.atoms_per_query,
+                allowed,
+                config.temperature,
+            )
+    return out
+
+
+def _scored_queries(
+    head_queries: Mapping[tuple[int, int], np.ndarray],
+    config: ScoringConfig,
+    kv_group: int,
+    bundle: SAEBundle,
+) -> Iterator[tuple[tuple[int, int], Field, np.ndarray]]:
+    """``(head, key field, question vectors)`` as the scorers read them (centred when set)."""
+    query_means = bundle.query_means
+    for (layer, head), vectors in head_queries.items():
+        q = vectors
+        if config.center_queries and config.scorer != "coactivation" and layer in query_means:
+            q = vectors - query_means[layer][head].numpy()[None, :]
+        yield (layer, head), (layer, head // kv_group), q
