@@ -347,18 +347,7 @@ class S3Retriever:
             mode: ``hybrid`` (S3 + BM25), ``s3`` (S3-Pure) or ``bm25``.
             filters: metadata filters (see :mod:`s3_retriever.filters`), applied before ranking.
         """
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a str, got {type(query).__name__}")
-        _check_encodable(query, "query")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if top_k is not None:
-            top_k = _whole_number(top_k, "top_k")
-            if top_k < 0:
-                raise ValueError(f"top_k must be None or >= 0, got {top_k}")
-        token_budget = _whole_number(token_budget, "token_budget")
-        if token_budget < 1:
-            raise ValueError(f"token_budget must be at least 1, got {token_budget}")
+        top_k, token_budget = check_query(query, top_k, token_budget, mode)
         if not query.strip() or top_k == 0:
             return []
         with self._lock:
@@ -610,6 +599,23 @@ class S3Retriever:
                 corpus.unit_tokens.nbytes + corpus.unit_chars.nbytes + corpus.unit_doc.nbytes
             ),
         }
+
+
+def check_query(query: Any, top_k: Any, token_budget: Any, mode: Any) -> tuple[int | None, int]:
+    """Check :meth:`S3Retriever.retrieve`'s arguments; returns ``(top_k, token_budget)``."""
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a str, got {type(query).__name__}")
+    _check_encodable(query, "query")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if top_k is not None:
+        top_k = _whole_number(top_k, "top_k")
+        if top_k < 0:
+            raise ValueError(f"top_k must be None or >= 0, got {top_k}")
+    token_budget = _whole_number(token_budget, "token_budget")
+    if token_budget < 1:
+        raise ValueError(f"token_budget must be at least 1, got {token_budget}")
+    return top_k, token_budget
 
 
 def _check_encodable(text: str, what: str) -> None:
