@@ -166,6 +166,7 @@ def build_index(
         raise ValueError("commit_every, batch_size and num_actors must be at least 1")
     root = Path(out)
     layout.check_output_folder(root)
+    root.mkdir(parents=True, exist_ok=True)
     ray = ensure_ray(ray_address)
     gpus = ray.cluster_resources().get("GPU", 0) >= 1
     spec = {
@@ -252,10 +253,9 @@ def _scan(
             batch_format="numpy",
             compute=ActorPoolStrategy(size=actors[0]),
             num_cpus=actors[1],
+            # Ray Data restarts a killed actor and runs its batch again (its actor pools
+            # default to max_restarts=-1 and max_task_retries=-1).
             num_gpus=1 if gpus else 0,
-            # A killed actor is restarted and its batch run again.
-            max_restarts=-1,
-            max_task_retries=-1,
         )
         for batch in scanned.iter_batches(batch_size=None, batch_format="numpy"):
             for seq, payload in zip(batch["seq"].tolist(), batch["payload"], strict=True):

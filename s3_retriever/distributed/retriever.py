@@ -270,6 +270,17 @@ class ShardedRetriever:
             finally:
                 self._shards.all("finish", qid)
 
+    def bm25_statistics(self, query: str, filters: Filters | None = None) -> BM25Stats:
+        """The corpus-wide BM25 statistics the shards combine for ``query``: units, total
+        length and each query term's document frequency (as one index over every shard)."""
+        qid = uuid.uuid4().hex
+        with self._lock:
+            try:
+                prepared = self._shards.all("prepare", qid, None, filters, "bm25", query)
+            finally:
+                self._shards.all("finish", qid)
+        return BM25Stats.combine([p.bm25 for p in prepared])
+
     def _retrieve(
         self,
         qid: str,
