@@ -2,7 +2,9 @@
 
 s3-retriever index PATH... --out DIR      scan files, folders or JSONL into an index directory
                                           (saved every --commit-every docs; --resume continues)
+                          --shards N [--ray ADDR] a sharded index built on Ray (rerun resumes)
 s3-retriever query DIR "question"         print evidence spans with sources and scores
+s3-retriever serve DIR                    answer queries over HTTP (JSON) from a loaded index
 s3-retriever train-sae --data PATH --out DIR   train an SAE bundle for a model
 s3-retriever sae-report --data PATH --out STEM  fidelity report of an SAE bundle
 s3-retriever eval --data DIR --tasks T --out STEM  retrieval quality against baselines
@@ -15,7 +17,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from s3_retriever.errors import S3RetrieverError
 
@@ -40,6 +42,10 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     total = count_documents(args.files)  # also checks that every input exists, before loading
+    if args.shards is not None:
+        return _cmd_index_sharded(args, total)
+    if args.ray is not None:
+        raise CLIError("--ray builds a sharded index; give --shards N too")
     # has_index also sees an index that a killed save left only in its backup, so --append
     # or --resume continues from it instead of starting an empty index that would hide it.
     exists = has_index(out)
@@ -71,6 +77,61 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_index_sharded(args: argparse.Namespace, total: int) -> int:
+    from s3_retriever.distributed import build_index
+
+    if args.append:
+        raise CLIError(
+            "a sharded build adds new documents and skips indexed ones by itself; drop --append"
+        )
+    report = build_index(
+        args.files,
+        args.out,
+        args.shards,
+        model_path=args.model,
+        sae_path=args.sae,
+        compact=args.compact,
+        ray_address=args.ray,
+        num_actors=args.actors,
+        commit_every=args.commit_every,
+        progress=not args.quiet,
+    )
+    skipped = f", skipped {report.skipped} already indexed" if report.skipped else ""
+    print(
+        f"indexed {report.added} of {total} document(s), {report.tokens} tokens{skipped} -> "
+        f"{args.out} ({args.shards} shards holding {report.shards} documents)"
+    )
+    return 0
+
+
+def _open_index(path: Path, model: str | None, ray_address: str | None) -> Any:
+    """A single index, or a sharded one (shards on Ray actors)."""
+    from s3_retriever.distributed.layout import is_sharded
+
+    if is_sharded(path):
+        from s3_retriever.distributed import ShardedRetriever
+
+        return ShardedRetriever.load(path, model_path=model, ray_address=ray_address)
+    from s3_retriever.retriever import S3Retriever
+
+    return S3Retriever.load(path, model_path=model)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from s3_retriever.serving import make_server
+
+    retriever = _open_index(Path(args.index), args.model, args.ray)
+    server = make_server(retriever, args.host, args.port)
+    url = f"http://{args.host}:{server.server_port}"
+    print(f"serving {len(retriever)} document(s) on {url} (POST /retrieve)")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 def _refuse_indexed(
     documents: Iterator[SourceDocument], indexed: set[str]
 ) -> Iterator[SourceDocument]:
@@ -84,9 +145,7 @@ def _refuse_indexed(
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from s3_retriever.retriever import S3Retriever
-
-    retriever = S3Retriever.load(Path(args.index), model_path=args.model)
+    retriever = _open_index(Path(args.index), args.model, args.ray)
     hits = retriever.retrieve(
         args.question, token_budget=args.budget, mode=args.mode, top_k=args.top_k
     )
@@ -298,6 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
         "most one batch",
     )
     index.add_argument("--quiet", action="store_true", help="no progress bar")
+    index.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="build a sharded index of N shards on Ray (s3_retriever.distributed; needs the "
+        "ray extra); running it again resumes an interrupted build",
+    )
+    index.add_argument(
+        "--ray", default=None, help="Ray cluster address (default: start a local one)"
+    )
+    index.add_argument(
+        "--actors", type=int, default=1, help="--shards: scan actors, one model each (default 1)"
+    )
     index.set_defaults(run=_cmd_index)
 
     query = sub.add_parser("query", help="retrieve evidence spans for a question")
@@ -308,7 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--top-k", type=int, default=None, help="keep at most this many spans")
     query.add_argument("--model", default=None, help="model folder the index was built with")
     query.add_argument("--json", action="store_true", help="print JSON instead of text")
+    query.add_argument("--ray", default=None, help="Ray cluster of a sharded index's actors")
     query.set_defaults(run=_cmd_query)
+
+    serve = sub.add_parser("serve", help="answer queries over HTTP from a loaded index")
+    serve.add_argument("index", help="index directory (single or sharded)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    serve.add_argument("--model", default=None, help="model folder the index was built with")
+    serve.add_argument("--ray", default=None, help="Ray cluster of a sharded index's actors")
+    serve.set_defaults(run=_cmd_serve)
 
     evaluate = sub.add_parser(
         "eval",

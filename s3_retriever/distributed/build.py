@@ -63,10 +63,20 @@ class ScanActor:
 
 
 def _open_retriever(spec: dict[str, Any]) -> S3Retriever:
-    config = RetrieverConfig.from_dict(spec["config"])
+    config = None
+    if spec["config"] is not None:
+        config = RetrieverConfig.from_dict(spec["config"])
+    elif spec["compact"]:
+        config = RetrieverConfig.compact()
+    config = config or RetrieverConfig()
     config = config.replace(scan=dataclasses.replace(config.scan, show_progress=False))
     return S3Retriever.from_pretrained(
-        spec["model_path"], spec["sae_path"], config, device=spec["device"], dtype=spec["dtype"]
+        spec["model_path"],
+        spec["sae_path"],
+        config,
+        device=spec["device"],
+        dtype=spec["dtype"],
+        compact=spec["compact"],
     )
 
 
@@ -136,6 +146,7 @@ def build_index(
     model_path: str | os.PathLike[str] | None = None,
     sae_path: str | os.PathLike[str] | None = None,
     config: RetrieverConfig | None = None,
+    compact: bool = False,
     dtype: str = "auto",
     ray_address: str | None = None,
     num_actors: int = 1,
@@ -151,7 +162,8 @@ def build_index(
         source: text files, folders, JSONL files (see :func:`s3_retriever.bulk.iter_documents`)
             or a Ray Dataset with ``id``, ``text`` and optional ``metadata`` columns.
         out: a new or empty folder, or the folder of an interrupted build to resume.
-        model_path, sae_path, config, dtype: as for :meth:`S3Retriever.from_pretrained`.
+        model_path, sae_path, config, compact, dtype: as for
+            :meth:`S3Retriever.from_pretrained`.
         ray_address: the Ray cluster to run on; ``None`` starts or joins a local one.
         num_actors: scan actors (model copies); each takes one GPU when the cluster has GPUs.
         cpus_per_actor: CPUs Ray reserves for each scan actor.
@@ -172,7 +184,8 @@ def build_index(
     spec = {
         "model_path": None if model_path is None else str(model_path),
         "sae_path": None if sae_path is None else str(sae_path),
-        "config": (config or RetrieverConfig()).to_dict(),
+        "config": None if config is None else config.to_dict(),
+        "compact": compact,
         "device": "cuda" if gpus else "cpu",
         "dtype": dtype,
     }

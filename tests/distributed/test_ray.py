@@ -216,6 +216,26 @@ def test_a_killed_driver_resumes_to_the_same_index(
     _assert_same_shards(out, built[0], loaded)
 
 
+def test_the_http_endpoint_serves_a_sharded_index(
+    sharded: ShardedRetriever, single: S3Retriever
+) -> None:
+    import threading
+
+    from s3_retriever.serving import RemoteRetriever, make_server
+
+    server = make_server(sharded, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = RemoteRetriever(f"http://127.0.0.1:{server.server_port}")
+        assert len(remote) == len(single)
+        for mode in ("s3", "hybrid", "bm25"):
+            got = remote.retrieve(QUESTIONS[1], token_budget=256, mode=mode)
+            assert_same_hits(got, single.retrieve(QUESTIONS[1], token_budget=256, mode=mode))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_deletes_re_adds_and_save_stay_exact(
     sharded: ShardedRetriever,
     loaded: LoadedModel,
@@ -257,3 +277,30 @@ def test_deletes_re_adds_and_save_stay_exact(
             )
     finally:
         reopened.close()
+
+
+def test_the_cli_builds_and_queries_a_sharded_index(
+    cluster: Any,
+    tmp_path: Path,
+    model_dir: Path,
+    bundle_dir: Path,
+    rows: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from s3_retriever.cli import main
+
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    out = tmp_path / "cli-sharded"
+    address = ray.get_runtime_context().gcs_address
+    common = ["--model", str(model_dir), "--ray", address]
+    argv = ["index", str(source), "--out", str(out), "--shards", "2", "--sae", str(bundle_dir)]
+    assert main([*argv, *common, "--quiet"]) == 0, capsys.readouterr().err
+    assert "8 of 8 document(s)" in capsys.readouterr().out
+    assert main([*argv, *common, "--quiet"]) == 0
+    assert "indexed 0 of 8 document(s)" in capsys.readouterr().out  # a rerun skips them all
+    assert main(["query", str(out), QUESTIONS[0], "--json", *common]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits and {h["doc_id"] for h in hits} <= {r["id"] for r in rows[:8]}
