@@ -45,13 +45,19 @@ def _latency(retriever: Any, questions: list[str], budget: int) -> dict[str, Any
     """Median latency per mode (each question once to warm up, then timed) and the answers."""
     out: dict[str, Any] = {}
     for mode in MODES:
-        answers, times = [], []
+        answers, times, rounds = [], [], []
         for question in questions:
             retriever.retrieve(question, token_budget=budget, mode=mode)
+            before = getattr(retriever, "round_trips", 0)
             start = time.perf_counter()
             answers.append(retriever.retrieve(question, token_budget=budget, mode=mode))
             times.append(time.perf_counter() - start)
-        out[mode] = {"median_ms": 1000 * statistics.median(times), "answers": answers}
+            rounds.append(getattr(retriever, "round_trips", 0) - before)
+        out[mode] = {
+            "median_ms": 1000 * statistics.median(times),
+            "answers": answers,
+            "round_trips": statistics.mean(rounds),
+        }
     return out
 
 
@@ -114,6 +120,7 @@ def main() -> None:
                     "max_shard_mib": max(sum(i["nbytes"].values()) for i in info) / 2**20,
                 }
                 | {f"{m}_ms": measured[m]["median_ms"] for m in MODES}
+                | {f"{m}_round_trips": measured[m]["round_trips"] for m in MODES}
                 | {
                     f"{m}_same": sum(
                         _same(a, b)
@@ -135,6 +142,9 @@ def main() -> None:
             *[f"{r[f'{m}_ms']:.0f}" for m in MODES],
             f"{r.get('max_shard_mib', sum(single.index_nbytes().values()) / 2**20):.1f}",
             " / ".join(str(r.get(f"{m}_same", "-")) for m in MODES),
+            " / ".join(
+                f"{r[f'{m}_round_trips']:.1f}" if f"{m}_round_trips" in r else "-" for m in MODES
+            ),
         ]
         for r in runs
     ]
@@ -147,6 +157,7 @@ def main() -> None:
             "BM25 ms",
             "largest shard MiB",
             f"same answers as single (s3 / hybrid / bm25, of {len(questions)})",
+            "round trips per question (s3 / hybrid / bm25)",
         ],
         rows,
     )

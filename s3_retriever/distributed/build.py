@@ -69,7 +69,10 @@ def _open_retriever(spec: dict[str, Any]) -> S3Retriever:
     elif spec["compact"]:
         config = RetrieverConfig.compact()
     config = config or RetrieverConfig()
-    config = config.replace(scan=dataclasses.replace(config.scan, show_progress=False))
+    config = config.replace(
+        scan=dataclasses.replace(config.scan, show_progress=False),
+        scoring=dataclasses.replace(config.scoring, cluster_search_above=None),
+    )
     return S3Retriever.from_pretrained(
         spec["model_path"],
         spec["sae_path"],
@@ -181,6 +184,12 @@ def build_index(
     root.mkdir(parents=True, exist_ok=True)
     ray = ensure_ray(ray_address)
     gpus = ray.cluster_resources().get("GPU", 0) >= 1
+    if config is not None and config.scoring.cluster_search_above is not None:
+        # Shards read every key (their softmax normalisers must add up), so the k-means
+        # clusters a large index saves for clustered search would never be read.
+        config = config.replace(
+            scoring=dataclasses.replace(config.scoring, cluster_search_above=None)
+        )
     spec = {
         "model_path": None if model_path is None else str(model_path),
         "sae_path": None if sae_path is None else str(sae_path),

@@ -61,17 +61,28 @@ class _Shards:
     def __init__(self, handles: Sequence[Any], ray: Any | None) -> None:
         self.handles = list(handles)
         self.ray = ray
+        self.round_trips = 0
+        """Calls the driver waited for (each to one or several shards at once)."""
 
     def __len__(self) -> int:
         return len(self.handles)
 
     def each(self, method: str, args: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
         """Call ``method`` on the shards in ``args``, concurrently; results by shard."""
+        self.round_trips += 1
         if self.ray is None:
             return {i: getattr(self.handles[i], method)(*a) for i, a in args.items()}
         refs = {i: getattr(self.handles[i], method).remote(*a) for i, a in args.items()}
         values = self.ray.get(list(refs.values()))
         return dict(zip(refs, values, strict=True))
+
+    def tell(self, method: str, *args: Any) -> None:
+        """Call ``method`` on every shard without waiting (an actor runs its calls in order)."""
+        for handle in self.handles:
+            if self.ray is None:
+                getattr(handle, method)(*args)
+            else:
+                getattr(handle, method).remote(*args)
 
     def all(self, method: str, *args: Any) -> list[Any]:
         result = self.each(method, dict.fromkeys(range(len(self.handles)), args))
@@ -163,6 +174,11 @@ class ShardedRetriever:
     @property
     def doc_ids(self) -> list[str]:
         return sorted(self._ids)
+
+    @property
+    def round_trips(self) -> int:
+        """Waits for shard answers so far (a wait covers every shard asked at once)."""
+        return self._shards.round_trips
 
     def shard_info(self) -> list[dict[str, Any]]:
         """Documents, positions, units and bytes of every shard."""
@@ -268,7 +284,7 @@ class ShardedRetriever:
             try:
                 return self._retrieve(qid, query, vectors, top_k, token_budget, mode, filters)
             finally:
-                self._shards.all("finish", qid)
+                self._shards.tell("finish", qid)
 
     def bm25_statistics(self, query: str, filters: Filters | None = None) -> BM25Stats:
         """The corpus-wide BM25 statistics the shards combine for ``query``: units, total

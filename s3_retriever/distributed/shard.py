@@ -236,11 +236,12 @@ class ShardWorker:
         seq, in_doc = state.seq, state.in_doc
         if state.mode == "s3":
             smoothed = components["s3_positions"]
-            pos_seq, pos_in_doc = self._position_keys()
             found = peaks(smoothed, corpus, retriever.config.spans, limit=PEAK_LIMIT)
+            pos_seq, pos_in_doc = self._position_keys([p for _, p in found])
             # An entry of a filtered-out unit still counts towards the limit, as in one index.
             state.lists["s3"] = [
-                (-float(smoothed[p]), int(pos_seq[p]), int(pos_in_doc[p]), u) for u, p in found
+                (-float(smoothed[p]), int(pos_seq[i]), int(pos_in_doc[i]), u)
+                for i, (u, p) in enumerate(found)
             ]
         elif state.mode == "bm25":
             scores = components["bm25"]
@@ -278,12 +279,12 @@ class ShardWorker:
             np.arange(corpus.n_units) - first_unit[corpus.unit_doc],
         )
 
-    def _position_keys(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each position's document sequence number and its place within its document."""
+    def _position_keys(self, positions: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The document sequence number and place within the document of some positions."""
         corpus = self.retriever.corpus
-        counts = corpus.doc_token_count
-        doc_of = np.repeat(np.arange(len(corpus)), counts)
-        return self.order[doc_of], np.arange(corpus.n_positions) - corpus.doc_token_start[doc_of]
+        where = np.asarray(positions, np.int64)
+        row = np.searchsorted(corpus.doc_token_start, where, side="right") - 1
+        return self.order[row], where - corpus.doc_token_start[row]
 
     def _lead_tail(self, state: _Query) -> list[list[UnitRef]]:
         groups = self.retriever._lead_tail_groups(state.unit_mask, state.counts)
