@@ -7,8 +7,8 @@ by :func:`s3_retriever.distributed.build_index` with 1, 2 and 4 shards on a loca
 every mode. It records indexing throughput, median query latency, the bytes each shard holds,
 and how many answers of each sharded index equal the single index's (spans and scores within
 1e-5). Scan batching differs between the two paths (the build batches a few documents per scan
-call), which can move an int8 key code by one step; tests/distributed shows exact equality when
-both read one chunk per forward pass.
+call), which can change keys in their last bits and move an int8 key code by one step;
+``--one-chunk-per-pass`` makes both read one chunk per forward pass, so both store the same keys.
 
     python -m benchmarks.sharded --tokens 1000000 --questions 20
 """
@@ -16,6 +16,7 @@ both read one chunk per forward pass.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import markdown_table, write_result
-from benchmarks.real_corpus import data_dir, haystacks, quiet_retriever, short_documents
+from benchmarks.real_corpus import data_dir, haystacks, quiet, quiet_retriever, short_documents
+from s3_retriever import S3Retriever
 from s3_retriever.bulk import SourceDocument, index_corpus
 
 MODES = ("s3", "hybrid", "bm25")
@@ -77,6 +79,13 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     parser.add_argument("--actors", type=int, default=1, help="scan actors of the build")
     parser.add_argument("--commit-every", type=int, default=500, help="documents per commit")
+    parser.add_argument(
+        "--one-chunk-per-pass",
+        action="store_true",
+        help="scan one chunk per forward pass in both paths (ScanConfig(batch_size=1)), so both "
+        "store the same keys and the answers can be compared for equality",
+    )
+    parser.add_argument("--name", default="sharded", help="result file stem after bench_")
     args = parser.parse_args()
     import ray
 
@@ -84,6 +93,10 @@ def main() -> None:
 
     folder = data_dir(args.data)
     single = quiet_retriever()
+    config = None
+    if args.one_chunk_per_pass:
+        config = single.config.replace(scan=dataclasses.replace(single.config.scan, batch_size=1))
+        single = quiet(S3Retriever(single.loaded, single.bundle, config))
     docs = _documents(folder, args.tokens, single)
     questions = [ex.question for ex in haystacks(folder, args.questions)]
     runs: list[dict[str, Any]] = []
@@ -104,7 +117,13 @@ def main() -> None:
             out = Path(tmp) / f"shards-{n}"
             start = time.perf_counter()
             built = build_index(
-                docs, out, n, num_actors=args.actors, commit_every=args.commit_every, progress=False
+                docs,
+                out,
+                n,
+                config=config,
+                num_actors=args.actors,
+                commit_every=args.commit_every,
+                progress=False,
             )
             seconds = time.perf_counter() - start
             sharded = ShardedRetriever.load(out, num_cpus_per_shard=args.cpus / (2 * n))
@@ -166,7 +185,7 @@ def main() -> None:
         f"{len(questions)} HotpotQA questions at a {args.budget}-token budget; a Ray cluster of "
         f"{args.cpus} CPUs and {args.actors} scan actor(s)."
     )
-    write_result("sharded", {"settings": vars(args), "documents": len(docs), "runs": runs}, table)
+    write_result(args.name, {"settings": vars(args), "documents": len(docs), "runs": runs}, table)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,12 @@ from s3_retriever.lexical import BM25Index
 from s3_retriever.models import LoadedModel, attention_shape, load_model
 from s3_retriever.sae import COMPACT_VARIANT, SAEBundle, shipped_bundle_dir
 from s3_retriever.scan import Scanner, TokenizedText, tokenize
-from s3_retriever.scoring import content_token_indices, position_logsumexp, score_positions
+from s3_retriever.scoring import (
+    ScoringConfig,
+    content_token_indices,
+    position_logsumexp,
+    score_positions,
+)
 from s3_retriever.segment import segment
 from s3_retriever.spans import Seed, grow, merge_adjacent, pack, peak_units, smooth, unit_scores
 
@@ -380,17 +385,7 @@ class S3Retriever:
         part of that corpus's scores.
         """
         with self._lock:
-            return score_positions(
-                head_queries,
-                self.config.scoring,
-                self.corpus.n_positions,
-                self.kv_group,
-                self.key_stores,
-                self.postings,
-                self.bundle,
-                self._allowed_positions(doc_mask),
-                row_lse,
-            )
+            return score_positions(head_queries, *self._scoring_inputs(doc_mask), row_lse)
 
     def question_logsumexp(
         self,
@@ -400,21 +395,32 @@ class S3Retriever:
         """Per head, each question row's softmax normaliser over this index's candidate
         positions (log-sum-exp): what shards of one corpus combine before scoring."""
         with self._lock:
-            return position_logsumexp(
-                head_queries,
-                self.config.scoring,
-                self.corpus.n_positions,
-                self.kv_group,
-                self.key_stores,
-                self.postings,
-                self.bundle,
-                self._allowed_positions(doc_mask),
-            )
+            return position_logsumexp(head_queries, *self._scoring_inputs(doc_mask))
 
-    def _allowed_positions(self, doc_mask: np.ndarray | None) -> np.ndarray | None:
-        if doc_mask is None or doc_mask.all():
-            return None
-        return np.repeat(doc_mask, self.corpus.doc_token_count)
+    def _scoring_inputs(
+        self, doc_mask: np.ndarray | None
+    ) -> tuple[
+        ScoringConfig,
+        int,
+        int,
+        dict[Field, KeyStore],
+        dict[Field, Postings],
+        SAEBundle,
+        np.ndarray | None,
+    ]:
+        """The index arguments of the scorers, after the question: settings, stores, mask."""
+        allowed = None
+        if doc_mask is not None and not doc_mask.all():
+            allowed = np.repeat(doc_mask, self.corpus.doc_token_count)
+        return (
+            self.config.scoring,
+            self.corpus.n_positions,
+            self.kv_group,
+            self.key_stores,
+            self.postings,
+            self.bundle,
+            allowed,
+        )
 
     def _projected_queries(self, text: str, input_ids: np.ndarray) -> dict[int, Any]:
         """The model's query projections of ``text``, remembered for the last few questions.
