@@ -18,6 +18,7 @@ break by position.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,25 @@ UnitRef = tuple[int, int, int, int]
 """A unit as the driver packs it: (sequence number, unit within document, local unit, tokens)."""
 
 
+class _RankedUnits:
+    """Units in rank order, turned into entries only for the slices the driver reads (a
+    hybrid ranking holds every candidate unit of the shard)."""
+
+    def __init__(
+        self, scores: np.ndarray, ranked: np.ndarray, seq: np.ndarray, in_doc: np.ndarray
+    ) -> None:
+        self.scores, self.ranked, self.seq, self.in_doc = scores, ranked, seq, in_doc
+
+    def __len__(self) -> int:
+        return len(self.ranked)
+
+    def __getitem__(self, part: slice) -> list[Entry]:
+        return [
+            (-float(self.scores[u]), int(self.seq[u]), int(self.in_doc[u]), int(u))
+            for u in self.ranked[part].tolist()
+        ]
+
+
 @dataclass
 class _Query:
     """What a shard keeps of one question between the driver's calls."""
@@ -50,7 +70,7 @@ class _Query:
     unit_mask: np.ndarray
     terms: list[str] = field(default_factory=list)
     components: dict[str, np.ndarray] = field(default_factory=dict)
-    lists: dict[str, list[Entry]] = field(default_factory=dict)
+    lists: dict[str, list[Entry] | _RankedUnits] = field(default_factory=dict)
     sorted_keys: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     min_tokens: int = 0
     seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -103,8 +123,6 @@ class ShardWorker:
         # Every key is read: a shard's softmax normaliser must cover all its candidates.
         scoring = retriever.config.scoring
         if scoring.cluster_search_above is not None:
-            import dataclasses
-
             retriever.config = retriever.config.replace(
                 scoring=dataclasses.replace(scoring, cluster_search_above=None)
             )
@@ -246,12 +264,12 @@ class ShardWorker:
         elif state.mode == "bm25":
             scores = components["bm25"]
             ranked = rank_order(scores, state.unit_mask & (scores > 0))[:PEAK_LIMIT]
-            state.lists["bm25"] = self._entries(scores, ranked, seq, in_doc)
+            state.lists["bm25"] = _RankedUnits(scores, ranked, seq, in_doc)
         else:
             for name in ("s3", "bm25"):
                 scores = components[name]
                 ranked = rank_order(scores, state.unit_mask)
-                state.lists[name] = self._entries(scores, ranked, seq, in_doc)
+                state.lists[name] = _RankedUnits(scores, ranked, seq, in_doc)
                 state.sorted_keys[name] = (
                     -scores[ranked].astype(np.float64),
                     seq[ranked],
@@ -262,11 +280,6 @@ class ShardWorker:
             "sizes": {name: len(entries) for name, entries in state.lists.items()},
             "lead_tail": self._lead_tail(state),
         }
-
-    def _entries(
-        self, scores: np.ndarray, ranked: np.ndarray, seq: np.ndarray, in_doc: np.ndarray
-    ) -> list[Entry]:
-        return [(-float(scores[u]), int(seq[u]), int(in_doc[u]), int(u)) for u in ranked.tolist()]
 
     def _unit_keys(self) -> tuple[np.ndarray, np.ndarray]:
         """Each unit's document sequence number and its place within its document."""
