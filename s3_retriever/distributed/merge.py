@@ -46,18 +46,21 @@ def combine_lse(parts: Sequence[dict[Any, np.ndarray] | None]) -> dict[Any, np.n
         }
 
 
+Page = list[tuple[tuple[float, int, int, int], Any]]
+"""Entries ``((-score, seq, place, local unit), payload)`` of one shard's ranking."""
+
+
 class MergedRanking:
     """One ranking over every shard: a k-way merge of the shards' sorted entries.
 
-    ``fetch(shard, start, count)`` returns more entries of a shard; an entry is
-    ``((-score, seq, place, local unit), payload)``.
+    ``fetch({shard: (start, count)})`` returns more entries of those shards, in one round trip.
     """
 
     def __init__(
         self,
-        first_pages: Sequence[list[tuple[tuple[float, int, int, int], Any]]],
+        first_pages: Sequence[Page],
         sizes: Sequence[int],
-        fetch: Callable[[int, int, int], list[tuple[tuple[float, int, int, int], Any]]],
+        fetch: Callable[[dict[int, tuple[int, int]]], dict[int, Page]],
     ) -> None:
         self._buffers = [list(page) for page in first_pages]
         self._next = [len(page) for page in first_pages]
@@ -70,14 +73,23 @@ class MergedRanking:
         heap: list[tuple[tuple[float, int, int, int], int, Any]] = []
         cursors = [0] * len(self._buffers)
 
+        def refill(shard: int) -> None:
+            # Every shard with less than half a page unread is topped up in the same round trip;
+            # pages double, so a deep read costs few round trips.
+            wanted = {}
+            for other, buffer in enumerate(self._buffers):
+                unread = len(buffer) - cursors[other]
+                more_left = self._next[other] < self._sizes[other]
+                if more_left and (other == shard or 2 * unread < max(len(buffer), 32)):
+                    wanted[other] = (self._next[other], max(len(buffer), 32))
+            for other, more in self._fetch(wanted).items():
+                self._next[other] += len(more)
+                self._buffers[other].extend(more)
+
         def push(shard: int) -> None:
             buffer = self._buffers[shard]
             if cursors[shard] == len(buffer) and self._next[shard] < self._sizes[shard]:
-                # Pages double, so a deep read costs few round trips.
-                count = max(len(buffer), 32)
-                more = self._fetch(shard, self._next[shard], count)
-                self._next[shard] += len(more)
-                buffer.extend(more)
+                refill(shard)
             if cursors[shard] < len(buffer):
                 entry, payload = buffer[cursors[shard]]
                 cursors[shard] += 1
@@ -96,8 +108,8 @@ class ReciprocalRankFusion:
     """RRF scores of units of several shards, from their exact global ranks in both rankings.
 
     ``keys_of(units)`` gives units' keys in both rankings (asked of their shards);
-    ``global_ranks(name, keys)`` counts, over all shards, the candidates ranked before each key.
-    Ranks and keys are remembered for the question.
+    ``global_ranks({name: keys})`` counts, over all shards, the candidates ranked before each
+    key, for both rankings in one call. Ranks and keys are remembered for the question.
     """
 
     def __init__(
@@ -105,7 +117,7 @@ class ReciprocalRankFusion:
         weights: tuple[float, float],
         rrf_k: int,
         keys_of: Callable[[list[tuple[int, int]]], dict[tuple[int, int], tuple[Key, Key]]],
-        global_ranks: Callable[[str, list[Key]], np.ndarray],
+        global_ranks: Callable[[dict[str, list[Key]]], dict[str, np.ndarray]],
     ) -> None:
         if weights[0] < 0 or weights[1] < 0:
             raise ValueError("a sharded search needs RRF weights of at least 0")
@@ -127,11 +139,16 @@ class ReciprocalRankFusion:
         unknown = [u for u in units if u not in self.keys]
         if unknown:
             self.keys.update(self._keys_of(unknown))
-        for slot, name in enumerate(("s3", "bm25")):
-            missing = [u for u in units if u not in self.rank[name]]
-            if missing:
-                counts = self._global_ranks(name, [self.keys[u][slot] for u in missing])
-                self.rank[name].update(zip(missing, counts.tolist(), strict=True))
+        missing = {name: [u for u in units if u not in self.rank[name]] for name in ("s3", "bm25")}
+        wanted = {
+            name: [self.keys[u][slot] for u in missing[name]]
+            for slot, name in enumerate(("s3", "bm25"))
+            if missing[name]
+        }
+        if wanted:
+            counts = self._global_ranks(wanted)
+            for name in wanted:
+                self.rank[name].update(zip(missing[name], counts[name].tolist(), strict=True))
         return {u: self.score_of(self.rank["s3"][u], self.rank["bm25"][u]) for u in units}
 
     def ranking(
@@ -144,11 +161,13 @@ class ReciprocalRankFusion:
         done: set[tuple[int, int]] = set()
         depth, emitted = 0, 0
         while emitted < limit:
-            target = min(total, max(64, 2 * depth))
+            # Deeper by 4x a step: packing a nearly full budget can read far down the ranking.
+            target = min(total, max(64, 4 * depth))
             for name, stream in streams.items():
                 for place in range(depth, target):
-                    shard, entry, _ = next(stream)
+                    shard, entry, keys = next(stream)
                     self.rank[name][(shard, entry[3])] = place
+                    self.keys[(shard, entry[3])] = keys
             depth = target
             pending = (set(self.rank["s3"]) | set(self.rank["bm25"])) - done
             fused = self.fused(pending)

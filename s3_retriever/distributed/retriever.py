@@ -343,9 +343,9 @@ class ShardedRetriever:
         chosen = pack(itertools.chain(lead, seeds), token_budget, smallest, top_k)
         return self._hits(qid, runs(chosen), fusion)
 
-    def _pager(self, qid: str, name: str) -> Callable[[int, int, int], list[Any]]:
-        def fetch(shard: int, start: int, count: int) -> list[Any]:
-            return self._shards.each("page", {shard: (qid, name, start, count)})[shard]
+    def _pager(self, qid: str, name: str) -> Callable[[dict[int, tuple[int, int]]], dict[int, Any]]:
+        def fetch(wanted: dict[int, tuple[int, int]]) -> dict[int, Any]:
+            return self._shards.each("page", {s: (qid, name, a, n) for s, (a, n) in wanted.items()})
 
         return fetch
 
@@ -363,8 +363,9 @@ class ShardedRetriever:
                 for unit, keys in zip(units_of, answers[shard], strict=True)
             }
 
-        def global_ranks(name: str, keys: list[Any]) -> np.ndarray:
-            return np.sum(self._shards.all("count_before", qid, name, keys), axis=0)
+        def global_ranks(keys: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+            counts = self._shards.all("count_before", qid, keys)
+            return {name: np.sum([c[name] for c in counts], axis=0) for name in keys}
 
         return ReciprocalRankFusion(
             (hybrid.s3_weight, hybrid.bm25_weight), hybrid.rrf_k, keys_of, global_ranks
@@ -375,16 +376,21 @@ class ShardedRetriever:
     ) -> Iterator[list[GlobalUnit]]:
         """Spans grown from fused-ranked seeds, a batch of seeds at a time: each shard names
         the units growth may look at, the driver fuses their scores, the shard grows."""
-        batch_size = 16
+        batch_size = 64
         while True:
             batch = [s for _, s in zip(range(batch_size), seeds, strict=False)]
             if not batch:
                 return
-            batch_size *= 2
+            batch_size *= 4
             by_shard: dict[int, list[int]] = {}
             for shard, unit, _ in batch:
                 by_shard.setdefault(shard, []).append(unit)
-            near = self._shards.each("neighbourhoods", {s: (qid, u) for s, u in by_shard.items()})
+            answers = self._shards.each(
+                "neighbourhoods", {s: (qid, u) for s, u in by_shard.items()}
+            )
+            near = {s: lists for s, (lists, _) in answers.items()}
+            for shard, (_, keys) in answers.items():
+                fusion.keys.update({(shard, u): k for u, k in keys.items()})
             wanted = [(s, u) for s, lists in near.items() for units in lists for u in units]
             fused = fusion.fused(wanted)
             grown = self._shards.each(

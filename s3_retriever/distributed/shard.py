@@ -306,11 +306,12 @@ class ShardWorker:
     # ------------------------------------------------------------------ search, later rounds
     def page(self, qid: str, name: str, start: int, count: int) -> list[tuple[Entry, Any]]:
         """Entries ``start`` to ``start + count`` of ranking ``name``, each with its grown span
-        where growth needs only this shard (S3-Pure and BM25 rankings), else ``None``."""
+        where growth needs only this shard (S3-Pure and BM25 rankings), else with the unit's
+        keys in both rankings (hybrid: the driver fuses them)."""
         state = self._queries[qid]
         entries = state.lists[name][start : start + count]
         if state.mode == "hybrid":
-            return [(e, None) for e in entries]
+            return [(e, _both_keys(state, e[3])) for e in entries]
         scores = state.components[name]
         return [(e, self._grown(state, e[3], scores)) for e in entries]
 
@@ -323,33 +324,34 @@ class ShardWorker:
         return _refs(state, grow(unit, corpus, scores, state.min_tokens, state.counts, within))
 
     def count_before(
-        self, qid: str, name: str, keys: Sequence[tuple[float, int, int]]
-    ) -> np.ndarray:
-        """For each key ``(-score, seq, place)``: how many of this shard's candidates rank before
-        it in ranking ``name``. Summed over shards, a unit's global rank."""
-        neg, seq, in_doc = self._queries[qid].sorted_keys[name]
-        out = np.zeros(len(keys), np.int64)
-        for i, (key_neg, key_seq, key_in_doc) in enumerate(keys):
-            lo = int(np.searchsorted(neg, key_neg, side="left"))
-            hi = int(np.searchsorted(neg, key_neg, side="right"))
-            tied = (seq[lo:hi] < key_seq) | ((seq[lo:hi] == key_seq) & (in_doc[lo:hi] < key_in_doc))
-            out[i] = lo + int(tied.sum())
+        self, qid: str, keys: Mapping[str, Sequence[tuple[float, int, int]]]
+    ) -> dict[str, np.ndarray]:
+        """For each ranking and key ``(-score, seq, place)``: how many of this shard's
+        candidates rank before it. Summed over shards, a unit's global rank."""
+        out: dict[str, np.ndarray] = {}
+        for name, wanted in keys.items():
+            neg, seq, in_doc = self._queries[qid].sorted_keys[name]
+            counts = np.zeros(len(wanted), np.int64)
+            for i, (key_neg, key_seq, key_in_doc) in enumerate(wanted):
+                lo = int(np.searchsorted(neg, key_neg, side="left"))
+                hi = int(np.searchsorted(neg, key_neg, side="right"))
+                before = seq[lo:hi] < key_seq
+                tied = before | ((seq[lo:hi] == key_seq) & (in_doc[lo:hi] < key_in_doc))
+                counts[i] = lo + int(tied.sum())
+            out[name] = counts
         return out
 
     def rank_keys(self, qid: str, units: Sequence[int]) -> list[tuple[tuple[float, int, int], ...]]:
         """Each unit's key in every ranking of the question (S3 first, then BM25)."""
         state = self._queries[qid]
-        return [
-            tuple(
-                (-float(state.components[name][u]), int(state.seq[u]), int(state.in_doc[u]))
-                for name in ("s3", "bm25")
-            )
-            for u in units
-        ]
+        return [_both_keys(state, u) for u in units]
 
-    def neighbourhoods(self, qid: str, units: Sequence[int]) -> list[list[int]]:
-        """Units that growing each of ``units`` may look at: its document's units within
-        ``min_tokens`` tokens of it. The driver computes their fused scores for :meth:`grow`."""
+    def neighbourhoods(
+        self, qid: str, units: Sequence[int]
+    ) -> tuple[list[list[int]], dict[int, tuple[tuple[float, int, int], ...]]]:
+        """Units that growing each of ``units`` may look at (its document's units within
+        ``min_tokens`` tokens of it), and their keys in both rankings. The driver computes
+        their fused scores for :meth:`grow`."""
         corpus = self.retriever.corpus
         state = self._queries[qid]
         counts, budget = state.counts, state.min_tokens
@@ -364,7 +366,8 @@ class ShardWorker:
                     size += int(counts[u])
                     u += step
             out.append(sorted(near))
-        return out
+        keys = {u: _both_keys(state, u) for near in out for u in near}
+        return out, keys
 
     def grow(
         self, qid: str, units: Sequence[int], scores: Mapping[int, float]
@@ -416,3 +419,9 @@ class ShardWorker:
 
 def _refs(state: _Query, units: Sequence[int]) -> list[UnitRef]:
     return [(int(state.seq[u]), int(state.in_doc[u]), int(u), int(state.counts[u])) for u in units]
+
+
+def _both_keys(state: _Query, unit: int) -> tuple[tuple[float, int, int], ...]:
+    """The unit's key in the S3 ranking, then in the BM25 ranking."""
+    seq, place = int(state.seq[unit]), int(state.in_doc[unit])
+    return tuple((-float(state.components[n][unit]), seq, place) for n in ("s3", "bm25"))
