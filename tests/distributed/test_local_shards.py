@@ -11,6 +11,7 @@ from s3_retriever.distributed.routing import shard_of
 from s3_retriever.distributed.testing import local_sharded
 from s3_retriever.fusion import HybridConfig
 from s3_retriever.models import LoadedModel
+from s3_retriever.scoring import ScoringConfig
 from tests.distributed.conftest import QUESTIONS, assert_same_hits, reference, search_cases
 
 
@@ -66,3 +67,24 @@ def test_add_refuses_ids_held_by_any_shard(pair: Any, rows: list[dict[str, Any]]
     with pytest.raises(ValueError, match="already indexed"):
         sharded.add_documents(["x"], ids=[rows[5]["id"]])
     assert len(sharded) == len(rows)
+
+
+def test_the_aligned_scorer_merges_exactly_too(
+    loaded: LoadedModel, bundle: SAEBundle, shard_config: Any, rows: list[dict[str, Any]]
+) -> None:
+    config = shard_config.replace(scoring=ScoringConfig(scorer="aligned"))
+    single = reference(loaded, bundle, config, rows)
+    sharded = local_sharded(reference(loaded, bundle, config, []), rows, 4)
+    for case in search_cases()[:10]:
+        want = single.retrieve(QUESTIONS[2], **case)
+        assert_same_hits(sharded.retrieve(QUESTIONS[2], **case), want)
+
+
+def test_the_coactivation_scorer_is_refused_clearly(
+    loaded: LoadedModel, bundle: SAEBundle, shard_config: Any, rows: list[dict[str, Any]]
+) -> None:
+    config = shard_config.replace(scoring=ScoringConfig(scorer="coactivation"))
+    sharded = local_sharded(reference(loaded, bundle, config, []), rows[:4], 2)
+    with pytest.raises(ValueError, match="coactivation"):
+        sharded.retrieve(QUESTIONS[0], mode="s3")
+    assert sharded.retrieve(QUESTIONS[0], mode="bm25")
