@@ -13,11 +13,13 @@ s3-retriever eval --data DIR --tasks T --out STEM  retrieval quality against bas
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from s3_retriever.errors import S3RetrieverError
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from s3_retriever.bulk import SourceDocument
 
 
-class CLIError(Exception):
+class CLIError(S3RetrieverError):
     """A user-facing problem: printed as one line on stderr, exit status 2."""
 
 
@@ -37,11 +39,14 @@ def _read_text(path: Path) -> str:
 
 def _cmd_index(args: argparse.Namespace) -> int:
     from s3_retriever.bulk import count_documents, index_corpus, iter_documents
+    from s3_retriever.index_folder import check_save_target
     from s3_retriever.persistence import has_index
     from s3_retriever.retriever import S3Retriever
 
     out = Path(args.out)
-    total = count_documents(args.files)  # also checks that every input exists, before loading
+    _refuse_out_among_inputs(out, [Path(p) for p in args.files])
+    # Also checks that every input exists, before loading.
+    total = count_documents(args.files, follow_links=args.follow_links)
     if args.shards is not None:
         return _cmd_index_sharded(args, total)
     if args.ray is not None:
@@ -57,8 +62,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if exists:
         retriever = S3Retriever.load(out, model_path=args.model)
     else:
+        check_save_target(out)  # a file or a folder of other files: refused before any scan
         retriever = S3Retriever.from_pretrained(args.model, sae_path=args.sae, compact=args.compact)
-    documents = iter_documents(args.files)
+    documents = iter_documents(args.files, follow_links=args.follow_links)
     if args.append and not args.resume:
         documents = _refuse_indexed(documents, set(retriever.doc_ids))
     report = index_corpus(
@@ -130,6 +136,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _refuse_out_among_inputs(out: Path, inputs: list[Path]) -> None:
+    """``index notes --out notes`` would replace the documents it reads; an index inside an
+    input folder would be read as documents by the next run."""
+    target = out.resolve()
+    for path in inputs:
+        source = path.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise CLIError(
+                f"--out {out} overlaps the input {path}; write the index to a folder outside "
+                f"the inputs (saving replaces the whole --out folder)"
+            )
 
 
 def _refuse_indexed(
@@ -356,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="save the index after this many documents (default 200); a killed run loses at "
         "most one batch",
     )
+    index.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="follow symbolic links inside input folders that lead outside them (skipped with a "
+        "warning by default: a link to a secret file would put it in the index)",
+    )
     index.add_argument("--quiet", action="store_true", help="no progress bar")
     index.add_argument(
         "--shards",
@@ -505,22 +530,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status. Errors print one line, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        status: int = args.run(args)
-        return status
-    except (CLIError, S3RetrieverError, ValueError, TypeError) as exc:
-        print(f"s3-retriever: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "s3-retriever: interrupted; the index holds everything up to its last save "
-            "(for `index`, rerun with --resume to continue)",
-            file=sys.stderr,
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            status: int = args.run(args)
+            return status
+        except (S3RetrieverError, ValueError, TypeError) as exc:
+            print(f"s3-retriever: error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"s3-retriever: error: {_os_error_line(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(
+                "s3-retriever: interrupted; the index holds everything up to its last save "
+                "(for `index`, rerun with --resume to continue)",
+                file=sys.stderr,
+            )
+            return 130
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        # A save writes a staging folder first, so the index on disk is still the last one.
+        return (
+            f"{reason}{where}; the index holds everything up to its last save. Free space and "
+            f"rerun (for `index`, with --resume)."
         )
-        return 130
+    return f"{reason}{where}"
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    print(f"s3-retriever: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

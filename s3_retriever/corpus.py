@@ -125,14 +125,26 @@ def check_metadata(metadata: Any, doc_id: str) -> dict[str, Any]:
         raise TypeError(f"metadata for document {doc_id!r} must be a dict, got {type(metadata)}")
     hint = "use str keys and str, int, float, bool, None, list or dict values"
     try:
-        encoded = json.dumps(metadata, allow_nan=False)
+        encoded = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(
             f"metadata for document {doc_id!r} is not JSON-serialisable ({exc}); {hint}."
         ) from exc
-    if json.loads(encoded) != metadata:
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # json.dumps escapes it, but documents.json is written as UTF-8 text, so every later
+        # save of the index would fail.
+        raise ValueError(
+            f"metadata for document {doc_id!r} holds an unpaired surrogate (invalid UTF-8 in "
+            f"its source, at {encoded[max(exc.start - 20, 0) : exc.start]!r}); decode the source "
+            f"with errors='replace' or fix its encoding first."
+        ) from None
+    copy: dict[str, Any] = json.loads(encoded)
+    if copy != metadata:
         raise TypeError(
             f"metadata for document {doc_id!r} would change when saved as JSON (non-str keys or "
             f"tuples); {hint}."
         )
-    return dict(metadata)
+    # The round trip is a deep copy: the caller changing its dict later leaves the index alone.
+    return copy

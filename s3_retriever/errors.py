@@ -1,4 +1,9 @@
-"""Exceptions raised by s3-retriever. Each message says what went wrong and what to do."""
+"""Exceptions raised by s3-retriever. Each message says what went wrong and what to do.
+
+Every refusal is an :class:`S3RetrieverError`, so one ``except`` catches them all; those about
+bad values (a damaged index, an unreadable input) are also :class:`ValueError`, so handlers
+written for the standard exception keep working.
+"""
 
 from __future__ import annotations
 
@@ -15,5 +20,14 @@ class SAEError(S3RetrieverError):
     """SAE weights are missing, damaged or do not fit the model."""
 
 
-class IndexLoadError(S3RetrieverError):
+class IndexLoadError(S3RetrieverError, ValueError):
     """A saved index is damaged, from an unknown format version, or does not match its model."""
+
+
+class SaveTargetError(S3RetrieverError, ValueError):
+    """A save would replace something that is not an s3-retriever index (a file, a folder of
+    other files), or an index that another writer changed since this retriever read it."""
+
+
+class IndexBusyError(S3RetrieverError):
+    """Another process holds the writer lock of an index folder."""
