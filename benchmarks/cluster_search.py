@@ -2,7 +2,7 @@
 
 Both searches score the same questions over the same index (HotpotQA haystacks, each question
 asked over all of them): the full computation reads every stored key, the clustered search reads
-about ``positions_per_row`` keys per question row (s3_retriever/cluster_search.py). Reported per
+about ``positions_per_row`` keys per question row (s3_retriever/search/clustered.py). Reported per
 ``positions_per_row``:
 
 - search time, and its ratio to the full search measured in the same run;
@@ -31,9 +31,9 @@ import torch
 from benchmarks.common import markdown_table, write_result
 from benchmarks.real_corpus import data_dir, haystacks, quiet, quiet_retriever
 from s3_retriever import S3Retriever, ScoringConfig
-from s3_retriever.cluster_search import key_clusters
 from s3_retriever.eval.data import EvalExample
 from s3_retriever.eval.metrics import evidence_recall, hits_to_ranges
+from s3_retriever.index.clusters import key_clusters
 
 BUDGET = 1024
 TOP_POSITIONS = 1000
@@ -100,7 +100,7 @@ def main() -> None:
     full_ms = 1000 * float(np.median(full["times"]))
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for store in retriever.key_stores.values():
+    for store in retriever.index.key_stores.values():
         key_clusters(store)
     cluster_build_s = time.perf_counter() - started
     for per_row in (int(b) for b in args.per_row.split(",")):
@@ -139,7 +139,7 @@ def main() -> None:
         )
     payload = {
         "settings": {**vars(args), "budget": BUDGET, "mode": "s3"},
-        "tokens": retriever.corpus.n_positions,
+        "tokens": retriever.index.corpus.n_positions,
         "cluster_build_s": cluster_build_s,
         "questions": len(examples),
         "rows": rows,
@@ -174,7 +174,7 @@ def main() -> None:
     write_result(
         "cluster_search",
         payload,
-        f"{retriever.corpus.n_positions:,} indexed tokens of {args.haystacks} HotpotQA haystacks, "
+        f"{retriever.index.n_positions:,} indexed tokens of {args.haystacks} HotpotQA haystacks, "
         f"{len(examples)} questions each over all of them; clusters built in "
         f"{cluster_build_s:.1f} s.\n\n{table}",
     )

@@ -84,15 +84,16 @@ def _full_run(docs: list[SourceDocument], out: Path, commit_every: int) -> dict[
 def _same_index(a: S3Retriever, b: S3Retriever) -> bool:
     if a.doc_ids != b.doc_ids:
         return False
-    for field_key, postings in a.postings.items():
-        other = b.postings[field_key]
+    for field_key, postings in a.index.postings.items():
+        other = b.index.postings[field_key]
         if not (
             np.array_equal(postings.position_bytes, other.position_bytes)
             and np.array_equal(postings.activation_codes, other.activation_codes)
         ):
             return False
     return all(
-        np.array_equal(store.codes, b.key_stores[f].codes) for f, store in a.key_stores.items()
+        np.array_equal(store.codes, b.index.key_stores[f].codes)
+        for f, store in a.index.key_stores.items()
     )
 
 
@@ -103,7 +104,7 @@ def _sample_runs(docs: list[SourceDocument], tmp: Path, commit_every: int) -> di
         [d.text for d in docs], ids=[d.doc_id for d in docs], metadatas=[d.metadata for d in docs]
     )
     plain_s = time.perf_counter() - t0
-    tokens = plain.corpus.n_positions
+    tokens = plain.index.corpus.n_positions
 
     bulk = quiet_retriever()
     t0 = time.perf_counter()

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from s3_retriever.models import attention_shape
-from s3_retriever.sae import SAEBundle, SAEConfig, TopKSAE
+from s3_retriever.model.loading import attention_shape
+from s3_retriever.sae.bundle import SAEBundle, SAEConfig, TopKSAE
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "llama-3.1-8b": {

@@ -22,11 +22,12 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, markdown_table, write_result
 from benchmarks.gpu_models import build_model, gib, scan_layers, sync
-from s3_retriever.models import attention_shape
-from s3_retriever.pursuit import refine_for_pursuit
-from s3_retriever.sae import SAEConfig, TopKSAE
-from s3_retriever.sae_training import TrainConfig, collect_vectors, train_topk_sae
-from s3_retriever.scan import ScanConfig
+from s3_retriever.model.loading import attention_shape
+from s3_retriever.model.scan import ScanConfig
+from s3_retriever.sae.bundle import SAEConfig, TopKSAE
+from s3_retriever.sae.pursuit import refine_for_pursuit
+from s3_retriever.sae.training import TrainConfig, train_topk_sae
+from s3_retriever.sae.vectors import collect_vectors
 from s3_retriever.testing import TRAINING_TEXT, tiny_tokenizer
 
 

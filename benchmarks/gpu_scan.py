@@ -41,11 +41,11 @@ from benchmarks.gpu_models import (
     scan_layers,
     sync,
 )
-from s3_retriever.index import Field
-from s3_retriever.key_encoding import KeyEncoder, NewCodes, NewKeys
-from s3_retriever.models import attention_shape
-from s3_retriever.pursuit import pursuit_encode
-from s3_retriever.scan import ScanConfig, Scanner, TokenizedText
+from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys
+from s3_retriever.index.postings import Field
+from s3_retriever.model.loading import attention_shape
+from s3_retriever.model.scan import ScanConfig, Scanner, TokenizedText
+from s3_retriever.sae.pursuit import pursuit_encode
 
 
 def random_document(n_tokens: int, vocab: int, seed: int) -> TokenizedText:

@@ -17,6 +17,7 @@ Three parts, all in one run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from benchmarks.real_corpus import data_dir, haystacks, quiet_retriever
 from s3_retriever import S3Retriever, ScoringConfig
 from s3_retriever.eval.data import EvalExample
 from s3_retriever.eval.metrics import evidence_recall
-from s3_retriever.index import Postings
+from s3_retriever.index.postings import Postings
 
 BUDGETS = (256, 512, 1024)
 V1_BYTES_PER_POSTING = 4 + 2  # int32 position + float16 activation
@@ -120,7 +121,7 @@ def _compact_copy(retriever: S3Retriever) -> dict[Any, Postings]:
     """Compact postings with the same positions, encoded from the retriever's float16 ones
     (what loading a format-1 index does)."""
     compact = {}
-    for field_key, postings in retriever.postings.items():
+    for field_key, postings in retriever.index.postings.items():
         positions, acts = postings.decode()
         ids = np.repeat(np.arange(postings.n_latents), postings.doc_freq())
         encoded = Postings(postings.n_latents)
@@ -131,13 +132,20 @@ def _compact_copy(retriever: S3Retriever) -> dict[Any, Postings]:
 
 
 def _recall(retriever: S3Retriever, examples: Sequence[EvalExample], scorer: str) -> dict[str, Any]:
-    retriever.config = retriever.config.replace(scoring=ScoringConfig(scorer=scorer))  # type: ignore[arg-type]
+    search = dataclasses.replace(
+        retriever.config.search_settings(),
+        scoring=ScoringConfig(scorer=scorer),  # type: ignore[arg-type]
+    )
     per_budget: dict[int, list[float]] = {b: [] for b in BUDGETS}
     hits_seen = []
     for i, example in enumerate(examples):
         for budget in BUDGETS:
             hits = retriever.retrieve(
-                example.question, token_budget=budget, mode="s3", filters={"haystack": [i]}
+                example.question,
+                token_budget=budget,
+                mode="s3",
+                filters={"haystack": [i]},
+                search=search,
             )
             ranges = [(0, h.start_char, h.end_char) for h in hits]
             per_budget[budget].append(evidence_recall(ranges, example.gold))
@@ -152,14 +160,15 @@ def _recall(retriever: S3Retriever, examples: Sequence[EvalExample], scorer: str
 def measure(sae_path: str | None, examples: Sequence[EvalExample]) -> dict[str, Any]:
     """Index the haystacks once (float16 postings), derive the compact ones, size and compare."""
     retriever = quiet_retriever(sae_path)
-    retriever.postings = {
-        f: Postings(p.n_latents, exact_activations=True) for f, p in retriever.postings.items()
+    retriever.index.postings = {
+        f: Postings(p.n_latents, exact_activations=True)
+        for f, p in retriever.index.postings.items()
     }
     index_haystacks(retriever, examples)
-    n_tokens = retriever.corpus.n_positions
-    float16_postings = retriever.postings
+    n_tokens = retriever.index.corpus.n_positions
+    float16_postings = retriever.index.postings
     compact_postings = _compact_copy(retriever)
-    retriever.postings = compact_postings
+    retriever.index.postings = compact_postings
     with tempfile.TemporaryDirectory() as tmp:
         retriever.save(Path(tmp) / "index")
         disk = disk_bytes(Path(tmp) / "index")
@@ -173,7 +182,7 @@ def measure(sae_path: str | None, examples: Sequence[EvalExample]) -> dict[str, 
     n_fields = len(retriever.fields)
     head_dim = sae.d_in
     compact = _recall(retriever, examples, "aligned")
-    retriever.postings = float16_postings
+    retriever.index.postings = float16_postings
     previous = _recall(retriever, examples, "aligned")
     exact = _recall(retriever, examples, "exact")
     same_hits = np.mean([a == b for a, b in zip(compact["hits"], previous["hits"], strict=True)])

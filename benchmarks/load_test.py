@@ -122,7 +122,7 @@ def main() -> None:
             "settings": {**vars(args), "torch_threads": torch.get_num_threads()},
             "document": {
                 "path": "examples/data/gpl-3.0.txt",
-                "tokens": retriever.corpus.n_positions,
+                "tokens": retriever.index.corpus.n_positions,
             },
             "index_seconds": round(index_s, 2),
             "sequential": sequential,

@@ -3,7 +3,7 @@
 Each query is split into the model's forward pass over the question and the index search
 (position scores over every indexed token). The exact scorer is timed twice: with its default
 clustered search (past 65,536 positions each question row reads the keys of its best clusters,
-s3_retriever/cluster_search.py) and reading every key, the reference it replaces. The index is
+s3_retriever/search/clustered.py) and reading every key, the reference it replaces. The index is
 saved and loaded memory-mapped at each size. Peers at the same corpus sizes, timed in the same
 run on the same questions:
 
@@ -191,16 +191,16 @@ def main() -> None:
         retriever = quiet_retriever()
         t_scan = 0.0
         for example in examples:
-            if retriever.corpus.n_positions >= args.tokens:
+            if retriever.index.corpus.n_positions >= args.tokens:
                 break
             t, _ = _timed(lambda e=example: retriever.add_documents(e.documents, ids=e.doc_ids))
             t_scan += t
         if args.index:
             retriever.save(args.index)
-    base_tokens = retriever.corpus.n_positions
-    base_texts = list(retriever.corpus.texts)
+    base_tokens = retriever.index.corpus.n_positions
+    base_texts = list(retriever.index.corpus.texts)
     questions = [e.question for e in examples][: args.questions]
-    for postings in retriever.postings.values():
+    for postings in retriever.index.postings.values():
         check_replication(postings, base_tokens)
 
     dense = DenseBaseline()
@@ -224,14 +224,14 @@ def main() -> None:
             replicate(grown, copies)
             path = Path(tmp) / f"x{copies}"
             t_save, _ = _timed(lambda g=grown, p=path: g.save(p))
-            n_postings = sum(int(p.indptr[-1]) for p in grown.postings.values())
+            n_postings = sum(int(p.indptr[-1]) for p in grown.index.postings.values())
             del grown
             gc.collect()
             t_load, loaded = _timed(lambda p=path: S3Retriever.load(p))
             loaded.scanner.config = retriever.scanner.config
             row: dict[str, Any] = {
                 "target_tokens": size,
-                "tokens": loaded.corpus.n_positions,
+                "tokens": loaded.index.corpus.n_positions,
                 "copies": copies,
                 "postings": n_postings,
                 "save_s": t_save,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from s3_retriever import S3Retriever
-from s3_retriever.corpus import Corpus
-from s3_retriever.index import KeyStore, Postings, decode_varints, encode_varints
+from s3_retriever.index.corpus import Corpus
+from s3_retriever.index.key_store import KeyStore
+from s3_retriever.index.postings import Postings, decode_varints, encode_varints
 
 
 def replicate_corpus(corpus: Corpus, copies: int) -> Corpus:
@@ -75,15 +76,15 @@ def replicate_postings(postings: Postings, copies: int, n_positions: int) -> Pos
 
 def replicate(retriever: S3Retriever, copies: int) -> None:
     """Replace ``retriever``'s index by ``copies`` repetitions of it (in place)."""
-    n_positions = retriever.corpus.n_positions
-    for field_key, store in retriever.key_stores.items():
+    n_positions = retriever.index.corpus.n_positions
+    for field_key, store in retriever.index.key_stores.items():
         store.flush(n_positions)
-        retriever.key_stores[field_key] = replicate_keys(store, copies)
-    for field_key, postings in retriever.postings.items():
+        retriever.index.key_stores[field_key] = replicate_keys(store, copies)
+    for field_key, postings in retriever.index.postings.items():
         postings.flush()
-        retriever.postings[field_key] = replicate_postings(postings, copies, n_positions)
-    retriever.corpus = replicate_corpus(retriever.corpus, copies)
-    retriever.bm25.invalidate()
+        retriever.index.postings[field_key] = replicate_postings(postings, copies, n_positions)
+    retriever.index.corpus = replicate_corpus(retriever.index.corpus, copies)
+    retriever.index.bm25.invalidate()
 
 
 def check_replication(postings: Postings, n_positions: int) -> None:

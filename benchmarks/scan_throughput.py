@@ -23,9 +23,9 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, markdown_table, write_result
 from s3_retriever import RetrieverConfig, S3Retriever, SAEBundle, ScanConfig
-from s3_retriever.models import LoadedModel, cache_dir, load_model
-from s3_retriever.sae import SAEConfig, TopKSAE, shipped_bundle_dir
-from s3_retriever.scan import tokenize
+from s3_retriever.model.loading import LoadedModel, cache_dir, load_model
+from s3_retriever.model.scan import tokenize
+from s3_retriever.sae.bundle import SAEConfig, TopKSAE, shipped_bundle_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN_FOLDER_PREFIX = "Qwen2.5-Coder-0.5B-Instruct"
@@ -82,7 +82,7 @@ def full_forward(loaded: LoadedModel, text: str, scan: ScanConfig) -> int:
 def s3_index(loaded: LoadedModel, bundle: SAEBundle, config: RetrieverConfig, text: str) -> int:
     retriever = S3Retriever(loaded, bundle, config)
     retriever.add_documents([text])
-    return retriever.corpus.n_positions
+    return retriever.index.corpus.n_positions
 
 
 def timed(fn: Callable[[], int]) -> float:

@@ -106,7 +106,7 @@ def main() -> None:
             single, iter(docs), Path(tmp) / "single", args.commit_every, progress=False
         )
         seconds = time.perf_counter() - start
-        tokens = single.corpus.n_positions
+        tokens = single.index.n_positions
         reference = _latency(single, questions, args.budget)
         runs.append(
             {"path": "single process", "shards": 1, "index_s": seconds, "tokens": report.tokens}
@@ -159,7 +159,7 @@ def main() -> None:
             r["path"],
             f"{r['tokens_per_s']:.0f}",
             *[f"{r[f'{m}_ms']:.0f}" for m in MODES],
-            f"{r.get('max_shard_mib', sum(single.index_nbytes().values()) / 2**20):.1f}",
+            f"{r.get('max_shard_mib', sum(single.index.nbytes().values()) / 2**20):.1f}",
             " / ".join(str(r.get(f"{m}_same", "-")) for m in MODES),
             " / ".join(
                 f"{r[f'{m}_round_trips']:.1f}" if f"{m}_round_trips" in r else "-" for m in MODES

@@ -2,14 +2,14 @@
 
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.errors import IndexLoadError, ModelError, S3RetrieverError, SAEError
-from s3_retriever.fusion import HybridConfig
-from s3_retriever.lexical import LexicalConfig
+from s3_retriever.index.bm25 import LexicalConfig
+from s3_retriever.index.segment import SegmentConfig
+from s3_retriever.model.scan import ScanConfig
 from s3_retriever.retriever import Hit, S3Retriever
-from s3_retriever.sae import SAEBundle, SAEConfig, TopKSAE
-from s3_retriever.scan import ScanConfig
-from s3_retriever.scoring import ScoringConfig
-from s3_retriever.segment import SegmentConfig
-from s3_retriever.spans import SpanConfig
+from s3_retriever.sae.bundle import SAEBundle, SAEConfig, TopKSAE
+from s3_retriever.search.fusion import HybridConfig
+from s3_retriever.search.settings import ScoringConfig, SearchSettings
+from s3_retriever.search.spans import SpanConfig
 
 __all__ = [
     "Hit",
@@ -25,6 +25,7 @@ __all__ = [
     "SAEError",
     "ScanConfig",
     "ScoringConfig",
+    "SearchSettings",
     "SegmentConfig",
     "SpanConfig",
     "TopKSAE",

@@ -10,7 +10,6 @@ Memory holds the index itself plus one batch of documents, never the whole input
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -189,27 +188,27 @@ def index_corpus(
     """
     if commit_every < 1:
         raise ValueError(f"commit_every must be at least 1, got {commit_every}")
-    # One bar for the whole corpus; per-batch scan bars would stack below it.
-    retriever.scanner.config = dataclasses.replace(retriever.scanner.config, show_progress=False)
     report = BulkReport()
     done = set(retriever.doc_ids)
     bar = _progress_bar(total, progress)
     batch: list[SourceDocument] = []
 
     def commit() -> None:
-        before = retriever.corpus.n_positions
+        before = retriever.index.n_positions
+        # One bar for the whole corpus; per-batch scan bars would stack below it.
         retriever.add_documents(
             [d.text for d in batch],
             ids=[d.doc_id for d in batch],
             metadatas=[d.metadata for d in batch],
+            show_progress=False,
         )
         retriever.save(out)
         report.added += len(batch)
-        report.tokens += retriever.corpus.n_positions - before
+        report.tokens += retriever.index.n_positions - before
         report.commits += 1
         if bar is not None:
             bar.update(len(batch))
-            bar.set_postfix(tokens=retriever.corpus.n_positions, refresh=False)
+            bar.set_postfix(tokens=retriever.index.n_positions, refresh=False)
         batch.clear()
         if on_commit is not None:
             on_commit(report)

@@ -19,16 +19,14 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from s3_retriever.errors import S3RetrieverError
+from s3_retriever.cli_research import cmd_eval, cmd_sae_report, cmd_train_sae
+from s3_retriever.cli_scale import cmd_index_sharded, cmd_serve, open_index
+from s3_retriever.errors import CLIError, S3RetrieverError
 
 if TYPE_CHECKING:
     from s3_retriever.bulk import SourceDocument
-
-
-class CLIError(S3RetrieverError):
-    """A user-facing problem: printed as one line on stderr, exit status 2."""
 
 
 def _read_text(path: Path) -> str:
@@ -39,8 +37,8 @@ def _read_text(path: Path) -> str:
 
 def _cmd_index(args: argparse.Namespace) -> int:
     from s3_retriever.bulk import count_documents, index_corpus, iter_documents
-    from s3_retriever.index_folder import check_save_target
-    from s3_retriever.persistence import has_index
+    from s3_retriever.index.folder import check_save_target
+    from s3_retriever.index.storage import has_index
     from s3_retriever.retriever import S3Retriever
 
     out = Path(args.out)
@@ -48,7 +46,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     # Also checks that every input exists, before loading.
     total = count_documents(args.files, follow_links=args.follow_links)
     if args.shards is not None:
-        return _cmd_index_sharded(args, total)
+        return cmd_index_sharded(args, total)
     if args.ray is not None:
         raise CLIError("--ray builds a sharded index; give --shards N too")
     # has_index also sees an index that a killed save left only in its backup, so --append
@@ -78,63 +76,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
     skipped = f", skipped {report.skipped} already indexed" if report.skipped else ""
     print(
         f"indexed {report.added} document(s), {report.tokens} tokens{skipped} -> {out} "
-        f"({retriever.corpus.n_positions} tokens in all)"
+        f"({retriever.index.corpus.n_positions} tokens in all)"
     )
-    return 0
-
-
-def _cmd_index_sharded(args: argparse.Namespace, total: int) -> int:
-    from s3_retriever.distributed import build_index
-
-    if args.append:
-        raise CLIError(
-            "a sharded build adds new documents and skips indexed ones by itself; drop --append"
-        )
-    report = build_index(
-        args.files,
-        args.out,
-        args.shards,
-        model_path=args.model,
-        sae_path=args.sae,
-        compact=args.compact,
-        ray_address=args.ray,
-        num_actors=args.actors,
-        commit_every=args.commit_every,
-        progress=not args.quiet,
-    )
-    skipped = f", skipped {report.skipped} already indexed" if report.skipped else ""
-    print(
-        f"indexed {report.added} of {total} document(s), {report.tokens} tokens{skipped} -> "
-        f"{args.out} ({args.shards} shards holding {report.shards} documents)"
-    )
-    return 0
-
-
-def _open_index(path: Path, model: str | None, ray_address: str | None) -> Any:
-    """A single index, or a sharded one (shards on Ray actors)."""
-    from s3_retriever.distributed.layout import is_sharded
-
-    if is_sharded(path):
-        from s3_retriever.distributed import ShardedRetriever
-
-        return ShardedRetriever.load(path, model_path=model, ray_address=ray_address)
-    from s3_retriever.retriever import S3Retriever
-
-    return S3Retriever.load(path, model_path=model)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from s3_retriever.serving import make_server
-
-    retriever = _open_index(Path(args.index), args.model, args.ray)
-    server = make_server(retriever, args.host, args.port)
-    url = f"http://{args.host}:{server.server_port}"
-    print(f"serving {len(retriever)} document(s) on {url} (POST /retrieve)")
-    sys.stdout.flush()
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
     return 0
 
 
@@ -164,7 +107,7 @@ def _refuse_indexed(
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    retriever = _open_index(Path(args.index), args.model, args.ray)
+    retriever = open_index(Path(args.index), args.model, args.ray)
     hits = retriever.retrieve(
         args.question, token_budget=args.budget, mode=args.mode, top_k=args.top_k
     )
@@ -190,151 +133,6 @@ def _cmd_query(args: argparse.Namespace) -> int:
         print(f"[{hit.doc_id} {hit.start_char}:{hit.end_char}] score={hit.score:.4g} {parts}")
         print("    " + hit.text.replace("\n", "\n    "))
     return 0
-
-
-def _cmd_train_sae(args: argparse.Namespace) -> int:
-    from s3_retriever.models import attention_shape, load_model
-    from s3_retriever.sae import SAEConfig
-    from s3_retriever.sae_training import TrainConfig, train_bundles
-
-    if args.resume and not args.checkpoint:
-        raise CLIError("--resume continues from --checkpoint DIR; pass the folder to resume from")
-    texts = [_read_text(Path(p)) for p in args.data]
-    loaded = load_model(args.model)
-    layers = _int_list(args.layers, "--layers")
-    heads = (
-        [tuple(int(v) for v in h.split(":")) for h in args.heads.split(",")] if args.heads else []
-    )
-    _, _, _, head_dim = attention_shape(loaded.model)
-    value_config = None
-    if args.values:
-        value_config = SAEConfig(d_in=head_dim, n_latents=args.latents, k=args.k_values)
-    trained = train_bundles(
-        loaded.model,
-        loaded.tokenizer,
-        loaded.model_id,
-        texts,
-        layers,
-        SAEConfig(d_in=head_dim, n_latents=args.latents, k=args.k_keys),
-        TrainConfig(steps=args.steps),
-        max_tokens=args.max_tokens,
-        retrieval_heads=[(a, b) for a, b in heads],
-        question_texts=_read_lines(args.questions),
-        metric=args.metric,
-        logit_weight=args.logit_weight,
-        key_heads=args.key_heads,
-        key_coding=args.key_coding,
-        pursuit_rounds=args.pursuit_rounds,
-        value_sae_config=value_config,
-        checkpoint_dir=args.checkpoint,
-        resume=args.resume,
-    )
-    command = " ".join(sys.argv)
-    trained.keys.info.update(
-        reports=[r.__dict__ for r in trained.reports if r.vectors == "keys"], command=command
-    )
-    trained.keys.save(args.out)
-    if trained.values is not None:
-        trained.values.info.update(
-            reports=[r.__dict__ for r in trained.reports if r.vectors == "values"],
-            command=command,
-        )
-        trained.values.save(Path(args.out) / VALUES_SUBFOLDER)
-    for r in trained.reports:
-        print(
-            f"layer {r.layer} {r.vectors}: held-out FVU {r.held_out_fvu:.4f}, "
-            f"dead {r.dead_fraction:.1%}"
-        )
-    return 0
-
-
-VALUES_SUBFOLDER = "values"
-"""Where ``train-sae --values`` puts the value bundle, inside the key bundle's folder (the key
-bundle's checksum covers only its own files, so retrieval sees the same bundle either way)."""
-
-
-def _read_lines(path: str | None) -> list[str]:
-    if not path:
-        return []
-    return [line.strip() for line in _read_text(Path(path)).splitlines() if line.strip()]
-
-
-def _cmd_sae_report(args: argparse.Namespace) -> int:
-    from s3_retriever.fidelity import build_report, write_report
-    from s3_retriever.models import load_model
-    from s3_retriever.sae import SAEBundle, shipped_bundle_dir
-
-    texts = [_read_text(Path(p)) for p in args.data]
-    questions = _read_lines(args.questions)
-    loaded = load_model(args.model)
-    folder = Path(args.sae) if args.sae else shipped_bundle_dir(loaded.model_id)
-    bundle = SAEBundle.load(folder)
-    values_folder = Path(args.values) if args.values else folder / VALUES_SUBFOLDER
-    values = None
-    if args.values or (values_folder / "config.json").is_file():
-        values = SAEBundle.load(values_folder)
-    report = build_report(loaded, bundle, texts, questions, args.max_tokens, values=values)
-    markdown, plotted = write_report(report, args.out)
-    print(markdown)
-    if not plotted:
-        print("(install matplotlib for the elbow plot: pip install 's3-retriever[plots]')")
-    return 0
-
-
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise CLIError(f"{what} takes comma-separated integers, got {text!r}") from exc
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from s3_retriever.eval.data import default_data_dir
-    from s3_retriever.eval.harness import EvalSettings, run_eval, write_report
-    from s3_retriever.eval.methods import parse_methods
-
-    data = Path(args.data) if args.data else default_data_dir()
-    if data is None or not data.is_dir():
-        raise CLIError(
-            f"evaluation data folder {data or '(none found)'} does not exist; pass --data DIR "
-            "or set $S3_EVAL_DATA"
-        )
-    settings = EvalSettings(
-        data_dir=data,
-        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
-        methods=parse_methods(args.methods),
-        budgets=_int_list(args.budgets, "--budgets"),
-        n=args.n,
-        skip=args.skip,
-        model=args.model,
-        sae=args.sae,
-        overrides=args.overrides,
-        sweep=args.sweep,
-        qa_budgets=_int_list(args.qa_budgets, "--qa-budgets"),
-        generator=args.generator,
-    )
-    report = run_eval(settings)
-    for path in write_report(report, Path(args.out), _eval_command(args)):
-        print(f"wrote {path}")
-    return 0
-
-
-def _eval_command(args: argparse.Namespace) -> str:
-    """The eval command line that reproduces a run, rebuilt from its parsed arguments."""
-    parts = ["s3-retriever eval"]
-    for name in ("data", "tasks", "methods", "budgets", "n", "skip", "model", "sae"):
-        value = getattr(args, name)
-        if value is not None:
-            parts.append(f"--{name} {value}")
-    parts += [f"--set {o}" for o in args.overrides]
-    if args.sweep:
-        parts.append(f"--sweep '{args.sweep}'")
-    if args.qa_budgets:
-        parts.append(f"--qa-budgets {args.qa_budgets}")
-    if args.generator:
-        parts.append(f"--generator {args.generator}")
-    parts.append(f"--out {args.out}")
-    return " ".join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
     serve.add_argument("--model", default=None, help="model folder the index was built with")
     serve.add_argument("--ray", default=None, help="Ray cluster of a sharded index's actors")
-    serve.set_defaults(run=_cmd_serve)
+    serve.set_defaults(run=cmd_serve)
 
     evaluate = sub.add_parser(
         "eval",
@@ -453,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--generator", default=None, help="QA model (default: scan model)")
     evaluate.add_argument("--out", required=True, help="output path stem (.json, .md, .png)")
-    evaluate.set_defaults(run=_cmd_eval)
+    evaluate.set_defaults(run=cmd_eval)
 
     train = sub.add_parser("train-sae", help="train Top-K SAEs on a model's keys (and values)")
     train.add_argument("--data", nargs="+", required=True, help="UTF-8 text files to train on")
@@ -513,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=24,
         help="--key-coding pursuit: rounds fitting the atoms to pursuit codes after training",
     )
-    train.set_defaults(run=_cmd_train_sae)
+    train.set_defaults(run=cmd_train_sae)
 
     report = sub.add_parser("sae-report", help="fidelity of an SAE bundle on held-out text")
     report.add_argument("--data", nargs="+", required=True, help="held-out UTF-8 text files")
@@ -525,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--model", default=None, help="model folder (default: bundled SmolLM2)")
     report.add_argument("--max-tokens", type=int, default=30_000, help="held-out tokens to use")
     report.add_argument("--out", required=True, help="output path stem (.json, .md, .png)")
-    report.set_defaults(run=_cmd_sae_report)
+    report.set_defaults(run=cmd_sae_report)
     return parser
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
-from s3_retriever.fusion import HybridConfig
-from s3_retriever.lexical import LexicalConfig
-from s3_retriever.scan import ScanConfig
-from s3_retriever.scoring import ScoringConfig
-from s3_retriever.segment import SegmentConfig
-from s3_retriever.spans import SpanConfig
+from s3_retriever.index.bm25 import LexicalConfig
+from s3_retriever.index.segment import SegmentConfig
+from s3_retriever.model.scan import ScanConfig
+from s3_retriever.search.fusion import HybridConfig
+from s3_retriever.search.settings import ScoringConfig, SearchSettings
+from s3_retriever.search.spans import SpanConfig
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,15 @@ class RetrieverConfig:
         exact attention's evidence recall at 1,024 tokens (docs/sae.md).
         """
         return cls(store_keys=False, scoring=ScoringConfig(scorer="aligned"))
+
+    def search_settings(self) -> SearchSettings:
+        """The query-time settings: what :meth:`S3Retriever.retrieve` searches with by default."""
+        return SearchSettings(
+            scoring=self.scoring,
+            spans=self.spans,
+            hybrid=self.hybrid,
+            query_template=self.query_template,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

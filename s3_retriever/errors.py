@@ -24,6 +24,10 @@ class IndexLoadError(S3RetrieverError, ValueError):
     """A saved index is damaged, from an unknown format version, or does not match its model."""
 
 
+class CLIError(S3RetrieverError):
+    """A user-facing problem on the command line: printed as one line on stderr, exit status 2."""
+
+
 class SaveTargetError(S3RetrieverError, ValueError):
     """A save would replace something that is not an s3-retriever index (a file, a folder of
     other files), or an index that another writer changed since this retriever read it."""

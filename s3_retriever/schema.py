@@ -9,65 +9,27 @@ checks, which pydantic runs as it builds them.
 
 from __future__ import annotations
 
-import math
-import os
-import re
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Field,
     TypeAdapter,
     ValidationError,
-    field_validator,
 )
 
 from s3_retriever.config import RetrieverConfig
-from s3_retriever.untrusted import HugeInt
+from s3_retriever.index.manifest import (
+    MAX_COUNT,
+    Manifest,
+    SchemaError,
+    describe,
+    huge_int,
+    parse_manifest_fields,
+    to_json,
+)
 
-MAX_COUNT = 2**53
-"""Ceiling on any count an index declares (documents, positions, heads): far above any real
-index, and small enough that no arithmetic on it overflows int64 or loses float precision."""
-DTYPES = ("auto", "bfloat16", "float16", "float32", "float64")
-"""Model precisions an index may name (what ``str(torch dtype)`` gives for each)."""
-_DIGEST = re.compile(r"[0-9a-f]{64}")
-
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
-Head = tuple[Count, Count]
-_STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
-
-
-class Manifest(BaseModel):
-    """``manifest.json`` of an index folder: what built it and the sha256 of every file."""
-
-    model_config = _STRICT
-
-    format_version: Literal[1, 2]
-    model_id: str
-    model_fingerprint: str
-    tokenizer_fingerprint: str
-    sae_checksum: str
-    dtype: Literal[DTYPES] = "auto"  # type: ignore[valid-type]
-    config: dict[str, Any]
-    heads: list[Head]
-    fields: list[Head] | None = None
-    n_documents: Count
-    n_positions: Count
-    files: dict[str, str]
-
-    @field_validator("files")
-    @classmethod
-    def _plain_listed_files(cls, files: dict[str, str]) -> dict[str, str]:
-        for name, digest in files.items():
-            if not _DIGEST.fullmatch(digest):
-                raise ValueError(f"manifest entry {name!r} has no sha256 digest")
-            parts = name.split("/")
-            if "\x00" in name or "\\" in name or os.path.isabs(name) or ".." in parts:
-                raise ValueError(f"manifest entry {name!r} points outside the index folder")
-            if any(part in ("", ".") for part in parts):
-                raise ValueError(f"manifest entry {name!r} is not a plain relative path")
-        return files
+__all__ = ["Manifest", "SchemaError", "parse_config", "parse_manifest"]
 
 
 class _SavedConfig(BaseModel):
@@ -81,26 +43,13 @@ class _SavedConfig(BaseModel):
 _CONFIG = TypeAdapter(_SavedConfig)
 
 
-class SchemaError(ValueError):
-    """A manifest or saved config does not fit the schema; the message names the field."""
-
-
 def parse_manifest(data: Any) -> tuple[Manifest, RetrieverConfig]:
     """The manifest and the retriever settings it holds, both checked against the schema.
 
     Raises:
         SchemaError: naming the first field that is missing, mistyped, out of range or NaN.
     """
-    if not isinstance(data, dict):
-        raise SchemaError(f"the manifest is {type(data).__name__}, expected an object")
-    huge = _huge_int({k: v for k, v in data.items() if k != "config"}, "")
-    if huge is not None:
-        raise SchemaError(f"manifest field {huge!r} is an integer beyond {MAX_COUNT}")
-    try:
-        # JSON mode, as for the settings below: arrays stand for tuples.
-        manifest = Manifest.model_validate_json(_to_json(data), strict=True)
-    except ValidationError as exc:
-        raise SchemaError(_describe(exc, "manifest field")) from None
+    manifest = parse_manifest_fields(data)
     try:
         config = parse_config(manifest.config)
     except SchemaError as exc:
@@ -110,55 +59,12 @@ def parse_manifest(data: Any) -> tuple[Manifest, RetrieverConfig]:
 
 def parse_config(data: dict[str, Any]) -> RetrieverConfig:
     """A :class:`RetrieverConfig` from its saved dict (JSON types: lists stand for tuples)."""
-    huge = _huge_int(data, "")
+    huge = huge_int(data, "")
     if huge is not None:
         raise SchemaError(f"setting {huge!r} is an integer beyond {MAX_COUNT}")
     try:
         # JSON mode: arrays are accepted for tuples, as json.load gives them, while strict mode
         # still refuses "no" for a bool or "12" for an int.
-        return _CONFIG.validate_json(_to_json({"config": data}), strict=True).config
+        return _CONFIG.validate_json(to_json({"config": data}), strict=True).config
     except ValidationError as exc:
-        raise SchemaError(_describe(exc, "setting")) from None
-
-
-def _huge_int(value: Any, where: str) -> str | None:
-    """Where ``value`` holds an int of absolute value above :data:`MAX_COUNT`, or None."""
-    too_big = isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_COUNT
-    if too_big or isinstance(value, HugeInt):
-        return where or "value"
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    for key, item in items:
-        found = _huge_int(item, f"{where}.{key}" if where else str(key))
-        if found is not None:
-            return found
-    return None
-
-
-def _to_json(data: Any) -> str:
-    import json
-
-    # NaN and infinity are written as the JSON extensions pydantic's parser then refuses.
-    return json.dumps(data, allow_nan=True)
-
-
-def _describe(exc: ValidationError, what: str) -> str:
-    error = exc.errors(include_url=False)[0]
-    loc = error["loc"][1:] if what == "setting" else error["loc"]
-    name = ".".join(str(part) for part in loc)
-    value = error.get("input")
-    if error["type"] == "missing":
-        return f"{what} {name!r} is missing"
-    if error["type"] == "value_error":
-        # Our own validators already name the entry; pydantic prefixes "Value error, ".
-        return str(error["msg"]).removeprefix("Value error, ")
-    if error["type"].endswith("_type") or error["type"] in ("int_from_float", "bool_parsing"):
-        return f"{what} {name!r} is {type(value).__name__} ({error['msg'].lower()})"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{what} {name!r} is {value} ({error['msg'].lower()})"
-    return f"{what} {name!r}: {error['msg']}"
+        raise SchemaError(describe(exc, "setting")) from None

@@ -25,8 +25,9 @@ from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from s3_retriever.filters import Filters
-from s3_retriever.retriever import Hit, Mode
+from s3_retriever.search.filters import Filters
+from s3_retriever.search.hits import Hit
+from s3_retriever.search.settings import Mode
 
 _MAX_REQUEST_BYTES = 1 << 20
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from s3_retriever.config import RetrieverConfig
-from s3_retriever.models import load_model
+from s3_retriever.model.loading import load_model
+from s3_retriever.model.scan import ScanConfig
 from s3_retriever.retriever import S3Retriever
-from s3_retriever.sae import SAEBundle, SAEConfig, TopKSAE
-from s3_retriever.scan import ScanConfig
-from s3_retriever.spans import SpanConfig
+from s3_retriever.sae.bundle import SAEBundle, SAEConfig, TopKSAE
+from s3_retriever.search.spans import SpanConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -125,7 +125,7 @@ def save_tiny_model(folder: str | Path, seed: int = 0, tokenizer: Any | None = N
     """Write a random-weight Llama (weights drawn with ``seed``) and its tokenizer to ``folder``.
 
     ``tokenizer`` defaults to a fresh :func:`tiny_tokenizer`; pass one to skip training it again.
-    Returns the folder, which :func:`s3_retriever.models.load_model` and
+    Returns the folder, which :func:`s3_retriever.model.loading.load_model` and
     :meth:`S3Retriever.from_pretrained` accept.
     """
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -35,8 +35,9 @@ from s3_retriever.eval.data import EvalExample
 from s3_retriever.eval.harness import TASKS, apply_override
 from s3_retriever.eval.methods import EngineIndex
 from s3_retriever.eval.metrics import evidence_recall
-from s3_retriever.fusion import fuse
-from s3_retriever.spans import position_units
+from s3_retriever.search.fusion import fuse
+from s3_retriever.search.spans import position_units
+from s3_retriever.search.units import bm25_components, s3_components
 
 _PASSAGE_HEADER = re.compile(r"Passage \d+:\n")
 
@@ -79,20 +80,20 @@ def engine_for(
     path = cache / f"s3_{_cache_key(example.qid, index_part, template.bundle.checksum)}.pkl"
     if path.is_file():
         engine = EngineIndex.__new__(EngineIndex)
-        engine.retriever = S3Retriever(template.loaded, template.bundle, config)
+        engine.retriever = S3Retriever(template.model, template.bundle, config)
         stored = pickle.loads(path.read_bytes())
-        engine.retriever.corpus = stored["corpus"]
-        engine.retriever.key_stores = stored["key_stores"]
-        engine.retriever.postings = stored["postings"]
+        engine.retriever.index.corpus = stored["corpus"]
+        engine.retriever.index.key_stores = stored["key_stores"]
+        engine.retriever.index.postings = stored["postings"]
         engine.doc_ids = stored["doc_ids"]
         engine._rows = {d: i for i, d in enumerate(engine.doc_ids)}
         return engine
     engine = EngineIndex(template, config, example.documents)
     r = engine.retriever
     payload = {
-        "corpus": r.corpus,
-        "key_stores": r.key_stores,
-        "postings": r.postings,
+        "corpus": r.index.corpus,
+        "key_stores": r.index.key_stores,
+        "postings": r.index.postings,
         "doc_ids": engine.doc_ids,
     }
     path.write_bytes(pickle.dumps(payload))
@@ -124,11 +125,14 @@ def diagnose_question(
     bounds = passage_bounds(text)
     n_passages = len(bounds)
     retriever = engine.retriever
-    corpus = retriever.corpus
+    corpus = retriever.index.corpus
     question = example.question
-    doc_mask = np.ones(len(corpus), dtype=bool)
-
-    components = retriever._component_scores(question, "hybrid", doc_mask)
+    # Attention mass on the gold passages: does the softmax spread it over more distractors?
+    raw = retriever.score_positions(question)
+    components = {
+        **s3_components(raw, retriever.index, retriever.config.spans),
+        **bm25_components(question, retriever.index),
+    }
     unit_passage = passage_of(corpus.unit_chars[:, 0], bounds)
     _, fused = fuse(components["s3"], components["bm25"], retriever.config.hybrid)
     dense_scores = dense.scores(question)
@@ -140,8 +144,6 @@ def diagnose_question(
         "fused": passage_ranks(fused, unit_passage, n_passages),
         "dense": passage_ranks(dense_scores, dense_passage, n_passages),
     }
-    # Attention mass on the gold passages: does the softmax spread it over more distractors?
-    raw = retriever.score_positions(question)
     owner = position_units(corpus)
     position_passage = np.where(owner >= 0, unit_passage[owner], 0)
 
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         for assignment in spec.split("+"):
             config = apply_override(config, assignment)
         variants.append((f"hybrid[{spec}]", config))
-    tokenizer = template.loaded.tokenizer
+    tokenizer = template.model.tokenizer
 
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "skip": args.skip,
         "n": len(examples),
         "retrieval_heads": [
-            list(h) for h in S3Retriever(template.loaded, template.bundle, base).heads
+            list(h) for h in S3Retriever(template.model, template.bundle, base).heads
         ],
         "summary": summarise(records, labels, budgets),
         "questions": records,

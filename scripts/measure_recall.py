@@ -11,6 +11,7 @@ gold-passage characters covered is recorded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3_retriever import S3Retriever, ScoringConfig
+from s3_retriever import RetrieverConfig, S3Retriever, ScanConfig, ScoringConfig
 from s3_retriever.eval.data import load_hotpotqa_haystacks
 from s3_retriever.eval.metrics import evidence_recall, full_support
 
@@ -47,12 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     methods = args.methods.split(",")
-    retriever = S3Retriever.from_pretrained(sae_path=args.sae)
-    retriever.config = retriever.config.replace(
-        scan=type(retriever.config.scan)(
-            **{**retriever.config.scan.__dict__, "show_progress": False}
-        )
-    )
+    quiet = RetrieverConfig(scan=ScanConfig(show_progress=False))
+    retriever = S3Retriever.from_pretrained(sae_path=args.sae, config=quiet)
     examples = load_hotpotqa_haystacks(
         args.data, n_questions=args.n, target_words=args.words, skip=args.skip
     )
@@ -60,28 +57,29 @@ def main() -> None:
     support: dict[str, dict[int, list[float]]] = {m: {b: [] for b in budgets} for m in methods}
     latency: dict[str, list[float]] = {m: [] for m in methods}
     index_seconds, n_tokens = [], []
-    base_config = retriever.config
+    base_search = retriever.config.search_settings()
     for example in examples:
         retriever.delete(retriever.doc_ids)
         started = time.perf_counter()
         retriever.add_documents(example.documents, ids=example.doc_ids)
         index_seconds.append(time.perf_counter() - started)
-        n_tokens.append(retriever.corpus.n_positions)
+        n_tokens.append(retriever.index.corpus.n_positions)
         for method in methods:
             mode, scorer = METHODS[method]
             scoring = ScoringConfig(scorer=scorer)
             if args.atoms:
                 scoring = ScoringConfig(scorer=scorer, atoms_per_query=args.atoms)
-            retriever.config = base_config.replace(scoring=scoring)
+            search = dataclasses.replace(base_search, scoring=scoring)
             for budget in budgets:
                 started = time.perf_counter()
-                hits = retriever.retrieve(example.question, token_budget=budget, mode=mode)
+                hits = retriever.retrieve(
+                    example.question, token_budget=budget, mode=mode, search=search
+                )
                 latency[method].append(time.perf_counter() - started)
                 rows = {doc_id: i for i, doc_id in enumerate(example.doc_ids)}
                 ranges = [(rows[h.doc_id], h.start_char, h.end_char) for h in hits]
                 recall[method][budget].append(evidence_recall(ranges, example.gold))
                 support[method][budget].append(float(full_support(ranges, example.gold)))
-        retriever.config = base_config
     table = {
         m: {
             str(b): {
@@ -96,7 +94,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "command": "python scripts/measure_recall.py "
         + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
-        "model": retriever.loaded.model_id,
+        "model": retriever.model.model_id,
         "heads": [list(h) for h in retriever.heads],
         "n_questions": len(examples),
         "mean_tokens_per_haystack": float(np.mean(n_tokens)),

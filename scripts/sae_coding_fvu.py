@@ -18,8 +18,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from s3_retriever.sae import SAEBundle
-from s3_retriever.sae_training import held_out_fvu, select_kv_heads, split_held_out
+from s3_retriever.sae.bundle import SAEBundle
+from s3_retriever.sae.training import held_out_fvu
+from s3_retriever.sae.vectors import select_kv_heads, split_held_out
 
 N_KV_HEADS = 3
 """KV heads of SmolLM2-135M, the model the vector cache was captured from."""

@@ -17,9 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-from s3_retriever.fidelity import build_report, write_report
-from s3_retriever.models import load_model
-from s3_retriever.sae import SAEBundle, shipped_bundle_dir
+from s3_retriever.model.loading import load_model
+from s3_retriever.sae.bundle import SAEBundle, shipped_bundle_dir
+from s3_retriever.sae.fidelity import build_report, write_report
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ per token and field against the bf16 keys of the same fields (2 bytes x head_dim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import tempfile
@@ -37,12 +38,19 @@ def recall_per_question(
     retriever: S3Retriever, examples: Sequence[EvalExample], scorer: str, budgets: Sequence[int]
 ) -> dict[int, list[float]]:
     """S3-Pure evidence recall of every question at every budget with ``scorer``."""
-    retriever.config = retriever.config.replace(scoring=ScoringConfig(scorer=scorer))  # type: ignore[arg-type]
+    search = dataclasses.replace(
+        retriever.config.search_settings(),
+        scoring=ScoringConfig(scorer=scorer),  # type: ignore[arg-type]
+    )
     found: dict[int, list[float]] = {b: [] for b in budgets}
     for i, example in enumerate(examples):
         for budget in budgets:
             hits = retriever.retrieve(
-                example.question, token_budget=budget, mode="s3", filters={"haystack": [i]}
+                example.question,
+                token_budget=budget,
+                mode="s3",
+                filters={"haystack": [i]},
+                search=search,
             )
             found[budget].append(
                 evidence_recall([(0, h.start_char, h.end_char) for h in hits], example.gold)
@@ -60,7 +68,7 @@ def measure_bundle(
     the bundled one); the retrieval heads are the bundle's."""
     retriever = quiet(S3Retriever.from_pretrained(model, sae_path=sae))
     index_haystacks(retriever, examples)
-    n_tokens = retriever.corpus.n_positions
+    n_tokens = retriever.index.corpus.n_positions
     with tempfile.TemporaryDirectory() as tmp:
         retriever.save(Path(tmp) / "index")
         postings_bytes = disk_bytes(Path(tmp) / "index")["postings"]
@@ -84,7 +92,7 @@ def measure_bundle(
         }
     return {
         "sae": sae or "shipped",
-        "model": retriever.loaded.model_id,
+        "model": retriever.model.model_id,
         "layers": {str(layer): c.__dict__ for layer, c in configs.items()},
         "training": retriever.bundle.info.get("command"),
         "key_kv_heads": retriever.bundle.info.get("key_kv_heads"),

@@ -1,8 +1,8 @@
 """Rank (layer, query head) pairs by how well exact attention finds gold HotpotQA passages.
 
 Each haystack is scanned once, keeping keys at every candidate layer; every head is then scored
-offline. Passage score = mean of its 8 best positions (METHOD.md); metric = recall@4 of the two
-gold passages. Also compares query centring: none, mean text query, mean question query.
+offline. Passage score = mean of its 8 best positions (docs/measurements.md); metric = recall@4
+of the two gold passages. Also compares query centring: none, mean text query, mean question query.
 
     python scripts/sweep_heads.py --data ../shared/data --skip 300 --n 60 --out runs/heads.json
 
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from s3_retriever.eval.data import load_hotpotqa_haystacks
-from s3_retriever.models import attention_shape, load_model
-from s3_retriever.scan import ScanConfig, Scanner, tokenize
+from s3_retriever.model.loading import attention_shape, load_model
+from s3_retriever.model.scan import ScanConfig, Scanner, tokenize
 
 _PASSAGE = re.compile(r"Passage \d+:\n")
 

@@ -29,20 +29,19 @@ import json
 import time
 from pathlib import Path
 
-from s3_retriever.models import LoadedModel, attention_shape, load_model
-from s3_retriever.sae import KEY_CODINGS, SAEBundle, SAEConfig
-from s3_retriever.sae_training import (
+from s3_retriever.model.loading import LoadedModel, attention_shape, load_model
+from s3_retriever.sae.bundle import KEY_CODINGS, SAEBundle, SAEConfig
+from s3_retriever.sae.recipe import (
     DEFAULT_PURSUIT_ROUNDS,
     KEY_HEADS,
     METRICS,
     VALUE_BUNDLE_KIND,
-    CapturedVectors,
-    TrainConfig,
-    collect_vectors,
     train_bundles,
     train_layer_saes,
 )
-from s3_retriever.vector_cache import load_vectors, save_vectors
+from s3_retriever.sae.training import TrainConfig
+from s3_retriever.sae.vector_cache import load_vectors, save_vectors
+from s3_retriever.sae.vectors import CapturedVectors, collect_vectors
 
 DEFAULT_HEADS = "5:6,8:0,8:1"
 

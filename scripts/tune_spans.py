@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from s3_retriever import HybridConfig, S3Retriever, ScanConfig, ScoringConfig, SpanConfig
+from s3_retriever import (
+    HybridConfig,
+    RetrieverConfig,
+    S3Retriever,
+    ScanConfig,
+    ScoringConfig,
+    SearchSettings,
+    SpanConfig,
+)
 from s3_retriever.eval.data import load_hotpotqa_haystacks
 from s3_retriever.eval.metrics import evidence_recall
 
@@ -38,8 +46,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/tune.json")
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
-    retriever = S3Retriever.from_pretrained(sae_path=args.sae)
-    retriever.scanner.config = ScanConfig(show_progress=False)
+    quiet = RetrieverConfig(scan=ScanConfig(show_progress=False))
+    retriever = S3Retriever.from_pretrained(sae_path=args.sae, config=quiet)
     examples = load_hotpotqa_haystacks(args.data, n_questions=args.n, skip=args.skip)
     retriever.add_documents([e.documents[0] for e in examples], ids=[e.qid for e in examples])
     base = retriever.config
@@ -51,7 +59,8 @@ def main() -> None:
         args.query_tokens.split(","),
         [int(x) for x in args.atoms.split(",")],
     ):
-        retriever.config = base.replace(
+        search = SearchSettings(
+            query_template=base.query_template,
             spans=SpanConfig(smooth_width=smooth_width, min_span_tokens=grow_tokens),
             hybrid=HybridConfig(s3_weight=s3_weight),
             scoring=ScoringConfig(
@@ -76,6 +85,7 @@ def main() -> None:
                         token_budget=budget,
                         mode=mode,
                         filters={"doc_id": example.qid},
+                        search=search,
                     )
                     ranges = [(0, h.start_char, h.end_char) for h in hits]
                     recalls.append(evidence_recall(ranges, example.gold))

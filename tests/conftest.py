@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from s3_retriever import RetrieverConfig, S3Retriever, SAEBundle
-from s3_retriever.models import LoadedModel, load_model
+from s3_retriever.model.loading import LoadedModel, load_model
 from s3_retriever.testing import (
     HEAD_DIM,
     N_HEADS,
@@ -181,7 +181,7 @@ def indexed(
 
 def hit_tokens(retriever: S3Retriever, hit: Any) -> int:
     """Model tokens charged for a hit: the token counts of the units it covers."""
-    corpus = retriever.corpus
+    corpus = retriever.index.corpus
     row = corpus.doc_ids.index(hit.doc_id)
     units = np.flatnonzero(
         (corpus.unit_doc == row)

@@ -164,7 +164,7 @@ def test_index_refuses_existing_then_appends(
     assert status == 0, capsys.readouterr().err
     restored = S3Retriever.load(index, model_path=model_dir)
     assert restored.doc_ids == [str(files[0]), str(files[2])]
-    assert restored.corpus.metadatas[1] == {"source": str(files[2])}
+    assert restored.index.corpus.metadatas[1] == {"source": str(files[2])}
 
 
 def test_folder_and_jsonl_inputs(
@@ -197,8 +197,8 @@ def test_folder_and_jsonl_inputs(
         "h",
         f"{jsonl}:3",
     ]
-    assert restored.corpus.metadatas[2] == {"source": str(jsonl), "year": 2022}
-    assert restored.corpus.texts[3] == corpus["unicode"]
+    assert restored.index.corpus.metadatas[2] == {"source": str(jsonl), "year": 2022}
+    assert restored.index.corpus.texts[3] == corpus["unicode"]
 
 
 @pytest.mark.parametrize(
@@ -265,12 +265,12 @@ def test_killed_run_resumes_where_it_stopped(
     fresh = make_retriever()
     fresh.add_documents([corpus[n] for n in names], ids=names)
     assert resumed.doc_ids == fresh.doc_ids
-    for field_key, postings in fresh.postings.items():
-        got, want = resumed.postings[field_key], postings
+    for field_key, postings in fresh.index.postings.items():
+        got, want = resumed.index.postings[field_key], postings
         assert np.array_equal(got.position_bytes, want.position_bytes)
         assert np.array_equal(got.activation_codes, want.activation_codes)
-    for field_key, store in fresh.key_stores.items():
-        assert np.array_equal(resumed.key_stores[field_key].codes, store.codes)
+    for field_key, store in fresh.index.key_stores.items():
+        assert np.array_equal(resumed.index.key_stores[field_key].codes, store.codes)
 
 
 def test_query_with_bad_budget_reports_error(

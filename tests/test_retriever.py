@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from s3_retriever import Hit, S3Retriever, SAEError, ScanConfig, ScoringConfig
-from s3_retriever.fusion import HybridConfig
-from s3_retriever.index import dequantize_activations, quantize_activations
-from s3_retriever.models import LoadedModel, decoder_layers
+from s3_retriever.index.postings import dequantize_activations, quantize_activations
+from s3_retriever.model.loading import LoadedModel, decoder_layers
+from s3_retriever.model.scan import Scanner, tokenize
 from s3_retriever.retriever import Mode
-from s3_retriever.scan import Scanner, tokenize
-from s3_retriever.scoring import ScorerName, coactivation_scores
+from s3_retriever.search.fusion import HybridConfig
+from s3_retriever.search.settings import ScorerName
+from s3_retriever.search.through_sae import coactivation_scores
 from tests.conftest import (
     HEAD_DIM,
     N_HEADS,
@@ -64,7 +65,7 @@ def check_hits(
     retriever: S3Retriever, hits: list[Hit], source: dict[str, str], budget: int, mode: Mode
 ) -> None:
     """Invariants every result list must satisfy."""
-    order = retriever.corpus.doc_ids
+    order = retriever.index.corpus.doc_ids
     assert len({h.id for h in hits}) == len(hits)
     keys = [(order.index(h.doc_id), h.start_char) for h in hits]
     assert keys == sorted(keys), "hits are not in document order"
@@ -235,9 +236,9 @@ def test_lead_tokens_always_include_document_starts(
     _add(retriever, corpus, list(corpus))
     hits = retriever.retrieve("nurses", token_budget=2000)
     starts = {(h.doc_id, h.start_char) for h in hits}
-    for row, doc_id in enumerate(retriever.corpus.doc_ids):
-        first_unit = np.flatnonzero(retriever.corpus.unit_doc == row)[0]
-        assert (doc_id, int(retriever.corpus.unit_chars[first_unit, 0])) in starts
+    for row, doc_id in enumerate(retriever.index.corpus.doc_ids):
+        first_unit = np.flatnonzero(retriever.index.corpus.unit_doc == row)[0]
+        assert (doc_id, int(retriever.index.corpus.unit_chars[first_unit, 0])) in starts
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -269,10 +270,10 @@ def test_add_documents_validation(
     small: S3Retriever, kwargs: dict[str, Any], error: type[Exception], match: str
 ) -> None:
     """Bad ids, metadata or texts are refused and leave the index unchanged."""
-    before = (small.doc_ids, small.corpus.n_positions, small.corpus.n_units)
+    before = (small.doc_ids, small.index.corpus.n_positions, small.index.corpus.n_units)
     with pytest.raises(error, match=match):
         small.add_documents(**kwargs)
-    assert (small.doc_ids, small.corpus.n_positions, small.corpus.n_units) == before
+    assert (small.doc_ids, small.index.corpus.n_positions, small.index.corpus.n_units) == before
 
 
 def test_add_documents_assigns_unique_ids(small: S3Retriever) -> None:
@@ -287,7 +288,7 @@ def test_add_documents_assigns_unique_ids(small: S3Retriever) -> None:
 
 def test_failed_scan_commits_nothing(small: S3Retriever, monkeypatch: pytest.MonkeyPatch) -> None:
     """A scan interrupted part-way leaves documents, keys and postings as they were."""
-    before_keys = {f: s.codes.copy() for f, s in small.key_stores.items()}
+    before_keys = {f: s.codes.copy() for f, s in small.index.key_stores.items()}
     real_scan = small.scanner.scan_batches
 
     def failing(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -300,11 +301,11 @@ def test_failed_scan_commits_nothing(small: S3Retriever, monkeypatch: pytest.Mon
     with pytest.raises(KeyboardInterrupt):
         small.add_documents(["word " * 200, "more words here. " * 20], ids=["big", "other"])
     assert small.doc_ids == ["a"]
-    for f, store in small.key_stores.items():
-        store.flush(small.corpus.n_positions)
+    for f, store in small.index.key_stores.items():
+        store.flush(small.index.corpus.n_positions)
         assert np.array_equal(store.codes, before_keys[f])
-    for postings in small.postings.values():
-        assert postings.indptr[-1] == small.corpus.n_positions * postings_k(small)
+    for postings in small.index.postings.values():
+        assert postings.indptr[-1] == small.index.corpus.n_positions * postings_k(small)
 
 
 def test_concurrent_adds_of_one_id_keep_ids_unique(
@@ -414,20 +415,20 @@ def test_filters_apply_before_ranking(
     full = by_scorer[scorer]
     subset = make_retriever(scoring=ScoringConfig(scorer=scorer, atoms_per_query=8))
     _add(subset, corpus, ["hospital", "trains"], corpus_metadata)
-    mask = np.array([m["topic"] == "city" for m in full.corpus.metadatas])
+    mask = np.array([m["topic"] == "city" for m in full.index.corpus.metadatas])
     question = QUESTIONS[0]
     scores = full.score_positions(question, mask)
-    allowed = np.repeat(mask, full.corpus.doc_token_count)
+    allowed = np.repeat(mask, full.index.corpus.doc_token_count)
     assert np.all(scores[~allowed] == 0)
     assert scores[allowed].sum() == pytest.approx(1.0, abs=1e-4)
     if scorer == "coactivation":
         # idf counts every indexed position, so each head's filtered distribution is its
         # unfiltered one restricted to the matching documents and renormalised.
-        n = full.corpus.n_positions
+        n = full.index.corpus.n_positions
         expected = np.zeros(n)
         for (layer, head), q in full.question_vectors(question).items():
             field = (layer, head // full.kv_group)
-            raw = coactivation_scores(q, full.bundle.saes[layer], full.postings[field], n)
+            raw = coactivation_scores(q, full.bundle.saes[layer], full.index.postings[field], n)
             restricted = np.where(allowed, raw, 0.0)
             expected += restricted / restricted.sum()
         expected /= len(full.heads)
@@ -462,9 +463,9 @@ def test_delete_equals_fresh_index(
     kept = [d for d in corpus if d != "hospital"]
     _add(fresh, corpus, kept, corpus_metadata)
     assert edited.doc_ids == fresh.doc_ids == kept
-    assert edited.corpus.n_positions == fresh.corpus.n_positions
-    np.testing.assert_array_equal(edited.corpus.unit_tokens, fresh.corpus.unit_tokens)
-    np.testing.assert_array_equal(edited.corpus.unit_chars, fresh.corpus.unit_chars)
+    assert edited.index.corpus.n_positions == fresh.index.corpus.n_positions
+    np.testing.assert_array_equal(edited.index.corpus.unit_tokens, fresh.index.corpus.unit_tokens)
+    np.testing.assert_array_equal(edited.index.corpus.unit_chars, fresh.index.corpus.unit_chars)
     for question in QUESTIONS:
         np.testing.assert_allclose(
             edited.score_positions(question), fresh.score_positions(question), rtol=1e-4, atol=1e-7
@@ -499,7 +500,7 @@ def test_incremental_adds_equal_one_batch(
     apart = make_retriever()
     for doc_id in corpus:
         _add(apart, corpus, [doc_id])
-    np.testing.assert_array_equal(apart.corpus.unit_tokens, together.corpus.unit_tokens)
+    np.testing.assert_array_equal(apart.index.corpus.unit_tokens, together.index.corpus.unit_tokens)
     for question in QUESTIONS:
         np.testing.assert_allclose(
             apart.score_positions(question),
@@ -521,7 +522,7 @@ def test_results_independent_of_insertion_order(
     _add(backward, corpus, order[::-1])
 
     def per_doc(retriever: S3Retriever, scores: np.ndarray) -> dict[str, np.ndarray]:
-        c = retriever.corpus
+        c = retriever.index.corpus
         return {
             d: scores[c.doc_token_start[r] : c.doc_token_start[r] + c.doc_token_count[r]]
             for r, d in enumerate(c.doc_ids)
@@ -536,23 +537,19 @@ def test_results_independent_of_insertion_order(
             _by_id(backward.retrieve(question, token_budget=100, mode="s3")), abs=1e-5
         )
         bm25 = {
-            forward.corpus.unit_text(u): s
-            for u, s in enumerate(
-                forward._component_scores(question, "bm25", np.ones(4, bool))["bm25"]
-            )
+            forward.index.corpus.unit_text(u): s
+            for u, s in enumerate(forward.index.bm25_scores(question))
         }
         bm25_back = {
-            backward.corpus.unit_text(u): s
-            for u, s in enumerate(
-                backward._component_scores(question, "bm25", np.ones(4, bool))["bm25"]
-            )
+            backward.index.corpus.unit_text(u): s
+            for u, s in enumerate(backward.index.bm25_scores(question))
         }
         assert bm25 == pytest.approx(bm25_back, abs=1e-5)
 
 
 def _scanned_keys(retriever: S3Retriever, texts: list[str]) -> dict[int, np.ndarray]:
     """Float keys of every indexed position, layer -> (positions, kv heads, head_dim)."""
-    docs = [tokenize(retriever.loaded.tokenizer, t) for t in texts]
+    docs = [tokenize(retriever.model.tokenizer, t) for t in texts]
     bases = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
     out = {layer: np.zeros((int(bases[-1]), 2, HEAD_DIM), np.float32) for layer in (1, 2)}
     for capture in retriever.scanner.scan(docs):
@@ -584,7 +581,7 @@ def test_key_maps_are_applied_to_indexed_keys(loaded: LoadedModel, corpus: dict[
     retriever.add_documents(texts, ids=["trains", "rivers"])
     keys = _scanned_keys(retriever, texts)
     question = QUESTIONS[0]
-    expected = np.zeros(retriever.corpus.n_positions)
+    expected = np.zeros(retriever.index.corpus.n_positions)
     for (layer, head), q in retriever.question_vectors(question).items():
         sae = bundle.saes[layer]
         mapped = keys[layer][:, head // retriever.kv_group] @ maps[layer].numpy()
@@ -708,12 +705,12 @@ def test_chunk_size_keeps_every_token(
         scan=ScanConfig(chunk_size=chunk_size, batch_size=2, show_progress=False)
     )
     _add(retriever, corpus, list(corpus))
-    expected = sum(len(tokenize(retriever.loaded.tokenizer, t)) for t in corpus.values())
-    assert retriever.corpus.n_positions == expected
-    for store in retriever.key_stores.values():
+    expected = sum(len(tokenize(retriever.model.tokenizer, t)) for t in corpus.values())
+    assert retriever.index.corpus.n_positions == expected
+    for store in retriever.index.key_stores.values():
         assert store.codes.shape == (expected, HEAD_DIM)
         assert np.all(store.scales > 0)
-    for postings in retriever.postings.values():
+    for postings in retriever.index.postings.values():
         assert postings.indptr[-1] == expected * postings_k(retriever)
         assert np.array_equal(np.unique(postings.decode()[0]), np.arange(expected))
     assert retriever.retrieve(QUESTIONS[0], token_budget=80)

@@ -74,7 +74,7 @@ def local_llm(max_new_tokens: int) -> Runnable[PromptValue, str]:
     import torch
     from transformers import pipeline
 
-    from s3_retriever.models import default_model_folder
+    from s3_retriever.model.loading import default_model_folder
 
     generator = pipeline(
         "text-generation", model=str(default_model_folder()), dtype=torch.float32, device="cpu"

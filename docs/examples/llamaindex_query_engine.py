@@ -71,7 +71,7 @@ class LocalSmolLM(CustomLLM):
         import torch
         from transformers import pipeline
 
-        from s3_retriever.models import default_model_folder
+        from s3_retriever.model.loading import default_model_folder
 
         self._generator = pipeline(
             "text-generation", model=str(default_model_folder()), dtype=torch.float32, device="cpu"

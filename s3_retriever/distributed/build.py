@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+import s3_retriever.distributed.layout as layout
 from s3_retriever.bulk import SourceDocument, SourceError, iter_documents
 from s3_retriever.config import RetrieverConfig
-from s3_retriever.distributed import layout
 from s3_retriever.distributed._ray import ensure_ray
 from s3_retriever.distributed.routing import shard_of
 from s3_retriever.retriever import S3Retriever, ScannedTexts
@@ -322,7 +322,7 @@ class _ShardWriters:
         ]
 
     def committed_ids(self) -> set[str]:
-        return {doc_id for shard in self.shards for doc_id in shard.corpus.doc_ids}
+        return {doc_id for shard in self.shards for doc_id in shard.index.corpus.doc_ids}
 
     def add(self, shard: int, seq: int, doc: SourceDocument, scanned: ScannedTexts) -> None:
         self._waiting[shard].append((seq, doc, scanned))

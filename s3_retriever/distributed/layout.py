@@ -32,7 +32,7 @@ import numpy as np
 
 from s3_retriever.distributed.routing import ROUTING
 from s3_retriever.errors import IndexLoadError
-from s3_retriever.hashing import sha256_file
+from s3_retriever.files.hashing import sha256_file
 
 if TYPE_CHECKING:
     from s3_retriever.models import LoadedModel
@@ -150,8 +150,6 @@ def shard_checksum(folder: Path) -> str:
 
 def write_shard(root: Path, index: int, retriever: S3Retriever, order: np.ndarray) -> ShardEntry:
     """Save one shard (its index and its documents' sequence numbers) atomically."""
-    from s3_retriever.persistence import save_index
-
     order = np.asarray(order, dtype=np.int64)
     if len(order) != len(retriever):
         raise ValueError(f"{len(order)} sequence numbers for {len(retriever)} documents")
@@ -159,7 +157,7 @@ def write_shard(root: Path, index: int, retriever: S3Retriever, order: np.ndarra
     final = root / name
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.saving-{os.getpid()}-", dir=root))
     try:
-        save_index(retriever, staging / "index")
+        retriever.save(staging / "index")
         with open(staging / "order.npy", "wb") as out:
             np.save(out, order, allow_pickle=False)
             out.flush()
@@ -169,7 +167,7 @@ def write_shard(root: Path, index: int, retriever: S3Retriever, order: np.ndarra
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ShardEntry(name, len(retriever), retriever.corpus.n_positions, checksum)
+    return ShardEntry(name, len(retriever), retriever.index.n_positions, checksum)
 
 
 def _swap_in(staging: Path, final: Path) -> None:
@@ -204,7 +202,7 @@ def load_shard(
     dtype: str | None = None,
 ) -> tuple[S3Retriever, np.ndarray]:
     """Load one shard and its sequence numbers; with ``entry``, check them against it."""
-    from s3_retriever.persistence import load_index
+    from s3_retriever.retriever import S3Retriever
 
     folder = shard_folder(root, index)
     if folder is None:
@@ -214,7 +212,9 @@ def load_shard(
             f"{folder} does not match its checksum in {MANIFEST}: it changed after the manifest "
             f"was written. Run the same `s3-retriever index ... --shards` command again to resume."
         )
-    retriever = load_index(folder / "index", model_path, device, dtype, loaded=loaded)
+    retriever = S3Retriever.load(
+        folder / "index", model_path, device=device, dtype=dtype, loaded=loaded
+    )
     order = np.load(folder / "order.npy", allow_pickle=False)
     if order.dtype != np.int64 or order.shape != (len(retriever),):
         raise IndexLoadError(f"{folder}/order.npy does not fit the shard's documents; rebuild.")

@@ -1,6 +1,6 @@
 """BM25 over a sharded corpus, from statistics the shards add up.
 
-One index's BM25 (:class:`s3_retriever.lexical.BM25Index`, bm25s's Lucene variant) scores a
+One index's BM25 (:class:`s3_retriever.index.bm25.BM25Index`, bm25s's Lucene variant) scores a
 unit ``d`` for query terms ``t`` (repeats counted) as::
 
     sum_t idf(t) * tf / (k1 * (1 - b + b * len(d) / avgdl) + tf)
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from s3_retriever.lexical import LexicalConfig
+from s3_retriever.index.bm25 import LexicalConfig
 
 
 @dataclass(frozen=True)

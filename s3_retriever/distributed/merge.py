@@ -12,12 +12,13 @@ Which steps of a search are global, and how each is made exact across shards:
   ``(-score, document sequence number, place in document)``, the order one index sorts them in;
   :class:`MergedRanking` merges the shards' lists page by page.
 - **Reciprocal-rank fusion** needs every unit's global rank in both rankings:
-  :func:`fused_ranking` reads both merged rankings to a depth ``d``, asks the shards for the exact
+  :meth:`ReciprocalRankFusion.ranking` reads both merged rankings to a depth ``d``, asks the shards for the exact
   global ranks of the units seen (``count_before`` summed over shards) and emits the units whose
   fused score beats ``w_s/(k+1+d) + w_b/(k+1+d)``, the most any unit not yet seen can have;
   then it reads deeper.
 - **Packing the budget**: :func:`pack` takes ranked spans in order, as
-  :func:`s3_retriever.spans.pack` does, on units named ``(sequence number, place in document)``.
+  :func:`s3_retriever.search.spans.pack` does, on units named
+  ``(sequence number, place in document)``.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class ReciprocalRankFusion:
         self.rank: dict[str, dict[tuple[int, int], int]] = {"s3": {}, "bm25": {}}
 
     def score_of(self, s3_rank: int, bm25_rank: int) -> float:
-        # The same float operations as s3_retriever.fusion.fuse: 0 + S3 term, then + BM25 term.
+        # The float operations of s3_retriever.search.fusion.fuse: 0 + S3 term, then + BM25 term.
         w_s3, w_bm25 = self.weights
         return (0.0 + w_s3 / (self.rrf_k + 1 + s3_rank)) + w_bm25 / (self.rrf_k + 1 + bm25_rank)
 
@@ -190,7 +191,7 @@ class ReciprocalRankFusion:
 def pack(
     groups: Iterable[list[GlobalUnit]], budget: int, smallest: int, max_spans: int | None
 ) -> list[GlobalUnit]:
-    """:func:`s3_retriever.spans.pack` over units of several shards, in corpus order.
+    """:func:`s3_retriever.search.spans.pack` over units of several shards, in corpus order.
 
     ``smallest`` is the token count of the corpus's smallest unit (packing stops once less is
     left). Returns the chosen units sorted in corpus order.

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from s3_retriever.distributed import layout
+import s3_retriever.distributed.layout as layout
 from s3_retriever.distributed._ray import ensure_ray
+from s3_retriever.distributed.actors import ShardActor, Shards, query_encoder
 from s3_retriever.distributed.lexical_stats import BM25Stats
 from s3_retriever.distributed.merge import (
     GlobalUnit,
@@ -29,64 +30,18 @@ from s3_retriever.distributed.merge import (
     pack,
     runs,
 )
+from s3_retriever.distributed.query_state import PEAK_LIMIT
 from s3_retriever.distributed.routing import shard_of
-from s3_retriever.distributed.shard import PEAK_LIMIT, ShardWorker
+from s3_retriever.distributed.shard import ShardWorker
 from s3_retriever.errors import IndexLoadError
-from s3_retriever.filters import Filters
-from s3_retriever.retriever import Hit, Mode, S3Retriever, check_query
+from s3_retriever.inputs import new_documents, search_arguments
+from s3_retriever.retriever import S3Retriever
+from s3_retriever.search.filters import Filters
+from s3_retriever.search.hits import Hit
+from s3_retriever.search.settings import Mode
 
 _FIRST_PAGE = 64
 """Entries of each ranking a shard sends with its scores; most questions need no more."""
-
-
-class ShardActor(ShardWorker):
-    """A :class:`ShardWorker` that loads its shard itself (the body of a Ray actor)."""
-
-    def __init__(
-        self,
-        root: str,
-        index: int,
-        entry: Mapping[str, Any] | None,
-        model_path: str | None,
-        device: str,
-        dtype: str | None,
-    ) -> None:
-        opened = ShardWorker.open(root, index, entry, model_path, device, dtype)
-        super().__init__(opened.retriever, opened.order, index)
-
-
-class _Shards:
-    """Calls to every shard: Ray actors, or plain objects in this process (``ray`` None)."""
-
-    def __init__(self, handles: Sequence[Any], ray: Any | None) -> None:
-        self.handles = list(handles)
-        self.ray = ray
-        self.round_trips = 0
-        """Calls the driver waited for (each to one or several shards at once)."""
-
-    def __len__(self) -> int:
-        return len(self.handles)
-
-    def each(self, method: str, args: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
-        """Call ``method`` on the shards in ``args``, concurrently; results by shard."""
-        self.round_trips += 1
-        if self.ray is None:
-            return {i: getattr(self.handles[i], method)(*a) for i, a in args.items()}
-        refs = {i: getattr(self.handles[i], method).remote(*a) for i, a in args.items()}
-        values = self.ray.get(list(refs.values()))
-        return dict(zip(refs, values, strict=True))
-
-    def tell(self, method: str, *args: Any) -> None:
-        """Call ``method`` on every shard without waiting (an actor runs its calls in order)."""
-        for handle in self.handles:
-            if self.ray is None:
-                getattr(handle, method)(*args)
-            else:
-                getattr(handle, method).remote(*args)
-
-    def all(self, method: str, *args: Any) -> list[Any]:
-        result = self.each(method, dict.fromkeys(range(len(self.handles)), args))
-        return [result[i] for i in range(len(self.handles))]
 
 
 class ShardedRetriever:
@@ -99,7 +54,7 @@ class ShardedRetriever:
         root: Path | None,
         manifest: layout.ShardedManifest,
         encoder: S3Retriever,
-        shards: _Shards,
+        shards: Shards,
         doc_ids: Sequence[str],
     ) -> None:
         self.root = root
@@ -153,7 +108,7 @@ class ShardedRetriever:
                 for i in range(manifest.num_shards)
             ]
         encoder = query_encoder(root, model, device, dtype)
-        shards = _Shards(handles, ray)
+        shards = Shards(handles, ray)
         doc_ids = [i for ids in shards.all("doc_ids") for i in ids]
         return cls(root, manifest, encoder, shards, doc_ids)
 
@@ -196,7 +151,7 @@ class ShardedRetriever:
         Every shard scans first and commits only when all scans succeeded, so a failed call
         leaves the index as it was.
         """
-        texts_list, ids_list, metas = self.encoder._validate_new(texts, ids, metadatas)
+        texts_list, ids_list, metas = new_documents(texts, ids, metadatas, [])
         with self._lock:
             clash = [i for i in ids_list if i in self._ids]
             if clash:
@@ -270,7 +225,7 @@ class ShardedRetriever:
         filters: Filters | None = None,
     ) -> list[Hit]:
         """:meth:`S3Retriever.retrieve` over every shard: the same spans and scores."""
-        top_k, token_budget = check_query(query, top_k, token_budget, mode)
+        top_k, token_budget = search_arguments(query, top_k, token_budget, mode)
         if not query.strip() or top_k == 0:
             return []
         if mode == "hybrid" and self.config.hybrid.fusion != "rrf":
@@ -312,7 +267,7 @@ class ShardedRetriever:
             return []
         row_lse = combine_lse([p.row_lse for p in prepared]) if mode != "bm25" else None
         bm25 = BM25Stats.combine([p.bm25 for p in prepared]) if mode != "s3" else None
-        # As S3Retriever._rank: growth stops at a quarter of the budget.
+        # As s3_retriever.search.ranking.rank: growth stops at a quarter of the budget.
         min_tokens = min(self.config.spans.min_span_tokens, max(token_budget // 4, 1))
         scored = self._shards.all("score", qid, vectors, row_lse, bm25, min_tokens, _FIRST_PAGE)
         smallest = min(p.smallest_unit for p in prepared if p.smallest_unit is not None)
@@ -443,31 +398,3 @@ def _grown_groups(ranking: MergedRanking) -> Iterator[list[GlobalUnit]]:
     for _, (shard, _, grown) in zip(range(PEAK_LIMIT), ranking, strict=False):
         if grown is not None:
             yield _global(shard, grown)
-
-
-def query_encoder(
-    root: Path, model_path: str | None, device: str, dtype: str | None
-) -> S3Retriever:
-    """An empty retriever with the model, SAEs and settings of the index's first shard: it
-    turns questions into vectors and checks new documents."""
-    from s3_retriever.config import RetrieverConfig
-    from s3_retriever.models import DEFAULT_MODEL_NAME, load_model
-    from s3_retriever.persistence import read_manifest
-    from s3_retriever.sae import SAEBundle
-
-    folder = layout.shard_folder(root, 0)
-    if folder is None:
-        raise IndexLoadError(f"{root}: {layout.shard_name(0)} is missing; rebuild the index.")
-    index_folder, manifest = read_manifest(folder / "index")
-    if model_path is None and manifest["model_id"] != DEFAULT_MODEL_NAME:
-        raise IndexLoadError(
-            f"This index was built with {manifest['model_id']!r}; pass model_path= to load it."
-        )
-    loaded = load_model(model_path, device=device, dtype=dtype or manifest.get("dtype", "auto"))
-    if loaded.fingerprint != manifest["model_fingerprint"]:
-        raise IndexLoadError(
-            f"Model mismatch: the index was built with {manifest['model_id']!r}, but the model "
-            f"given is {loaded.model_id!r}. Load it with the same model."
-        )
-    config = RetrieverConfig.from_dict(manifest["config"])
-    return S3Retriever(loaded, SAEBundle.load(index_folder / "sae"), config)

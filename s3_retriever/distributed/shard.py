@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,68 +28,22 @@ import numpy as np
 
 from s3_retriever.distributed.layout import ShardEntry, load_shard, write_shard
 from s3_retriever.distributed.lexical_stats import BM25Stats, UnitTerms, query_terms
-from s3_retriever.filters import Filters, document_mask
-from s3_retriever.fusion import rank_order
+from s3_retriever.distributed.query_state import (
+    PEAK_LIMIT,
+    Entry,
+    Prepared,
+    QueryState,
+    RankedUnits,
+    UnitRef,
+    both_keys,
+    unit_refs,
+)
 from s3_retriever.retriever import S3Retriever, ScannedTexts
-from s3_retriever.spans import grow, peaks, smooth, unit_scores
-
-PEAK_LIMIT = 4096
-"""Ranked units a search considers, as in :meth:`S3Retriever._rank`."""
-
-Entry = tuple[float, int, int, int]
-"""A ranked entry: (-score, document sequence number, place in the document, local unit)."""
-UnitRef = tuple[int, int, int, int]
-"""A unit as the driver packs it: (sequence number, unit within document, local unit, tokens)."""
-
-
-class _RankedUnits:
-    """Units in rank order, turned into entries only for the slices the driver reads (a
-    hybrid ranking holds every candidate unit of the shard)."""
-
-    def __init__(
-        self, scores: np.ndarray, ranked: np.ndarray, seq: np.ndarray, in_doc: np.ndarray
-    ) -> None:
-        self.scores, self.ranked, self.seq, self.in_doc = scores, ranked, seq, in_doc
-
-    def __len__(self) -> int:
-        return len(self.ranked)
-
-    def __getitem__(self, part: slice) -> list[Entry]:
-        return [
-            (-float(self.scores[u]), int(self.seq[u]), int(self.in_doc[u]), int(u))
-            for u in self.ranked[part].tolist()
-        ]
-
-
-@dataclass
-class _Query:
-    """What a shard keeps of one question between the driver's calls."""
-
-    mode: str
-    doc_mask: np.ndarray
-    unit_mask: np.ndarray
-    terms: list[str] = field(default_factory=list)
-    components: dict[str, np.ndarray] = field(default_factory=dict)
-    lists: dict[str, list[Entry] | _RankedUnits] = field(default_factory=dict)
-    sorted_keys: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
-    min_tokens: int = 0
-    seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    """Each unit's document sequence number."""
-    in_doc: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    """Each unit's place within its document."""
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    """Each unit's tokens."""
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A shard's answer to :meth:`ShardWorker.prepare`."""
-
-    n_units: int
-    any_candidate: bool
-    smallest_unit: int | None
-    row_lse: dict[tuple[int, int], np.ndarray] | None
-    bm25: BM25Stats | None
+from s3_retriever.search.filters import Filters, document_mask
+from s3_retriever.search.fusion import rank_order
+from s3_retriever.search.ranking import lead_tail_groups
+from s3_retriever.search.scoring import require_store
+from s3_retriever.search.spans import grow, peaks, smooth, unit_scores
 
 
 class ShardWorker:
@@ -102,7 +56,7 @@ class ShardWorker:
         self.order = np.asarray(order, dtype=np.int64)
         self.index = index
         self._terms: UnitTerms | None = None
-        self._queries: dict[str, _Query] = {}
+        self._queries: dict[str, QueryState] = {}
         self._staged: tuple[ScannedTexts, list[str], list[dict[str, Any]], list[int]] | None = None
 
     @classmethod
@@ -131,16 +85,16 @@ class ShardWorker:
     # ------------------------------------------------------------------ documents
     def info(self) -> dict[str, Any]:
         """Documents, positions, units and bytes held by this shard."""
-        corpus = self.retriever.corpus
+        corpus = self.retriever.index.corpus
         return {
             "documents": len(corpus),
             "positions": corpus.n_positions,
             "units": corpus.n_units,
-            "nbytes": self.retriever.index_nbytes(),
+            "nbytes": self.retriever.index.nbytes(),
         }
 
     def doc_ids(self) -> list[str]:
-        return list(self.retriever.corpus.doc_ids)
+        return list(self.retriever.index.corpus.doc_ids)
 
     def stage(
         self,
@@ -170,7 +124,7 @@ class ShardWorker:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove documents by id; returns how many this shard held."""
-        rows = self.retriever.corpus.row_of()
+        rows = self.retriever.index.corpus.row_of()
         gone = {rows[i] for i in ids if i in rows}
         if not gone:
             return 0
@@ -196,15 +150,16 @@ class ShardWorker:
     ) -> Prepared:
         """Filter, and return this shard's part of the corpus statistics."""
         retriever = self.retriever
-        corpus = retriever.corpus
+        corpus = retriever.index.corpus
         doc_mask = document_mask(corpus.metadatas, corpus.doc_ids, filters)
         unit_mask = doc_mask[corpus.unit_doc] if corpus.n_units else np.zeros(0, bool)
-        state = _Query(mode, doc_mask, unit_mask)
+        state = QueryState(mode, doc_mask, unit_mask)
         state.seq, state.in_doc = self._unit_keys()
         state.counts = corpus.unit_token_counts()
         row_lse = bm25 = None
         if mode in ("s3", "hybrid"):
-            retriever._require_scorer_data()
+            index = retriever.index
+            require_store(retriever.config.scoring, bool(index.key_stores), bool(index.postings))
             row_lse = retriever.question_logsumexp(head_queries or {}, doc_mask)
         if mode in ("bm25", "hybrid"):
             state.terms = query_terms(query, retriever.config.lexical)
@@ -221,7 +176,7 @@ class ShardWorker:
 
     def _unit_terms(self) -> UnitTerms:
         if self._terms is None:
-            corpus = self.retriever.corpus
+            corpus = self.retriever.index.corpus
             texts = [corpus.unit_text(u) for u in range(corpus.n_units)]
             self._terms = UnitTerms(texts, self.retriever.config.lexical)
         return self._terms
@@ -242,10 +197,12 @@ class ShardWorker:
         state = self._queries[qid]
         state.min_tokens = min_tokens
         retriever = self.retriever
-        corpus = retriever.corpus
+        corpus = retriever.index.corpus
         components = state.components
         if state.mode in ("s3", "hybrid"):
-            raw = retriever.score_question_vectors(head_queries or {}, state.doc_mask, row_lse)
+            raw = retriever.score_question_vectors(
+                head_queries or {}, state.doc_mask, row_lse=row_lse
+            )
             smoothed = smooth(raw, corpus, retriever.config.spans.smooth_width)
             components["s3_positions"] = smoothed
             components["s3"] = unit_scores(smoothed, corpus)
@@ -264,12 +221,12 @@ class ShardWorker:
         elif state.mode == "bm25":
             scores = components["bm25"]
             ranked = rank_order(scores, state.unit_mask & (scores > 0))[:PEAK_LIMIT]
-            state.lists["bm25"] = _RankedUnits(scores, ranked, seq, in_doc)
+            state.lists["bm25"] = RankedUnits(scores, ranked, seq, in_doc)
         else:
             for name in ("s3", "bm25"):
                 scores = components[name]
                 ranked = rank_order(scores, state.unit_mask)
-                state.lists[name] = _RankedUnits(scores, ranked, seq, in_doc)
+                state.lists[name] = RankedUnits(scores, ranked, seq, in_doc)
                 state.sorted_keys[name] = (
                     -scores[ranked].astype(np.float64),
                     seq[ranked],
@@ -283,7 +240,7 @@ class ShardWorker:
 
     def _unit_keys(self) -> tuple[np.ndarray, np.ndarray]:
         """Each unit's document sequence number and its place within its document."""
-        corpus = self.retriever.corpus
+        corpus = self.retriever.index.corpus
         if corpus.n_units == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         first_unit = np.searchsorted(corpus.unit_doc, np.arange(len(corpus)), side="left")
@@ -294,14 +251,17 @@ class ShardWorker:
 
     def _position_keys(self, positions: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """The document sequence number and place within the document of some positions."""
-        corpus = self.retriever.corpus
+        corpus = self.retriever.index.corpus
         where = np.asarray(positions, np.int64)
         row = np.searchsorted(corpus.doc_token_start, where, side="right") - 1
         return self.order[row], where - corpus.doc_token_start[row]
 
-    def _lead_tail(self, state: _Query) -> list[list[UnitRef]]:
-        groups = self.retriever._lead_tail_groups(state.unit_mask, state.counts)
-        return [_refs(state, g) for g in groups]
+    def _lead_tail(self, state: QueryState) -> list[list[UnitRef]]:
+        retriever = self.retriever
+        groups = lead_tail_groups(
+            retriever.index.corpus, retriever.config.hybrid, state.unit_mask, state.counts
+        )
+        return [unit_refs(state, g) for g in groups]
 
     # ------------------------------------------------------------------ search, later rounds
     def page(self, qid: str, name: str, start: int, count: int) -> list[tuple[Entry, Any]]:
@@ -311,17 +271,17 @@ class ShardWorker:
         state = self._queries[qid]
         entries = state.lists[name][start : start + count]
         if state.mode == "hybrid":
-            return [(e, _both_keys(state, e[3])) for e in entries]
+            return [(e, both_keys(state, e[3])) for e in entries]
         scores = state.components[name]
         return [(e, self._grown(state, e[3], scores)) for e in entries]
 
-    def _grown(self, state: _Query, unit: int, scores: np.ndarray) -> list[UnitRef] | None:
+    def _grown(self, state: QueryState, unit: int, scores: np.ndarray) -> list[UnitRef] | None:
         """The span grown from ``unit``; ``None`` if the unit is filtered out."""
         if not state.unit_mask[unit]:
             return None
-        corpus = self.retriever.corpus
+        corpus = self.retriever.index.corpus
         within = self.retriever.config.spans.within_paragraph
-        return _refs(state, grow(unit, corpus, scores, state.min_tokens, state.counts, within))
+        return unit_refs(state, grow(unit, corpus, scores, state.min_tokens, state.counts, within))
 
     def count_before(
         self, qid: str, keys: Mapping[str, Sequence[tuple[float, int, int]]]
@@ -344,7 +304,7 @@ class ShardWorker:
     def rank_keys(self, qid: str, units: Sequence[int]) -> list[tuple[tuple[float, int, int], ...]]:
         """Each unit's key in every ranking of the question (S3 first, then BM25)."""
         state = self._queries[qid]
-        return [_both_keys(state, u) for u in units]
+        return [both_keys(state, u) for u in units]
 
     def neighbourhoods(
         self, qid: str, units: Sequence[int]
@@ -352,7 +312,7 @@ class ShardWorker:
         """Units that growing each of ``units`` may look at (its document's units within
         ``min_tokens`` tokens of it), and their keys in both rankings. The driver computes
         their fused scores for :meth:`grow`."""
-        corpus = self.retriever.corpus
+        corpus = self.retriever.index.corpus
         state = self._queries[qid]
         counts, budget = state.counts, state.min_tokens
         out = []
@@ -366,7 +326,7 @@ class ShardWorker:
                     size += int(counts[u])
                     u += step
             out.append(sorted(near))
-        keys = {u: _both_keys(state, u) for near in out for u in near}
+        keys = {u: both_keys(state, u) for near in out for u in near}
         return out, keys
 
     def grow(
@@ -374,7 +334,7 @@ class ShardWorker:
     ) -> list[list[UnitRef]]:
         """Spans grown from ``units`` by the given (fused) scores of their neighbourhoods."""
         state = self._queries[qid]
-        dense = np.full(self.retriever.corpus.n_units, -np.inf, np.float64)
+        dense = np.full(self.retriever.index.corpus.n_units, -np.inf, np.float64)
         for unit, value in scores.items():
             dense[unit] = value
         return [self._grown(state, u, dense) or [] for u in units]
@@ -387,7 +347,7 @@ class ShardWorker:
         ``ranked``: each run's ranking score when the driver computed it (hybrid); otherwise the
         highest score of the run's units in this mode's ranking."""
         state = self._queries[qid]
-        corpus = self.retriever.corpus
+        corpus = self.retriever.index.corpus
         out = []
         for i, run in enumerate(runs):
             row = int(corpus.unit_doc[run[0]])
@@ -415,13 +375,3 @@ class ShardWorker:
     def finish(self, qid: str) -> None:
         """Forget a question's state."""
         self._queries.pop(qid, None)
-
-
-def _refs(state: _Query, units: Sequence[int]) -> list[UnitRef]:
-    return [(int(state.seq[u]), int(state.in_doc[u]), int(u), int(state.counts[u])) for u in units]
-
-
-def _both_keys(state: _Query, unit: int) -> tuple[tuple[float, int, int], ...]:
-    """The unit's key in the S3 ranking, then in the BM25 ranking."""
-    seq, place = int(state.seq[unit]), int(state.in_doc[unit])
-    return tuple((-float(state.components[n][unit]), seq, place) for n in ("s3", "bm25"))

@@ -11,8 +11,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from s3_retriever.distributed.actors import Shards
 from s3_retriever.distributed.layout import ShardedManifest
-from s3_retriever.distributed.retriever import ShardedRetriever, _Shards
+from s3_retriever.distributed.retriever import ShardedRetriever
 from s3_retriever.distributed.shard import ShardWorker
 from s3_retriever.retriever import S3Retriever
 from s3_retriever.testing import TRAINING_TEXT
@@ -50,7 +51,7 @@ def local_sharded(
         root=None,
         manifest=manifest,
         encoder=S3Retriever(template.loaded, template.bundle, template.config),
-        shards=_Shards(workers, None),
+        shards=Shards(workers, None),
         doc_ids=[],
     )
     sharded.add_documents(

@@ -12,6 +12,7 @@ budget counted with the scanned model's tokenizer, so all methods are charged th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -19,7 +20,7 @@ from typing import cast
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.eval.baselines import BM25Baseline, DenseBaseline, RRFBaseline
 from s3_retriever.retriever import Mode, S3Retriever
-from s3_retriever.scoring import SCORERS, ScorerName, ScoringConfig
+from s3_retriever.search.settings import SCORERS, ScorerName
 
 __all__ = [
     "BASELINE_METHODS",
@@ -83,7 +84,7 @@ class EngineIndex:
     def __init__(
         self, template: S3Retriever, config: RetrieverConfig, documents: Sequence[str]
     ) -> None:
-        self.retriever = S3Retriever(template.loaded, template.bundle, config)
+        self.retriever = S3Retriever(template.model, template.bundle, config)
         self.doc_ids = [f"d{i}" for i in range(len(documents))]
         self.retriever.add_documents(list(documents), ids=self.doc_ids)
         self._rows = {doc_id: row for row, doc_id in enumerate(self.doc_ids)}
@@ -96,15 +97,15 @@ class EngineIndex:
         scorer: ScorerName,
         config: RetrieverConfig | None = None,
     ) -> list[Retrieved]:
-        """Retrieve with ``scorer`` and the query-time settings of ``config`` (default: own)."""
-        own = self.retriever.config
-        base = config or own
-        scoring = ScoringConfig(**{**base.scoring.__dict__, "scorer": scorer})
-        self.retriever.config = base.replace(scoring=scoring)
-        try:
-            hits = self.retriever.retrieve(question, token_budget=budget, mode=mode)
-        finally:
-            self.retriever.config = own
+        """Retrieve with ``scorer`` and the query-time settings of ``config`` (default: own).
+
+        The settings go with the call, so the shared retriever is never changed.
+        """
+        base = (config or self.retriever.config).search_settings()
+        settings = dataclasses.replace(
+            base, scoring=dataclasses.replace(base.scoring, scorer=scorer)
+        )
+        hits = self.retriever.retrieve(question, token_budget=budget, mode=mode, search=settings)
         return [Retrieved(self._rows[h.doc_id], h.start_char, h.end_char, h.text) for h in hits]
 
 

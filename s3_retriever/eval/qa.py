@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from s3_retriever.eval.methods import Retrieved, middle_truncate
-from s3_retriever.models import LoadedModel, load_model
+from s3_retriever.model.loading import LoadedModel, load_model
 
 __all__ = ["Generator", "PROMPT", "render_context"]
 

@@ -10,9 +10,9 @@ import pytest
 
 from s3_retriever import RetrieverConfig, S3Retriever, SAEBundle
 from s3_retriever.distributed.testing import sharded_corpus
+from s3_retriever.model.scan import ScanConfig
 from s3_retriever.models import LoadedModel
-from s3_retriever.retriever import Hit
-from s3_retriever.scan import ScanConfig
+from s3_retriever.search.hits import Hit
 from s3_retriever.testing import one_thread, tiny_config
 
 QUESTIONS = (

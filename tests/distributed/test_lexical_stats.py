@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from s3_retriever.distributed.lexical_stats import BM25Stats, UnitTerms, query_terms
-from s3_retriever.lexical import BM25Index, LexicalConfig
+from s3_retriever.index.bm25 import BM25Index, LexicalConfig
 
 TEXTS = [
     "the river flows",

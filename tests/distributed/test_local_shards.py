@@ -9,9 +9,9 @@ import pytest
 from s3_retriever import SAEBundle
 from s3_retriever.distributed.routing import shard_of
 from s3_retriever.distributed.testing import local_sharded
-from s3_retriever.fusion import HybridConfig
 from s3_retriever.models import LoadedModel
-from s3_retriever.scoring import ScoringConfig
+from s3_retriever.search.fusion import HybridConfig
+from s3_retriever.search.settings import ScoringConfig
 from tests.distributed.conftest import QUESTIONS, assert_same_hits, reference, search_cases
 
 

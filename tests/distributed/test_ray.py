@@ -87,15 +87,15 @@ def _assert_same_shards(a: Path, b: Path, loaded: LoadedModel) -> None:
     for i in range(NUM_SHARDS):
         left, left_order = layout.load_shard(a, i, None, loaded=loaded)
         right, right_order = layout.load_shard(b, i, None, loaded=loaded)
-        assert left.doc_ids == right.doc_ids and left.corpus.texts == right.corpus.texts
+        assert left.doc_ids == right.doc_ids and left.index.corpus.texts == right.index.corpus.texts
         np.testing.assert_array_equal(left_order, right_order)
-        for field, store in left.key_stores.items():
-            np.testing.assert_array_equal(store.codes, right.key_stores[field].codes)
-            np.testing.assert_array_equal(store.scales, right.key_stores[field].scales)
-        for field, postings in left.postings.items():
-            np.testing.assert_array_equal(postings.indptr, right.postings[field].indptr)
+        for field, store in left.index.key_stores.items():
+            np.testing.assert_array_equal(store.codes, right.index.key_stores[field].codes)
+            np.testing.assert_array_equal(store.scales, right.index.key_stores[field].scales)
+        for field, postings in left.index.postings.items():
+            np.testing.assert_array_equal(postings.indptr, right.index.postings[field].indptr)
             np.testing.assert_array_equal(
-                postings.position_bytes, right.postings[field].position_bytes
+                postings.position_bytes, right.index.postings[field].position_bytes
             )
 
 
@@ -130,7 +130,7 @@ def test_sharded_search_equals_one_index(sharded: ShardedRetriever, single: S3Re
 
 
 def test_bm25_statistics_equal_one_index(sharded: ShardedRetriever, single: S3Retriever) -> None:
-    corpus = single.corpus
+    corpus = single.index.corpus
     terms_of_single = UnitTerms(
         [corpus.unit_text(u) for u in range(corpus.n_units)], single.config.lexical
     )
@@ -212,7 +212,7 @@ def test_a_killed_driver_resumes_to_the_same_index(
     # JSONL documents carry their file as metadata "source"; otherwise the same as the rows.
     for i in range(NUM_SHARDS):
         shard, _ = layout.load_shard(out, i, None, loaded=loaded)
-        assert all(m.pop("source") == str(source) for m in shard.corpus.metadatas)
+        assert all(m.pop("source") == str(source) for m in shard.index.corpus.metadatas)
     _assert_same_shards(out, built[0], loaded)
 
 

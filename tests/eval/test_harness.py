@@ -10,9 +10,10 @@ import pytest
 
 from s3_retriever.cli import main as cli_main
 from s3_retriever.config import RetrieverConfig
-from s3_retriever.eval.harness import EvalSettings, apply_override, run_eval, variants, write_report
+from s3_retriever.eval.harness import EvalSettings, apply_override, run_eval, variants
 from s3_retriever.eval.methods import middle_truncate, parse_methods
 from s3_retriever.eval.qa import Generator
+from s3_retriever.eval.report import write_report
 from tests.eval.fixtures import hotpot_row, write_jsonl
 from tests.integration.conftest import requires_model
 

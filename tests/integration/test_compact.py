@@ -22,8 +22,8 @@ def test_compact_index_is_small_and_finds_the_needle() -> None:
     assert not compact.config.store_keys and compact.config.scoring.scorer == "aligned"
     for retriever in (compact, default):
         retriever.add_documents([text], ids=["haystack"])
-    compact_bytes = sum(compact.index_nbytes().values())
-    default_bytes = sum(default.index_nbytes().values())
+    compact_bytes = sum(compact.index.nbytes().values())
+    default_bytes = sum(default.index.nbytes().values())
     # Per token: 2 fields x ~10.5 B of postings + tables, against 2 x (68 + ~65) B + tables.
     assert compact_bytes * 6 < default_bytes, (compact_bytes, default_bytes)
     hits = compact.retrieve(QUESTION, token_budget=256, mode="hybrid")

@@ -15,8 +15,8 @@ _CHILD = textwrap.dedent(
     """
     import json, resource, sys
     from tests.integration.conftest import real_text
-    from s3_retriever.models import load_model
-    from s3_retriever.scan import ScanConfig, Scanner, tokenize
+    from s3_retriever.model.loading import load_model
+    from s3_retriever.model.scan import ScanConfig, Scanner, tokenize
     n_tokens = int(sys.argv[1])
     loaded = load_model()
     scanner = Scanner(loaded.model, [5, 8], config=ScanConfig(show_progress=False),

@@ -20,7 +20,7 @@ def test_needle_found_at_nine_of_ten_depths() -> None:
         text = plant(haystack, depth)
         retriever.delete(retriever.doc_ids)
         retriever.add_documents([text], ids=["haystack"])
-        assert retriever.corpus.n_positions >= 20_000
+        assert retriever.index.corpus.n_positions >= 20_000
         hits = retriever.retrieve(QUESTION, token_budget=256, mode="s3")
         assert sum(len(h.text) for h in hits) > 0
         found.append(needle_found(hits, text))

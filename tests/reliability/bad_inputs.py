@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from s3_retriever.hashing import sha256_file
+from s3_retriever.files.hashing import sha256_file
 
 
 def rewrite_manifest(index: Path, change: Callable[[dict[str, Any]], Any]) -> None:
@@ -78,7 +78,7 @@ def _sae_tensors(file: str, change: Callable[[dict[str, torch.Tensor]], None]) -
 
 def _resum_sae(index: Path) -> None:
     """Refresh the SAE files' checksums and the bundle checksum the manifest holds."""
-    from s3_retriever.sae import bundle_checksum
+    from s3_retriever.sae.bundle import bundle_checksum
 
     def edit(m: dict[str, Any]) -> None:
         for path in (index / "sae").iterdir():

@@ -49,7 +49,7 @@ def _rss() -> int:
 def measure(n_tokens: int, phase: str) -> dict[str, Any]:
     """Peak memory of one ``phase`` over a document of ``n_tokens``: ``scan`` (the model scan
     alone) or ``add`` (add_documents: tokenise, scan, encode, commit)."""
-    from s3_retriever.scan import ScanConfig, tokenize
+    from s3_retriever.model.scan import ScanConfig, tokenize
     from s3_retriever.testing import TRAINING_TEXT, one_thread, tiny_retriever
 
     with one_thread(), tempfile.TemporaryDirectory() as tmp:
@@ -58,9 +58,9 @@ def measure(n_tokens: int, phase: str) -> dict[str, Any]:
             scan=ScanConfig(chunk_size=CHUNK_SIZE, batch_size=BATCH_SIZE, show_progress=False),
         )
         block = " ".join(TRAINING_TEXT[:5]) + "\n"
-        per_block = len(tokenize(retriever.loaded.tokenizer, block))
+        per_block = len(tokenize(retriever.model.tokenizer, block))
         text = block * (n_tokens // per_block + 1)
-        doc = tokenize(retriever.loaded.tokenizer, text)
+        doc = tokenize(retriever.model.tokenizer, text)
         doc = type(doc)(doc.input_ids[:n_tokens], doc.starts[:n_tokens], doc.ends[:n_tokens])
         text = text[: int(doc.ends[-1])]
         if phase == "add":
@@ -73,9 +73,9 @@ def measure(n_tokens: int, phase: str) -> dict[str, Any]:
             )
         else:
             peak, _ = _peak_rss_during(lambda: retriever.add_documents([text], ids=["big"]))
-            tokens = retriever.corpus.n_positions
+            tokens = retriever.index.corpus.n_positions
         seconds = time.perf_counter() - start
-        index_bytes = sum(retriever.index_nbytes().values())
+        index_bytes = sum(retriever.index.nbytes().values())
     return {
         "phase": phase,
         "tokens": tokens,

@@ -130,10 +130,10 @@ def kill_once(index: Path, model: Path, phase: str, rng: random.Random) -> KillR
     # A kill aimed late in ``add`` may land in the save that follows, so both are allowed.
     assert after in (complete, complete + 1), (phase, complete, after)
     assert restored.doc_ids == [doc_id(k) for k in range(after)]
-    assert restored.corpus.texts == [crash_doc(k) for k in range(after)]
+    assert restored.index.corpus.texts == [crash_doc(k) for k in range(after)]
     assert restored.retrieve("Which record mentions the harvest?", token_budget=64)
     # Folders only: a killed save may also leave its writer-lock file, which the next save
-    # takes over and deletes (s3_retriever/writer_lock.py).
+    # takes over and deletes (s3_retriever/index/writer_lock.py).
     leftovers = [
         p for p in index.parent.iterdir() if p.name.startswith(f".{index.name}.") and p.is_dir()
     ]
@@ -193,7 +193,7 @@ def build_resume_start(workdir: Path, model: Path, n_docs: int) -> tuple[Path, P
 
 
 def _manifest_digest(index: Path) -> str | None:
-    from s3_retriever.hashing import sha256_file
+    from s3_retriever.files.hashing import sha256_file
 
     try:
         return sha256_file(index / "manifest.json")
@@ -240,7 +240,7 @@ def kill_resume_once(docs: Path, index: Path, model: Path, rng: random.Random) -
     after = len(restored)
     assert after >= before + 2, (before, after)
     assert restored.doc_ids == [str(f) for f in files[:after]], "not a prefix, or duplicated"
-    assert restored.corpus.texts == [crash_doc(k) for k in range(after)]
+    assert restored.index.corpus.texts == [crash_doc(k) for k in range(after)]
     leftovers = [p for p in index.parent.iterdir() if p.name.startswith(f".{index.name}.")]
     leftover_folders = [p for p in leftovers if p.is_dir()]
     assert len(leftover_folders) <= 2, leftover_folders

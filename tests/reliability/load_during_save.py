@@ -8,7 +8,7 @@ docs/reliability.md::
 The saver (``python -m tests.reliability.load_during_save saver INDEX MODEL``) loads the index
 and loops forever: add a document, save, delete it, save, so every save publishes different
 files. The parent meanwhile reads the whole index (every file verified against the manifest of
-the generation it read, documents and arrays loaded: :func:`s3_retriever.persistence.read_index`)
+the generation it read, documents and arrays loaded: :func:`s3_retriever.index.storage.read_index`)
 and, every ``full_every`` reads, loads it as a retriever with the model. Each read must succeed
 and hold one of the two states the saver alternates between.
 """
@@ -63,7 +63,7 @@ class LoadReport:
 def run(loads: int, workdir: Path, full_every: int = 50) -> LoadReport:
     """``loads`` loads of an index that a child process keeps saving; see the module doc."""
     from s3_retriever import S3Retriever
-    from s3_retriever.persistence import read_index
+    from s3_retriever.index.storage import read_index
 
     index, model = build_start_index(workdir)
     base = len(S3Retriever.load(index, model_path=model))
@@ -94,7 +94,7 @@ def run(loads: int, workdir: Path, full_every: int = 50) -> LoadReport:
             try:
                 if i % full_every == full_every - 1:
                     retriever = S3Retriever.load(index, model_path=model)
-                    ids, texts = retriever.doc_ids, retriever.corpus.texts
+                    ids, texts = retriever.doc_ids, retriever.index.corpus.texts
                     full += 1
                 else:
                     stored = read_index(index)

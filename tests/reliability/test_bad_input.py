@@ -17,7 +17,7 @@ import pytest
 from s3_retriever import ModelError, S3Retriever, SAEError
 from s3_retriever.cli import main
 from s3_retriever.retriever import Mode
-from s3_retriever.sae import SAEBundle, SAEConfig, TopKSAE
+from s3_retriever.sae.bundle import SAEBundle, SAEConfig, TopKSAE
 from s3_retriever.testing import HEAD_DIM, N_HEADS
 from tests.conftest import RetrieverFactory, hit_tokens, tiny_config
 from tests.test_retriever import check_hits
@@ -77,7 +77,7 @@ def test_budget_smaller_than_every_unit_gives_no_hits(make_retriever: RetrieverF
     retriever = make_retriever()
     text = "Supercalifragilisticexpialidocious antidisestablishmentarianism. " * 3
     retriever.add_documents([text], ids=["long-words"])
-    smallest = int(retriever.corpus.unit_token_counts().min())
+    smallest = int(retriever.index.corpus.unit_token_counts().min())
     assert smallest > 2
     for mode in MODES:
         assert retriever.retrieve("antidisestablishmentarianism", token_budget=2, mode=mode) == []
@@ -191,7 +191,7 @@ def test_accepted_metadata_survives_save_and_load(
     retriever.add_documents(["Some text."], ids=["d"], metadatas=[metadata])
     retriever.save(tmp_path / "index")
     restored = S3Retriever.load(tmp_path / "index", model_path=model_dir)
-    assert restored.corpus.metadatas == [metadata]
+    assert restored.index.corpus.metadatas == [metadata]
     assert restored.retrieve("text", mode="bm25")[0].metadata == metadata
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from s3_retriever import Hit, S3Retriever
+from s3_retriever.model.scan import tokenize
 from s3_retriever.retriever import Mode
-from s3_retriever.scan import tokenize
 from s3_retriever.testing import TRAINING_TEXT
 from tests.conftest import RetrieverFactory
 
@@ -190,4 +190,6 @@ def test_concurrent_adds_of_distinct_ids_all_land(
     assert not errors
     assert sorted(live.doc_ids) == sorted(f"w{i}" for i in range(n_threads))
     texts = [TRAINING_TEXT[i % len(TRAINING_TEXT)] for i in range(n_threads)]
-    assert live.corpus.n_positions == sum(len(tokenize(live.loaded.tokenizer, t)) for t in texts)
+    assert live.index.corpus.n_positions == sum(
+        len(tokenize(live.model.tokenizer, t)) for t in texts
+    )

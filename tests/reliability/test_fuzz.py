@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from s3_retriever import IndexLoadError, S3Retriever
 from s3_retriever.cli import main
-from s3_retriever.persistence import read_manifest
-from s3_retriever.untrusted import UntrustedFileError, npy_header, safetensors_shapes
+from s3_retriever.files.untrusted import UntrustedFileError, npy_header, safetensors_shapes
+from s3_retriever.index.storage import read_manifest
 from tests.conftest import RetrieverFactory
 
 SCALE = int(os.environ.get("S3_RETRIEVER_FUZZ_SCALE", "1"))

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
 from s3_retriever import S3Retriever, ScoringConfig
+from s3_retriever.model.scan import tokenize
 from s3_retriever.retriever import Mode
-from s3_retriever.scan import tokenize
 from s3_retriever.testing import TRAINING_TEXT
 from tests.conftest import RetrieverFactory
 from tests.test_retriever import check_hits
@@ -46,7 +46,7 @@ TEXT = st.text(
 
 def _per_doc_scores(retriever: S3Retriever, question: str) -> dict[str, np.ndarray]:
     scores = retriever.score_positions(question)
-    c = retriever.corpus
+    c = retriever.index.corpus
     return {
         d: scores[c.doc_token_start[r] : c.doc_token_start[r] + c.doc_token_count[r]]
         for r, d in enumerate(c.doc_ids)
@@ -101,7 +101,9 @@ def test_random_add_delete_sequences_equal_a_rebuild(
             assert self.live.doc_ids == self.order
             rebuilt = make_retriever(**config)
             rebuilt.add_documents([POOL[d] for d in self.order], ids=list(self.order))
-            np.testing.assert_array_equal(self.live.corpus.unit_tokens, rebuilt.corpus.unit_tokens)
+            np.testing.assert_array_equal(
+                self.live.index.corpus.unit_tokens, rebuilt.index.corpus.unit_tokens
+            )
             for question in ("harvest in the valley", "首都"):
                 np.testing.assert_allclose(
                     self.live.score_positions(question),
@@ -189,7 +191,7 @@ def test_budget_holds_when_each_span_is_tokenised_alone(
     retriever = make_retriever()
     retriever.add_documents(texts, ids=[f"d{i}" for i in range(len(texts))])
     hits = retriever.retrieve(question, token_budget=budget, mode=mode)
-    standalone = sum(len(tokenize(retriever.loaded.tokenizer, h.text)) for h in hits)
+    standalone = sum(len(tokenize(retriever.model.tokenizer, h.text)) for h in hits)
     assert standalone <= budget, [
-        (h.text, len(tokenize(retriever.loaded.tokenizer, h.text))) for h in hits
+        (h.text, len(tokenize(retriever.model.tokenizer, h.text))) for h in hits
     ]

@@ -15,7 +15,7 @@ import pytest
 from s3_retriever import S3Retriever
 from s3_retriever.cli import main
 from s3_retriever.errors import IndexBusyError, SaveTargetError
-from s3_retriever.writer_lock import lock_path, writer_lock
+from s3_retriever.index.writer_lock import lock_path, writer_lock
 from tests.reliability.crash_harness import REPO_ROOT
 from tests.reliability.load_during_save import run as loads_during_saves
 
@@ -116,7 +116,7 @@ def test_writer_lock_makes_a_second_writer_wait(indexed: S3Retriever, saved: Pat
         """
         import sys, time
         from pathlib import Path
-        from s3_retriever.writer_lock import writer_lock
+        from s3_retriever.index.writer_lock import writer_lock
         with writer_lock(Path(sys.argv[1])):
             print("held", flush=True)
             time.sleep(1.5)

@@ -1,6 +1,6 @@
 """Index and SAE folders from elsewhere: nothing is executed, nothing oversized is allocated.
 
-tests/test_persistence.py already covers damaged bytes, missing files, path traversal, symlinks
+tests/index/test_storage.py already covers damaged bytes, missing files, path traversal, symlinks
 and a pickled object array; these tests add crafted headers, unlisted files, malformed manifests
 and tables, and the same for SAE bundles.
 """
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import s3_retriever.untrusted as untrusted
+import s3_retriever.files.untrusted as untrusted
 from s3_retriever import IndexLoadError, S3Retriever, SAEBundle, SAEError
-from s3_retriever.untrusted import UntrustedFileError, npy_header, safetensors_shapes
-from tests.test_persistence import _refresh_checksum, _rewrite_manifest, _Trap
+from s3_retriever.files.untrusted import UntrustedFileError, npy_header, safetensors_shapes
+from tests.index.test_storage import _refresh_checksum, _rewrite_manifest, _Trap
 
 
 def _load(saved: Path, model_dir: Path) -> S3Retriever:
@@ -215,7 +215,9 @@ def test_sae_config_declaring_huge_dictionary_is_refused_before_allocation(
     config["layers"]["1"]["n_latents"] = 10**11
     (sae_copy / "config.json").write_text(json.dumps(config))
     built_modules: list[Any] = []
-    monkeypatch.setattr("s3_retriever.sae.TopKSAE.__init__", lambda *a: built_modules.append(a))
+    monkeypatch.setattr(
+        "s3_retriever.sae.bundle.TopKSAE.__init__", lambda *a: built_modules.append(a)
+    )
     with pytest.raises(SAEError, match="has tensors"):
         SAEBundle.load(sae_copy)
     assert not built_modules

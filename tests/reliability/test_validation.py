@@ -13,7 +13,7 @@ from s3_retriever import IndexLoadError, S3Retriever, SAEBundle, SAEError
 from s3_retriever.bulk import SourceError
 from s3_retriever.cli import CLIError
 from s3_retriever.errors import IndexBusyError, S3RetrieverError, SaveTargetError
-from s3_retriever.untrusted import UntrustedFileError
+from s3_retriever.files.untrusted import UntrustedFileError
 from tests.conftest import RetrieverFactory
 from tests.reliability.bad_inputs import CASES, BadInput, try_case
 

@@ -1,0 +1,106 @@
+"""Raw pre-RoPE keys of one field, int8 with a float scale per token: the exact scorer's store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import numpy as np
+
+from s3_retriever.errors import IndexLoadError
+from s3_retriever.index.arrays import typed, write_npy
+
+T = TypeVar("T")
+
+
+@dataclass
+class KeyStore:
+    """Raw pre-RoPE keys of one field, int8 with one float scale per token (absmax).
+
+    This is the exact-attention reference: a 64-dim head costs 68 bytes per token.
+    """
+
+    head_dim: int
+    codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int8))
+    scales: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    # Search structures derived from the keys (built on first use); any change to the keys
+    # drops them.
+    _derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.codes.shape[1:] != (self.head_dim,):
+            self.codes = np.zeros((0, self.head_dim), np.int8)
+
+    def append(self, positions: np.ndarray, keys: np.ndarray) -> None:
+        """Quantise and buffer keys (float32, shape (n, head_dim)) at global ``positions``."""
+        scale = np.abs(keys).max(axis=1) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        codes = np.clip(np.rint(keys / scale[:, None]), -127, 127).astype(np.int8)
+        self._pending.append((positions.astype(np.int64), codes, scale))
+
+    def flush(self, n_positions: int) -> None:
+        """Place buffered keys at their positions; the store then covers ``n_positions``."""
+        if not self._pending and len(self.scales) == n_positions:
+            return
+        codes = np.zeros((n_positions, self.head_dim), np.int8)
+        scales = np.zeros(n_positions, np.float32)
+        codes[: len(self.scales)] = self.codes[:n_positions]
+        scales[: len(self.scales)] = self.scales[:n_positions]
+        for positions, new_codes, new_scales in self._pending:
+            codes[positions] = new_codes
+            scales[positions] = new_scales
+        self._pending = []
+        self.codes, self.scales = codes, scales
+        self._derived = {}
+
+    def dequantize(self, start: int, stop: int) -> np.ndarray:
+        """float32 keys of positions [start, stop)."""
+        return self.codes[start:stop].astype(np.float32) * self.scales[start:stop, None]
+
+    def keep(self, keep_pos: np.ndarray) -> None:
+        self.flush(len(keep_pos))
+        self.codes = self.codes[keep_pos]
+        self.scales = self.scales[keep_pos]
+        self._derived = {}
+
+    def derived(self, key: Hashable, build: Callable[[KeyStore], T]) -> T:
+        """``build(self)``, computed on first use and kept until the keys change."""
+        if key not in self._derived:
+            self._derived[key] = build(self)
+        return cast(T, self._derived[key])
+
+    def has_derived(self, key: Hashable) -> bool:
+        return key in self._derived
+
+    def set_derived(self, key: Hashable, value: Any) -> None:
+        """Keep ``value`` as derived from the current keys (one read back with a saved index)."""
+        self._derived[key] = value
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes + self.scales.nbytes)
+
+    def save(self, stem: Path, n_positions: int) -> None:
+        """Write the codes and scales as ``{stem}_codes.npy`` and ``{stem}_scales.npy``."""
+        self.flush(n_positions)
+        write_npy(Path(f"{stem}_codes.npy"), self.codes)
+        write_npy(Path(f"{stem}_scales.npy"), self.scales)
+
+    def read(
+        self, arrays: Mapping[str, np.ndarray], stem: str, n_positions: int, folder: Path
+    ) -> None:
+        """Take the keys :meth:`save` wrote from ``arrays`` (by file name), checking them."""
+        self.codes = typed(arrays, f"{stem}_codes.npy", "i", "int8 codes", folder)
+        self.scales = typed(arrays, f"{stem}_scales.npy", "f", "float scales", folder)
+        self._derived = {}
+        if (
+            self.codes.shape != (n_positions, self.head_dim)
+            or self.scales.shape != (n_positions,)
+            or self.codes.dtype != np.int8
+        ):
+            raise IndexLoadError(
+                f"{folder}: stored keys have the wrong shape or type; rebuild the index."
+            )

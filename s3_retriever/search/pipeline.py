@@ -1,0 +1,62 @@
+"""``search``: one question through the whole pipeline, each step one module.
+
+question -> question vectors (:mod:`.question`) -> position scores (:mod:`.scoring`) -> unit
+scores (:mod:`.units`) -> ranked groups (:mod:`.ranking`, with :mod:`.fusion`) -> spans packed
+under the budget, each span's text tokenised alone fitting too (:mod:`.spans`) -> hits
+(:mod:`.hits`). Each step reads only what the one before it returned, plus the index and the
+settings.
+"""
+
+from __future__ import annotations
+
+from s3_retriever.index.index import Index
+from s3_retriever.model.scan import tokenize
+from s3_retriever.sae.bundle import SAEBundle
+from s3_retriever.search.filters import Filters, document_mask
+from s3_retriever.search.hits import Hit, build_hits
+from s3_retriever.search.question import QuestionEncoder
+from s3_retriever.search.ranking import rank
+from s3_retriever.search.scoring import require_store, score_index
+from s3_retriever.search.settings import Mode, SearchSettings
+from s3_retriever.search.spans import fit_standalone, merge_adjacent, pack
+from s3_retriever.search.units import Components, bm25_components, s3_components
+
+
+def search(
+    index: Index,
+    query: str,
+    questions: QuestionEncoder,
+    bundle: SAEBundle,
+    kv_group: int,
+    settings: SearchSettings,
+    mode: Mode,
+    token_budget: int,
+    top_k: int | None,
+    filters: Filters | None,
+) -> list[Hit]:
+    """Evidence spans for a checked, non-empty ``query`` (see :meth:`S3Retriever.retrieve`)."""
+    corpus = index.corpus
+    if corpus.n_units == 0:
+        return []
+    doc_mask = document_mask(corpus.metadatas, corpus.doc_ids, filters)
+    unit_mask = doc_mask[corpus.unit_doc]
+    if not unit_mask.any():
+        return []
+    components: Components = {}
+    if mode in ("s3", "hybrid"):
+        require_store(settings.scoring, bool(index.key_stores), bool(index.postings))
+        vectors = questions.vectors(query, settings)
+        raw = score_index(index, vectors, settings.scoring, kv_group, bundle, doc_mask)
+        components.update(s3_components(raw, index, settings.spans))
+    if mode in ("bm25", "hybrid"):
+        components.update(bm25_components(query, index))
+    groups, ranked_score = rank(components, mode, unit_mask, token_budget, corpus, settings)
+    chosen = pack(groups, corpus.unit_token_counts(), token_budget, corpus, max_spans=top_k)
+    runs = fit_standalone(
+        merge_adjacent(chosen, corpus),
+        corpus,
+        ranked_score,
+        token_budget,
+        lambda text: len(tokenize(questions.tokenizer, text)),
+    )
+    return build_hits(runs, corpus, ranked_score, components)

@@ -1,0 +1,270 @@
+"""From position scores to evidence spans (S3 step 5) and from ranked units to a token budget.
+
+Scores are smoothed with a box filter inside each document, peaks are picked with non-maximum
+suppression, and each peak grows to the unit (sentence or line) that holds it, then to its
+neighbours while the span is shorter than ``min_span_tokens``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from s3_retriever.index.corpus import Corpus
+
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+@dataclass(frozen=True)
+class SpanConfig:
+    """Smoothing, peak picking and span growth."""
+
+    smooth_width: int = 15
+    """Box-filter width in tokens (odd); 1 disables smoothing. Tuned on HotpotQA questions
+    300-339 (docs/results/tune_spans_grid.json): 15 beat 5 and 31."""
+    nms_radius: int = 16
+    """A peak suppresses other peaks within this many tokens of it."""
+    min_span_tokens: int = 128
+    """A span grows into neighbouring units of its document until it has this many tokens.
+    Tuned like ``smooth_width``: growing to 128 tokens raised S3-Pure recall@1024 from 0.58 to
+    0.81 (BM25 with the same growth: 0.66), since a peak usually lands inside the evidence."""
+    within_paragraph: bool = True
+    """Growth stops at a blank line, so a span never spends budget on the neighbouring paragraph
+    (in a haystack of short passages, a distractor). On the HotpotQA tuning questions it raised
+    S3-Hybrid recall@1024 from 0.745 to 0.952 on 9k-word haystacks and from 0.862 to 0.941 on
+    3k-word ones; a text without blank lines (a QMSum transcript) is unaffected
+    (docs/results/ablations/ablation_within_paragraph_*)."""
+
+    def __post_init__(self) -> None:
+        if self.smooth_width < 1:
+            raise ValueError("smooth_width must be at least 1")
+        if self.nms_radius < 0 or self.min_span_tokens < 0:
+            raise ValueError("nms_radius and min_span_tokens must not be negative")
+
+
+def smooth(scores: np.ndarray, corpus: Corpus, width: int) -> np.ndarray:
+    """Box-filter mean over ``width`` tokens, never mixing two documents."""
+    if width <= 1 or len(scores) == 0:
+        return scores.astype(np.float32)
+    half = width // 2
+    doc_start, doc_end = corpus.position_doc_bounds()
+    cumulative = np.concatenate([[0.0], np.cumsum(scores, dtype=np.float64)])
+    positions = np.arange(len(scores))
+    lo = np.maximum(positions - half, doc_start)
+    hi = np.minimum(positions + half + 1, doc_end)
+    return ((cumulative[hi] - cumulative[lo]) / (hi - lo)).astype(np.float32)
+
+
+def unit_scores(position_scores: np.ndarray, corpus: Corpus) -> np.ndarray:
+    """Each unit's score: the highest (smoothed) position score inside it; 0 for empty units."""
+    out = np.zeros(corpus.n_units, np.float32)
+    tokens = corpus.unit_tokens
+    nonempty = np.flatnonzero(tokens[:, 1] > tokens[:, 0])
+    if len(nonempty) and len(position_scores):
+        # Positions no unit owns (whitespace-only documents) must not leak into a neighbour.
+        owned = np.where(position_units(corpus) >= 0, position_scores, -np.inf)
+        out[nonempty] = np.maximum.reduceat(owned, tokens[nonempty, 0])
+    return out
+
+
+def peak_units(smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: int) -> list[int]:
+    """Units holding the strongest peaks, best first, after non-maximum suppression."""
+    return [unit for unit, _ in peaks(smoothed, corpus, config, limit)]
+
+
+def peaks(
+    smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: int
+) -> list[tuple[int, int]]:
+    """:func:`peak_units` with the position of each unit's peak: ``(unit, position)``.
+
+    The position is what orders peaks (by its score, ties by position); a sharded search merges
+    its shards' peaks by it.
+    """
+    if len(smoothed) == 0:
+        return []
+    # Only the best positions can become peaks; a bounded candidate set keeps this O(n).
+    n_candidates = min(len(smoothed), max(limit * (2 * config.nms_radius + 1), 1024))
+    candidates = np.argpartition(-smoothed, n_candidates - 1)[:n_candidates]
+    candidates = candidates[np.lexsort((candidates, -smoothed[candidates]))]
+    owner = position_units(corpus)
+    # A peak suppresses only its own document: a short document beside a strong one keeps its peak.
+    doc_start, doc_end = corpus.position_doc_bounds()
+    suppressed = np.zeros(len(smoothed), dtype=bool)
+    radius = config.nms_radius
+    units: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    for position in candidates.tolist():
+        if suppressed[position]:
+            continue
+        lo = max(position - radius, int(doc_start[position]))
+        suppressed[lo : min(position + radius + 1, int(doc_end[position]))] = True
+        unit = int(owner[position])
+        if unit < 0 or unit in seen:
+            continue
+        seen.add(unit)
+        units.append((unit, position))
+        if len(units) >= limit:
+            break
+    return units
+
+
+def position_units(corpus: Corpus) -> np.ndarray:
+    """Unit of every global position (-1 where no unit owns it)."""
+    owner = np.full(corpus.n_positions, -1, np.int64)
+    starts = corpus.unit_tokens[:, 0]
+    lengths = corpus.unit_tokens[:, 1] - starts
+    total = int(lengths.sum())
+    if total:
+        run_offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        owner[np.repeat(starts, lengths) + run_offsets] = np.repeat(
+            np.arange(corpus.n_units), lengths
+        )
+    return owner
+
+
+def grow(
+    unit: int,
+    corpus: Corpus,
+    scores: np.ndarray,
+    min_tokens: int,
+    counts: np.ndarray,
+    within_paragraph: bool = False,
+) -> list[int]:
+    """The unit plus its better-scoring neighbours in the same document, up to ``min_tokens``.
+
+    ``counts`` are the units' token counts, computed once per query by the caller. With
+    ``within_paragraph``, a neighbour across a blank line is never taken.
+    """
+    doc = corpus.unit_doc[unit]
+    chosen = [unit]
+    size = int(counts[unit])
+    left, right = unit - 1, unit + 1
+    while size < min_tokens:
+        options = [
+            u
+            for u in (left, right)
+            if 0 <= u < corpus.n_units
+            and corpus.unit_doc[u] == doc
+            # The gap crossed is the one between u and the span edge it would join.
+            and not (
+                within_paragraph and _paragraph_break_before(corpus, u if u == right else u + 1)
+            )
+        ]
+        if not options:
+            break
+        best = max(options, key=lambda u: (scores[u], -u))
+        chosen.append(best)
+        size += int(counts[best])
+        if best == left:
+            left -= 1
+        else:
+            right += 1
+    return sorted(chosen)
+
+
+def _paragraph_break_before(corpus: Corpus, unit: int) -> bool:
+    """Whether a blank line separates ``unit`` from the unit before it (same document)."""
+    text = corpus.texts[int(corpus.unit_doc[unit])]
+    gap = text[int(corpus.unit_chars[unit - 1, 1]) : int(corpus.unit_chars[unit, 0])]
+    return _BLANK_LINE.search(gap) is not None
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A ranked unit whose span is grown only when :func:`pack` might take it."""
+
+    unit: int
+    grow: Callable[[], list[int]]
+
+
+def pack(
+    ranked_groups: Iterable[list[int] | Seed],
+    counts: np.ndarray,
+    budget: int,
+    corpus: Corpus,
+    max_spans: int | None = None,
+) -> list[int]:
+    """Take groups of units in rank order while they fit ``budget`` tokens; skip those that don't.
+
+    A group is all-or-nothing (a grown span is not cut in half). With ``max_spans``, a group that
+    would open one span too many is skipped, while groups that extend a chosen span still join.
+    A :class:`Seed` is grown only if its own unit could still fit: its span holds the seed, so it
+    costs at least the seed's tokens. Returns the chosen unit ids.
+    """
+    chosen: set[int] = set()
+    used = 0
+    # Once less than the smallest unit is left, no group can add anything.
+    smallest = int(counts.min()) if len(counts) else 0
+    for item in ranked_groups:
+        if isinstance(item, Seed):
+            if item.unit not in chosen and used + int(counts[item.unit]) > budget:
+                continue
+            group = item.grow()
+        else:
+            group = item
+        new = [u for u in group if u not in chosen]
+        cost = int(counts[new].sum()) if new else 0
+        if not new or used + cost > budget:
+            continue
+        if max_spans is not None:
+            candidate = sorted(chosen.union(new))
+            if len(merge_adjacent(candidate, corpus)) > max_spans:
+                continue
+        chosen.update(new)
+        used += cost
+        if used >= budget or budget - used < smallest:
+            break
+    return sorted(chosen)
+
+
+def run_text(run: list[int], corpus: Corpus) -> str:
+    """The text of a run of adjacent units."""
+    row = int(corpus.unit_doc[run[0]])
+    start = int(corpus.unit_chars[run[0], 0])
+    end = int(corpus.unit_chars[run[-1], 1])
+    return corpus.texts[row][start:end]
+
+
+def fit_standalone(
+    runs: list[list[int]],
+    corpus: Corpus,
+    ranked_score: np.ndarray,
+    token_budget: int,
+    count_tokens: Callable[[str], int],
+) -> list[list[int]]:
+    """The runs that fit ``token_budget`` when each run's text is tokenised on its own.
+
+    Packing charges a unit the tokens of the whole document that end inside it; a span's
+    text tokenised alone can take a token more at its edges (a word split by the unit
+    boundary is re-merged differently), which is the count a user makes. Runs are kept best
+    first while that count fits; the rest (rare: 2 sets in about 4,000 went over) are
+    dropped, so the budget holds under both counts.
+    """
+    standalone = [count_tokens(run_text(run, corpus)) for run in runs]
+    if sum(standalone) <= token_budget:
+        return runs
+    keep: set[int] = set()
+    used = 0
+    for i in sorted(range(len(runs)), key=lambda i: -float(ranked_score[runs[i]].max())):
+        if used + standalone[i] <= token_budget:
+            keep.add(i)
+            used += standalone[i]
+    return [run for i, run in enumerate(runs) if i in keep]
+
+
+def merge_adjacent(units: list[int], corpus: Corpus) -> list[list[int]]:
+    """Group sorted unit ids into runs of consecutive units of one document."""
+    runs: list[list[int]] = []
+    for unit in units:
+        if (
+            runs
+            and unit == runs[-1][-1] + 1
+            and corpus.unit_doc[unit] == corpus.unit_doc[runs[-1][-1]]
+        ):
+            runs[-1].append(unit)
+        else:
+            runs.append([unit])
+    return runs

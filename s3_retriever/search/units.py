@@ -1,0 +1,29 @@
+"""Position scores -> unit scores: the evidence each unit (sentence or line) holds.
+
+``s3`` smooths the raw position scores within documents and gives each unit the best smoothed
+score of its tokens; ``bm25`` scores the unit texts. A search keeps both arrays by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from s3_retriever.index.index import Index
+from s3_retriever.search.spans import SpanConfig, smooth, unit_scores
+
+Components = dict[str, np.ndarray]
+"""``s3_positions`` (smoothed position scores), ``s3`` and ``bm25`` (one score per unit)."""
+
+COMPONENT_NAMES = ("s3", "bm25")
+"""The unit scores a hit reports."""
+
+
+def s3_components(raw: np.ndarray, index: Index, spans: SpanConfig) -> Components:
+    """Smoothed position scores and the unit scores they give."""
+    smoothed = smooth(raw, index.corpus, spans.smooth_width)
+    return {"s3_positions": smoothed, "s3": unit_scores(smoothed, index.corpus)}
+
+
+def bm25_components(query: str, index: Index) -> Components:
+    """BM25 score of every unit."""
+    return {"bm25": index.bm25_scores(query)}
