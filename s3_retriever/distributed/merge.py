@@ -12,10 +12,10 @@ Which steps of a search are global, and how each is made exact across shards:
   ``(-score, document sequence number, place in document)``, the order one index sorts them in;
   :class:`MergedRanking` merges the shards' lists page by page.
 - **Reciprocal-rank fusion** needs every unit's global rank in both rankings:
-  :meth:`ReciprocalRankFusion.ranking` reads both merged rankings to a depth ``d``, asks the shards for the exact
-  global ranks of the units seen (``count_before`` summed over shards) and emits the units whose
-  fused score beats ``w_s/(k+1+d) + w_b/(k+1+d)``, the most any unit not yet seen can have;
-  then it reads deeper.
+  :meth:`ReciprocalRankFusion.ranking` reads both merged rankings to a depth ``d``, asks the
+  shards for the exact global ranks of the units seen (``count_before`` summed over shards) and
+  emits the units whose fused score beats ``w_s/(k+1+d) + w_b/(k+1+d)``, the most any unit not
+  yet seen can have; then it reads deeper.
 - **Packing the budget**: :func:`pack` takes ranked spans in order, as
   :func:`s3_retriever.search.spans.pack` does, on units named
   ``(sequence number, place in document)``.
