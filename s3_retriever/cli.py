@@ -2,8 +2,10 @@
 
 s3-retriever index PATH... --out DIR      scan files, folders or JSONL into an index directory
                                           (saved every --commit-every docs; --resume continues)
+                          --shards N [--ray ADDR] a sharded index built on Ray (rerun resumes)
 s3-retriever query DIR "question"...      evidence spans, best first (stdin: one question a
                                           line, JSON lines out; --filter key=value)
+s3-retriever serve DIR                    answer queries over HTTP (JSON) from a loaded index
 s3-retriever train-sae --data PATH --out DIR   train an SAE bundle for a model
 s3-retriever sae-report --data PATH --out STEM  fidelity report of an SAE bundle
 s3-retriever eval --data DIR --tasks T --out STEM  retrieval quality against baselines
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from s3_retriever.cli_query import cmd_query
 from s3_retriever.cli_research import cmd_eval, cmd_sae_report, cmd_train_sae
+from s3_retriever.cli_scale import cmd_index_sharded, cmd_serve
 from s3_retriever.errors import CLIError, S3RetrieverError
 
 if TYPE_CHECKING:
@@ -49,6 +52,10 @@ def _cmd_index(args: argparse.Namespace) -> int:
             f"text files, folders of them, or JSONL files"
         )
     empty = empty_inputs(args.files, follow_links=args.follow_links)
+    if args.shards is not None:
+        return cmd_index_sharded(args, total)
+    if args.ray is not None:
+        raise CLIError("--ray builds a sharded index; give --shards N too")
     # has_index also sees an index that a killed save left only in its backup, so --append
     # or --resume continues from it instead of starting an empty index that would hide it.
     exists = has_index(out)
@@ -171,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--quiet", action="store_true", help="no progress bar (by default one only on a terminal)"
     )
+    index.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="build a sharded index of N shards on Ray (s3_retriever.distributed; needs the "
+        "ray extra); running it again resumes an interrupted build",
+    )
+    index.add_argument(
+        "--ray", default=None, help="Ray cluster address (default: start a local one)"
+    )
+    index.add_argument(
+        "--actors", type=int, default=1, help="--shards: scan actors, one model each (default 1)"
+    )
     index.set_defaults(run=_cmd_index)
 
     query = sub.add_parser(
@@ -216,7 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--model", default=None, help="model folder the index was built with")
     query.add_argument("--json", action="store_true", help="JSON lines even for one question")
+    query.add_argument("--ray", default=None, help="Ray cluster of a sharded index's actors")
     query.set_defaults(run=cmd_query)
+
+    serve = sub.add_parser("serve", help="answer queries over HTTP from a loaded index")
+    serve.add_argument("index", help="index directory (single or sharded)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    serve.add_argument("--model", default=None, help="model folder the index was built with")
+    serve.add_argument("--ray", default=None, help="Ray cluster of a sharded index's actors")
+    serve.set_defaults(run=cmd_serve)
 
     evaluate = sub.add_parser(
         "eval",

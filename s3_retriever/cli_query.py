@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
 def cmd_query(args: argparse.Namespace) -> int:
     """``s3-retriever query``: evidence spans for each question, best first."""
-    from s3_retriever.retriever import S3Retriever
-
     filters = _parse_filters(args.filter)
-    retriever = S3Retriever.load(Path(args.index), model_path=args.model)
+    from s3_retriever.distributed.opening import open_index
+
+    retriever = open_index(Path(args.index), args.model, getattr(args, "ray", None))
     # Several questions (or questions on stdin) answer one JSON line each: one model load.
     questions: Iterator[str] = iter(args.questions) if args.questions else _stdin_lines()
     as_json = args.json or len(args.questions) != 1

@@ -47,10 +47,13 @@ def open_saved(
     model_path: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     dtype: str | None = None,
+    loaded: LoadedModel | None = None,
 ) -> tuple[StoredIndex, LoadedModel, RetrieverConfig]:
     """Read and verify a saved index, load its model, and check both belong together.
 
     Returns the stored index (documents, arrays, SAE bundle), the model and the settings.
+    ``loaded`` reuses a model already in memory (checked like a freshly loaded one), so several
+    indexes of one model (the shards of :mod:`s3_retriever.distributed`) share it.
     """
     stored = read_index(path)
     manifest = stored.manifest
@@ -60,12 +63,13 @@ def open_saved(
         raise IndexLoadError(
             f"{stored.folder}/manifest.json holds invalid settings: {exc}. Rebuild the index."
         ) from exc
-    if model_path is None and manifest.model_id != DEFAULT_MODEL_NAME:
+    if loaded is None and model_path is None and manifest.model_id != DEFAULT_MODEL_NAME:
         raise IndexLoadError(
             f"This index was built with {manifest.model_id!r}; pass model_path= to load it."
         )
-    # Question vectors must come from the same precision the keys were stored from.
-    loaded = load_model(model_path, device=device, dtype=dtype or manifest.dtype)
+    if loaded is None:
+        # Question vectors must come from the same precision the keys were stored from.
+        loaded = load_model(model_path, device=device, dtype=dtype or manifest.dtype)
     if loaded.fingerprint != manifest.model_fingerprint:
         raise IndexLoadError(
             f"Model mismatch: the index was built with {manifest.model_id!r} "

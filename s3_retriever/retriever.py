@@ -20,15 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.console import Progress
 from s3_retriever.errors import SAEError
 from s3_retriever.header import build_header, check_heads_match, open_saved
 from s3_retriever.heads import check_heads, check_saes, fallback_heads, fields_of
 from s3_retriever.index.index import Index
-from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys
+from s3_retriever.index.key_encoding import KeyEncoder
+from s3_retriever.index.scanned import ScannedTexts, commit_scanned, scan_and_commit, scan_texts
 from s3_retriever.index.storage import fill_index, save_index
 from s3_retriever.inputs import check_id_type, check_ids_free, new_documents, search_arguments
 from s3_retriever.model.loading import LoadedModel, attention_shape, load_model
@@ -37,14 +36,23 @@ from s3_retriever.sae.bundle import COMPACT_VARIANT, SAEBundle, shipped_bundle_d
 from s3_retriever.search.filters import Filters
 from s3_retriever.search.hits import Hit
 from s3_retriever.search.pipeline import search as run_search
+from s3_retriever.search.position_scores import PositionScoring
 from s3_retriever.search.question import QuestionEncoder
-from s3_retriever.search.scoring import score_index
 from s3_retriever.search.settings import MODES, ORDERS, Mode, Order, SearchSettings
 
-__all__ = ["MODES", "ORDERS", "Hit", "Mode", "Order", "S3Retriever", "SearchSettings"]
+__all__ = [
+    "MODES",
+    "ORDERS",
+    "Hit",
+    "Mode",
+    "Order",
+    "S3Retriever",
+    "ScannedTexts",
+    "SearchSettings",
+]
 
 
-class S3Retriever:
+class S3Retriever(PositionScoring):
     """Retrieve evidence spans from long documents with a language model's own attention.
 
     Build one with :meth:`from_pretrained`, add texts with :meth:`add_documents`, then call
@@ -179,28 +187,42 @@ class S3Retriever:
             return []
         tokenized = [tokenize(self.model.tokenizer, text) for text in texts]
         with self._lock:
-            corpus = self.index.corpus
-            replaced: list[str] = []
-            if replace:
-                rows_by_id = corpus.row_of()
-                replaced = [i for i in ids_list if i in rows_by_id]
-                replaced_tokens = sum(int(corpus.doc_token_count[rows_by_id[i]]) for i in replaced)
-            else:
+            if not replace:
                 # Checked again under the lock: another thread may have added these ids.
-                check_ids_free(ids_list, corpus.doc_ids)
-                replaced_tokens = 0
-            # New documents follow those that stay: the replaced ones leave before the commit.
-            base = self.index.n_positions - replaced_tokens
-            doc_base = base + np.concatenate(
-                [[0], np.cumsum([len(t) for t in tokenized])[:-1]]
-            ).astype(np.int64)
-            new_keys: NewKeys = {f: [] for f in self.fields}
-            new_codes: NewCodes = {f: [] for f in self.fields}
-            batches = self.scanner.scan_batches(tokenized, progress=progress)
-            self._encoder.run(batches, doc_base, new_keys, new_codes)
-            if replaced:
-                self.index.delete(replaced)
-            self.index.commit(texts, ids_list, metas, tokenized, new_keys, new_codes)
+                check_ids_free(ids_list, self.index.corpus.doc_ids)
+            scan_and_commit(
+                self.index,
+                self.scanner,
+                self._encoder,
+                self.fields,
+                texts,
+                tokenized,
+                ids_list,
+                metas,
+                replace=replace,
+                progress=progress,
+            )
+        return ids_list
+
+    def scan_texts(self, texts: Sequence[str], *, progress: Progress = None) -> ScannedTexts:
+        """Read ``texts`` without indexing them (a sharded build scans on workers);
+        :meth:`add_scanned` commits them."""
+        with self._lock:
+            return scan_texts(
+                self.scanner, self._encoder, self.model.tokenizer, self.fields, texts, progress
+            )
+
+    def add_scanned(
+        self,
+        scanned: ScannedTexts,
+        ids: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Index texts read by :meth:`scan_texts` of this model and SAEs; returns their ids."""
+        texts, ids_list, metas = new_documents(scanned.texts, ids, metadatas, self.doc_ids)
+        with self._lock:
+            check_ids_free(ids_list, self.index.corpus.doc_ids)
+            commit_scanned(self.index, scanned, ids_list, metas)
         return ids_list
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -273,34 +295,6 @@ class S3Retriever:
             )
         return sorted(hits, key=lambda hit: -hit.score) if order == "score" else hits
 
-    def question_vectors(
-        self, query: str, search: SearchSettings | None = None
-    ) -> dict[tuple[int, int], np.ndarray]:
-        """Pre-RoPE query vectors of the question for every retrieval head."""
-        return self._questions.vectors(query, search or self.config.search_settings())
-
-    def score_positions(
-        self, query: str, doc_mask: np.ndarray | None = None, search: SearchSettings | None = None
-    ) -> np.ndarray:
-        """Raw S3 score of every indexed token position for ``query`` (before smoothing)."""
-        with self._lock:
-            vectors = self.question_vectors(query, search)
-            return self.score_question_vectors(vectors, doc_mask, search)
-
-    def score_question_vectors(
-        self,
-        head_queries: Mapping[tuple[int, int], np.ndarray],
-        doc_mask: np.ndarray | None = None,
-        search: SearchSettings | None = None,
-    ) -> np.ndarray:
-        """:meth:`score_positions` for question vectors already computed (the index search
-        alone, without the question's forward pass)."""
-        scoring = (search or self.config.search_settings()).scoring
-        with self._lock:
-            return score_index(
-                self.index, head_queries, scoring, self.kv_group, self.bundle, doc_mask
-            )
-
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to a versioned directory, atomically (see :mod:`.index.storage`)."""
@@ -322,13 +316,14 @@ class S3Retriever:
         *,
         device: str = "cpu",
         dtype: str | None = None,
+        loaded: LoadedModel | None = None,
     ) -> S3Retriever:
         """Load an index saved by :meth:`save`; refuses one built by another model or SAEs.
 
-        ``dtype`` defaults to the precision the index was built with.
+        ``dtype`` defaults to the precision the index was built with; ``loaded``: a model in memory.
         """
         stored, loaded, config = open_saved(
-            Path(path), model_path=model_path, device=device, dtype=dtype
+            Path(path), model_path=model_path, device=device, dtype=dtype, loaded=loaded
         )
         assert stored.bundle is not None
         retriever = cls(loaded, stored.bundle, config)

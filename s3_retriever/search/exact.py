@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -72,6 +72,7 @@ def exact_scores(
     allowed: np.ndarray | None = None,
     temperature: float = 1.0,
     groups: Sequence[int] | None = None,
+    row_lse: np.ndarray | None = None,
 ) -> np.ndarray:
     """Mean attention of (n_q, d) question vectors over the stored keys: the search fast path.
 
@@ -84,6 +85,10 @@ def exact_scores(
     the keys are read once for all of them and the result is the sum over groups of each
     group's mean attention. With ``allowed``, only those positions take part (and are computed
     at all): a filter to a few documents costs what those documents cost, not the whole index.
+
+    ``row_lse`` replaces each row's softmax normaliser by a given log-sum-exp: a sharded index
+    passes the one over every shard's positions (:func:`exact_row_logsumexp` gives each shard's
+    part), so a shard's attention is exactly its share of the attention over the whole corpus.
     """
     n_rows = queries.shape[0]
     group_sizes = list(groups) if groups is not None else [n_rows]
@@ -92,13 +97,64 @@ def exact_scores(
     n_candidates = n_positions if candidates is None else len(candidates)
     if n_candidates == 0 or n_rows == 0:
         return out
+    row_weight = np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
+    total = torch.zeros(n_candidates, dtype=torch.float32)
+    for lo, hi, logits in _exact_logits(queries, keys, n_positions, candidates, temperature):
+        if row_lse is None:
+            weights = torch.softmax(logits, dim=1)
+        else:
+            norm = torch.from_numpy(np.asarray(row_lse[lo:hi], np.float32))
+            weights = torch.exp(logits - norm[:, None])
+        total += torch.from_numpy(row_weight[lo:hi]) @ weights
+    mass = total.numpy()
+    if candidates is None:
+        out[:] = mass
+    else:
+        out[candidates] = mass
+    return out
+
+
+def exact_row_logsumexp(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    allowed: np.ndarray | None = None,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """Each question row's softmax normaliser over the candidate positions, as a log-sum-exp.
+
+    The statistic a sharded search combines across shards (``logaddexp`` of the shards' values)
+    before each shard calls :func:`exact_scores` with it; ``-inf`` where no position is a
+    candidate.
+    """
+    out = np.full(queries.shape[0], -np.inf, np.float64)
+    candidates = None if allowed is None else np.flatnonzero(allowed)
+    n_candidates = n_positions if candidates is None else len(candidates)
+    if n_candidates == 0:
+        return out
+    for lo, hi, logits in _exact_logits(queries, keys, n_positions, candidates, temperature):
+        out[lo:hi] = torch.logsumexp(logits, dim=1).double().numpy()
+    return out
+
+
+def _exact_logits(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    candidates: np.ndarray | None,
+    temperature: float,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Scaled logits of a few question rows at a time over every candidate: ``(lo, hi, logits)``.
+
+    The int8 keys are multiplied as stored by int8 question vectors (see :func:`exact_scores`).
+    """
+    n_rows = queries.shape[0]
+    n_candidates = n_positions if candidates is None else len(candidates)
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
     questions = QuestionCodes.of(queries)
-    row_weight = np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
     codes, key_scales = _candidate_keys(keys, candidates, n_positions)
     # One float multiply per logit: the question's step and the softmax scale ride on the keys'.
     key_factor = key_scales * torch.tensor(questions.step * scale, dtype=torch.float32)
-    total = torch.zeros(n_candidates, dtype=torch.float32)
     # Rows are independent softmaxes, so memory stays bounded by computing a few rows over all
     # candidates at a time.
     rows_per_pass = max(1, _LOGIT_BUDGET // max(n_candidates, 1))
@@ -110,14 +166,7 @@ def exact_scores(
         for start in range(0, n_candidates, _BLOCK):
             stop = min(n_candidates, start + _BLOCK)
             logits[:, start:stop] = int8_logits(codes[start:stop], key_factor[start:stop], part)
-        weights = torch.softmax(logits, dim=1)
-        total += torch.from_numpy(row_weight[lo:hi]) @ weights
-    mass = total.numpy()
-    if candidates is None:
-        out[:] = mass
-    else:
-        out[candidates] = mass
-    return out
+        yield lo, hi, logits
 
 
 def _candidate_keys(

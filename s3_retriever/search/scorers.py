@@ -20,12 +20,23 @@ from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.sae.bundle import SAEBundle
 from s3_retriever.search.clustered import clustered_exact_scores
-from s3_retriever.search.exact import exact_scores
+from s3_retriever.search.exact import exact_row_logsumexp, exact_scores
 from s3_retriever.search.settings import ScorerName, ScoringConfig
-from s3_retriever.search.through_sae import aligned_scores, coactivation_scores
+from s3_retriever.search.through_sae import (
+    aligned_row_logsumexp,
+    aligned_scores,
+    coactivation_scores,
+)
 
 HeadQueries = Mapping[tuple[int, int], np.ndarray]
 """(layer, query head) -> (question tokens, head_dim) pre-RoPE question vectors."""
+RowLSE = Mapping[tuple[int, int], np.ndarray]
+"""(layer, query head) -> each question row's softmax normaliser (log-sum-exp)."""
+
+NO_SHARED_NORMALISER = (
+    "the coactivation scorer normalises by a sum over the whole corpus that shards do not share; "
+    "use the exact or aligned scorer with a sharded index"
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,10 @@ class ScoringContext:
     bundle: SAEBundle
     allowed: np.ndarray | None = None
     """Optional mask of candidate positions (metadata filters), applied before ranking."""
+    row_lse: RowLSE | None = None
+    """Each row's softmax normaliser over a larger corpus this index is a shard of (from
+    :meth:`Scorer.row_logsumexp` of every shard, added up); given, every key is read and each
+    softmax divides by it, so the scores are this shard's part of that corpus's."""
 
     def field_of(self, layer: int, head: int) -> Field:
         return (layer, head // self.kv_group)
@@ -63,6 +78,13 @@ class Scorer(Protocol):
         """Arrays of ``context.n_positions`` scores whose sum, over heads, is the position score."""
         ...
 
+    def row_logsumexp(
+        self, queries: HeadQueries, context: ScoringContext
+    ) -> dict[tuple[int, int], np.ndarray]:
+        """Each question row's softmax normaliser over this index's candidates, per head: what
+        the shards of one corpus add up (``logaddexp``) before scoring with ``row_lse``."""
+        ...
+
 
 class ExactScorer:
     """Attention over stored keys; past ``cluster_search_above`` candidates, clustered search."""
@@ -72,17 +94,17 @@ class ExactScorer:
     def contributions(self, queries: HeadQueries, context: ScoringContext) -> Iterator[np.ndarray]:
         config = context.config
         # Heads sharing a KV head (GQA) are scored together: their keys are read once.
-        by_field: dict[Field, list[np.ndarray]] = {}
+        by_field: dict[Field, list[tuple[tuple[int, int], np.ndarray]]] = {}
         for (layer, head), vectors in queries.items():
             q = context.centred(layer, head, vectors)
             if len(q):
-                by_field.setdefault(context.field_of(layer, head), []).append(q)
+                by_field.setdefault(context.field_of(layer, head), []).append(((layer, head), q))
         allowed = context.allowed
         n_candidates = context.n_positions if allowed is None else int(allowed.sum())
         threshold = config.cluster_search_above
-        clustered = threshold is not None and n_candidates > threshold
+        clustered = context.row_lse is None and threshold is not None and n_candidates > threshold
         for field_key, group in by_field.items():
-            rows, sizes = np.concatenate(group), [len(q) for q in group]
+            rows, sizes = np.concatenate([q for _, q in group]), [len(q) for _, q in group]
             keys = context.key_stores[field_key]
             if clustered:
                 yield clustered_exact_scores(
@@ -95,9 +117,26 @@ class ExactScorer:
                     config.positions_per_row,
                 )
             else:
+                lse = None
+                if context.row_lse is not None:
+                    lse = np.concatenate([context.row_lse[h] for h, _ in group])
                 yield exact_scores(
-                    rows, keys, context.n_positions, allowed, config.temperature, sizes
+                    rows, keys, context.n_positions, allowed, config.temperature, sizes, lse
                 )
+
+    def row_logsumexp(
+        self, queries: HeadQueries, context: ScoringContext
+    ) -> dict[tuple[int, int], np.ndarray]:
+        return {
+            (layer, head): exact_row_logsumexp(
+                context.centred(layer, head, vectors),
+                context.key_stores[context.field_of(layer, head)],
+                context.n_positions,
+                context.allowed,
+                context.config.temperature,
+            )
+            for (layer, head), vectors in queries.items()
+        }
 
 
 class AlignedScorer:
@@ -117,7 +156,25 @@ class AlignedScorer:
                 context.config.atoms_per_query,
                 context.allowed,
                 context.config.temperature,
+                None if context.row_lse is None else context.row_lse[(layer, head)],
             )
+
+    def row_logsumexp(
+        self, queries: HeadQueries, context: ScoringContext
+    ) -> dict[tuple[int, int], np.ndarray]:
+        bundle = context.bundle
+        return {
+            (layer, head): aligned_row_logsumexp(
+                bundle.map_queries(layer, context.centred(layer, head, vectors)),
+                bundle.saes[layer],
+                context.postings[context.field_of(layer, head)],
+                context.n_positions,
+                context.config.atoms_per_query,
+                context.allowed,
+                context.config.temperature,
+            )
+            for (layer, head), vectors in queries.items()
+        }
 
 
 class CoactivationScorer:
@@ -126,6 +183,8 @@ class CoactivationScorer:
     reads: Literal["keys", "postings"] = "postings"
 
     def contributions(self, queries: HeadQueries, context: ScoringContext) -> Iterator[np.ndarray]:
+        if context.row_lse is not None:
+            raise ValueError(NO_SHARED_NORMALISER)
         bundle = context.bundle
         for (layer, head), vectors in queries.items():
             yield coactivation_scores(
@@ -136,6 +195,11 @@ class CoactivationScorer:
                 context.allowed,
                 bundle.key_coding,
             )
+
+    def row_logsumexp(
+        self, queries: HeadQueries, context: ScoringContext
+    ) -> dict[tuple[int, int], np.ndarray]:
+        raise ValueError(NO_SHARED_NORMALISER)
 
 
 SCORER_REGISTRY: dict[ScorerName, Scorer] = {

@@ -14,7 +14,7 @@ from s3_retriever.index.index import Index
 from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.sae.bundle import SAEBundle
-from s3_retriever.search.scorers import SCORER_REGISTRY, HeadQueries, ScoringContext
+from s3_retriever.search.scorers import SCORER_REGISTRY, HeadQueries, RowLSE, ScoringContext
 from s3_retriever.search.settings import SCORERS, ScorerName, ScoringConfig
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "ScorerName",
     "ScoringConfig",
     "require_store",
+    "index_logsumexp",
     "score_index",
     "score_positions",
 ]
@@ -45,6 +46,7 @@ def score_positions(
     postings: Mapping[Field, Postings],
     bundle: SAEBundle,
     allowed: np.ndarray | None = None,
+    row_lse: RowLSE | None = None,
 ) -> np.ndarray:
     """Score every position for one question: the mean over heads of the scorer's scores.
 
@@ -52,11 +54,15 @@ def score_positions(
         head_queries: (layer, query head) -> (question tokens, head_dim) pre-RoPE queries.
         kv_group: query heads per KV head (GQA); query head h reads KV head ``h // kv_group``.
         allowed: optional mask of candidate positions (metadata filters), applied before ranking.
+        row_lse: every question row's softmax normaliser over a corpus this index is one shard
+            of (see :func:`index_logsumexp`); the scores are then this shard's part of it.
     """
     total = np.zeros(n_positions, np.float32)
     if n_positions == 0 or not head_queries:
         return total
-    context = ScoringContext(config, n_positions, kv_group, key_stores, postings, bundle, allowed)
+    context = ScoringContext(
+        config, n_positions, kv_group, key_stores, postings, bundle, allowed, row_lse
+    )
     for part in SCORER_REGISTRY[config.scorer].contributions(head_queries, context):
         total += part
     return total / len(head_queries)
@@ -69,13 +75,11 @@ def score_index(
     kv_group: int,
     bundle: SAEBundle,
     doc_mask: np.ndarray | None = None,
+    row_lse: RowLSE | None = None,
 ) -> np.ndarray:
     """Raw score of every position of ``index``; documents outside ``doc_mask`` score zero and
-    cost nothing."""
+    cost nothing. ``row_lse`` as in :func:`score_positions`."""
     corpus = index.corpus
-    allowed = None
-    if doc_mask is not None and not doc_mask.all():
-        allowed = np.repeat(doc_mask, corpus.doc_token_count)
     return score_positions(
         head_queries,
         config,
@@ -84,5 +88,37 @@ def score_index(
         index.key_stores,
         index.postings,
         bundle,
-        allowed,
+        _allowed(index, doc_mask),
+        row_lse,
     )
+
+
+def index_logsumexp(
+    index: Index,
+    head_queries: HeadQueries,
+    config: ScoringConfig,
+    kv_group: int,
+    bundle: SAEBundle,
+    doc_mask: np.ndarray | None = None,
+) -> dict[tuple[int, int], np.ndarray]:
+    """Per head, each question row's softmax normaliser (log-sum-exp) over the candidates of
+    ``index``: one shard's part of the ``row_lse`` of :func:`score_index` (over shards, the
+    corpus's normaliser is ``np.logaddexp`` of theirs)."""
+    if index.corpus.n_positions == 0 or not head_queries:
+        return {h: np.full(len(q), -np.inf) for h, q in head_queries.items()}
+    context = ScoringContext(
+        config,
+        index.corpus.n_positions,
+        kv_group,
+        index.key_stores,
+        index.postings,
+        bundle,
+        _allowed(index, doc_mask),
+    )
+    return SCORER_REGISTRY[config.scorer].row_logsumexp(head_queries, context)
+
+
+def _allowed(index: Index, doc_mask: np.ndarray | None) -> np.ndarray | None:
+    if doc_mask is None or doc_mask.all():
+        return None
+    return np.repeat(doc_mask, index.corpus.doc_token_count)

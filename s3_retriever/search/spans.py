@@ -80,6 +80,17 @@ def unit_scores(position_scores: np.ndarray, corpus: Corpus) -> np.ndarray:
 
 def peak_units(smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: int) -> list[int]:
     """Units holding the strongest peaks, best first, after non-maximum suppression."""
+    return [unit for unit, _ in peaks(smoothed, corpus, config, limit)]
+
+
+def peaks(
+    smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: int
+) -> list[tuple[int, int]]:
+    """:func:`peak_units` with the position of each unit's peak: ``(unit, position)``.
+
+    The position is what orders peaks (by its score, ties by position); a sharded search merges
+    its shards' peaks by it.
+    """
     if len(smoothed) == 0:
         return []
     # Only the best positions can become peaks; a bounded candidate set keeps this O(n).
@@ -91,7 +102,7 @@ def peak_units(smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: 
     doc_start, doc_end = corpus.position_doc_bounds()
     suppressed = np.zeros(len(smoothed), dtype=bool)
     radius = config.nms_radius
-    units: list[int] = []
+    units: list[tuple[int, int]] = []
     seen: set[int] = set()
     for position in candidates.tolist():
         if suppressed[position]:
@@ -102,7 +113,7 @@ def peak_units(smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: 
         if unit < 0 or unit in seen:
             continue
         seen.add(unit)
-        units.append(unit)
+        units.append((unit, position))
         if len(units) >= limit:
             break
     return units

@@ -28,14 +28,57 @@ def aligned_scores(
     atoms_per_query: int,
     allowed: np.ndarray | None = None,
     temperature: float = 1.0,
+    row_lse: np.ndarray | None = None,
 ) -> np.ndarray:
     """Attention through the SAE: each question token keeps its top atoms by ``q.d_j``.
 
     The logit of position t for question row r is ``sum_i a_i(t) w_r[j_i(t)]`` over t's postings,
     with ``w_r`` zero outside the row's chosen atoms. All rows are computed in one pass over the
     postings grouped by position (``embedding_bag`` with per-posting weights), which reads each
-    posting once instead of once per question row.
+    posting once instead of once per question row. ``row_lse`` as in :func:`exact_scores`.
     """
+    if n_positions == 0 or queries.shape[0] == 0:
+        return np.zeros(n_positions, np.float32)
+    if allowed is not None and not allowed.any():
+        return np.zeros(n_positions, np.float32)
+    logits = _aligned_logits(
+        queries, sae, postings, n_positions, atoms_per_query, allowed, temperature
+    )
+    if row_lse is None:
+        weights = torch.softmax(logits, dim=1)
+    else:
+        weights = torch.exp(logits - torch.from_numpy(np.asarray(row_lse, np.float32))[:, None])
+    return weights.mean(dim=0).numpy().astype(np.float32)
+
+
+def aligned_row_logsumexp(
+    queries: np.ndarray,
+    sae: TopKSAE,
+    postings: Postings,
+    n_positions: int,
+    atoms_per_query: int,
+    allowed: np.ndarray | None = None,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """:func:`exact_row_logsumexp` for the ``aligned`` scorer."""
+    if n_positions == 0 or (allowed is not None and not allowed.any()):
+        return np.full(queries.shape[0], -np.inf, np.float64)
+    logits = _aligned_logits(
+        queries, sae, postings, n_positions, atoms_per_query, allowed, temperature
+    )
+    return torch.logsumexp(logits, dim=1).double().numpy()
+
+
+def _aligned_logits(
+    queries: np.ndarray,
+    sae: TopKSAE,
+    postings: Postings,
+    n_positions: int,
+    atoms_per_query: int,
+    allowed: np.ndarray | None,
+    temperature: float,
+) -> torch.Tensor:
+    """(n_q, n_positions) logits through the SAE; ``-inf`` outside ``allowed``."""
     atoms = sae.W_dec.detach().float().numpy()
     weights = queries.astype(np.float32) @ atoms.T  # (n_q, n_latents): q.d_j
     m = min(atoms_per_query, atoms.shape[0])
@@ -45,8 +88,6 @@ def aligned_scores(
         np.put_along_axis(kept, chosen, np.take_along_axis(weights, chosen, axis=1), axis=1)
         weights = kept
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
-    if n_positions == 0 or queries.shape[0] == 0:
-        return np.zeros(n_positions, np.float32)
     ids, acts, offsets = postings.by_position(n_positions)
     logits = torch.nn.functional.embedding_bag(
         torch.from_numpy(ids),
@@ -56,10 +97,8 @@ def aligned_scores(
         per_sample_weights=torch.from_numpy(acts),
     ).T.contiguous()  # (n_q, n_positions)
     if allowed is not None:
-        if not allowed.any():
-            return np.zeros(n_positions, np.float32)
         logits.masked_fill_(~torch.from_numpy(allowed)[None, :], -math.inf)
-    return torch.softmax(logits, dim=1).mean(dim=0).numpy().astype(np.float32)
+    return logits
 
 
 def coactivation_scores(

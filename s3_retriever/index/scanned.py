@@ -1,0 +1,94 @@
+"""Texts read by the model but not yet committed to an index.
+
+A sharded build (:mod:`s3_retriever.distributed`) scans on workers and commits each document on
+the shard that owns it; :class:`ScannedTexts` is what travels between the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from s3_retriever.console import Progress
+from s3_retriever.index.index import Index
+from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys
+from s3_retriever.index.postings import Field
+from s3_retriever.model.scan import Scanner, TokenizedText, tokenize
+
+
+@dataclass(frozen=True)
+class ScannedTexts:
+    """Texts with their tokens, keys and codes (:meth:`S3Retriever.scan_texts`)."""
+
+    texts: list[str]
+    tokenized: list[TokenizedText]
+    keys: NewKeys
+    """Key field -> ``(positions, float32 keys)`` chunks; positions from the first text's start."""
+    codes: NewCodes
+    """Key field -> ``(positions, latent ids, activations)`` chunks, positioned like ``keys``."""
+
+
+def scan_texts(
+    scanner: Scanner,
+    encoder: KeyEncoder,
+    tokenizer: Any,
+    fields: Sequence[Field],
+    texts: Sequence[str],
+    progress: Progress = None,
+) -> ScannedTexts:
+    """Tokenize, scan and code ``texts``; positions count from the first text's first token."""
+    tokenized = [tokenize(tokenizer, text) for text in texts]
+    doc_base = np.concatenate([[0], np.cumsum([len(t) for t in tokenized])[:-1]]).astype(np.int64)
+    new_keys: NewKeys = {f: [] for f in fields}
+    new_codes: NewCodes = {f: [] for f in fields}
+    batches = scanner.scan_batches(tokenized, progress=progress)
+    encoder.run(batches, doc_base, new_keys, new_codes)
+    return ScannedTexts(list(texts), tokenized, new_keys, new_codes)
+
+
+def commit_scanned(
+    index: Index, scanned: ScannedTexts, ids: Sequence[str], metadatas: Sequence[dict[str, Any]]
+) -> None:
+    """Commit scanned texts (ids and metadata already checked) after what ``index`` holds."""
+    base = index.n_positions
+    keys: NewKeys = {f: [(p + base, v) for p, v in c] for f, c in scanned.keys.items()}
+    codes: NewCodes = {f: [(p + base, i, a) for p, i, a in c] for f, c in scanned.codes.items()}
+    index.commit(scanned.texts, ids, metadatas, scanned.tokenized, keys, codes)
+
+
+def scan_and_commit(
+    index: Index,
+    scanner: Scanner,
+    encoder: KeyEncoder,
+    fields: Sequence[Field],
+    texts: list[str],
+    tokenized: list[TokenizedText],
+    ids: list[str],
+    metadatas: list[dict[str, Any]],
+    *,
+    replace: bool,
+    progress: Progress = None,
+) -> None:
+    """Scan ``tokenized`` and commit the texts after what ``index`` holds (ids already checked;
+    the caller holds the writer's lock). With ``replace``, indexed documents of the same ids
+    leave in the same step: the new ones are positioned after those that stay."""
+    corpus = index.corpus
+    replaced: list[str] = []
+    replaced_tokens = 0
+    if replace:
+        rows_by_id = corpus.row_of()
+        replaced = [i for i in ids if i in rows_by_id]
+        replaced_tokens = sum(int(corpus.doc_token_count[rows_by_id[i]]) for i in replaced)
+    base = index.n_positions - replaced_tokens
+    doc_base = base + np.concatenate([[0], np.cumsum([len(t) for t in tokenized])[:-1]]).astype(
+        np.int64
+    )
+    new_keys: NewKeys = {f: [] for f in fields}
+    new_codes: NewCodes = {f: [] for f in fields}
+    encoder.run(scanner.scan_batches(tokenized, progress=progress), doc_base, new_keys, new_codes)
+    if replaced:
+        index.delete(replaced)
+    index.commit(texts, ids, metadatas, tokenized, new_keys, new_codes)

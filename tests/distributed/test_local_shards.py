@@ -1,0 +1,90 @@
+"""Sharded search with the shards in this process: exactly one index's results (no Ray)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from s3_retriever import SAEBundle
+from s3_retriever.distributed.routing import shard_of
+from s3_retriever.distributed.testing import local_sharded
+from s3_retriever.models import LoadedModel
+from s3_retriever.search.fusion import HybridConfig
+from s3_retriever.search.settings import ScoringConfig
+from tests.distributed.conftest import QUESTIONS, assert_same_hits, reference, search_cases
+
+
+@pytest.fixture(scope="module")
+def pair(
+    loaded: LoadedModel, bundle: SAEBundle, shard_config: Any, rows: list[dict[str, Any]]
+) -> Any:
+    return reference(loaded, bundle, shard_config, rows), local_sharded(
+        reference(loaded, bundle, shard_config, []), rows, 4
+    )
+
+
+@pytest.mark.parametrize("case", search_cases(), ids=lambda c: "-".join(map(str, c.values())))
+def test_four_shards_return_what_one_index_returns(pair: Any, case: dict[str, Any]) -> None:
+    single, sharded = pair
+    for question in QUESTIONS:
+        want = single.retrieve(question, **case)
+        assert want or case.get("filters"), "a case that finds nothing tests nothing"
+        assert_same_hits(sharded.retrieve(question, **case), want)
+
+
+def test_every_shard_holds_documents_and_routing_is_by_id(pair: Any) -> None:
+    _, sharded = pair
+    held = sharded._shards.all("doc_ids")
+    assert all(held), "a shard without documents would not test the merge"
+    for shard, ids in enumerate(held):
+        assert all(shard_of(i, 4) == shard for i in ids)
+
+
+def test_lead_and_tail_groups_merge_in_corpus_order(
+    loaded: LoadedModel, bundle: SAEBundle, shard_config: Any, rows: list[dict[str, Any]]
+) -> None:
+    config = shard_config.replace(hybrid=HybridConfig(lead_tokens=12, tail_tokens=6))
+    single = reference(loaded, bundle, config, rows)
+    sharded = local_sharded(reference(loaded, bundle, config, []), rows, 3)
+    for mode in ("s3", "hybrid", "bm25"):
+        want = single.retrieve(QUESTIONS[0], token_budget=500, mode=mode)
+        assert_same_hits(sharded.retrieve(QUESTIONS[0], token_budget=500, mode=mode), want)
+
+
+def test_other_fusion_rules_are_refused_clearly(
+    loaded: LoadedModel, bundle: SAEBundle, shard_config: Any, rows: list[dict[str, Any]]
+) -> None:
+    config = shard_config.replace(hybrid=HybridConfig(fusion="zsum"))
+    sharded = local_sharded(reference(loaded, bundle, config, []), rows[:4], 2)
+    with pytest.raises(ValueError, match="reciprocal-rank fusion"):
+        sharded.retrieve(QUESTIONS[0], mode="hybrid")
+    assert sharded.retrieve(QUESTIONS[0], mode="s3")
+
+
+def test_add_refuses_ids_held_by_any_shard(pair: Any, rows: list[dict[str, Any]]) -> None:
+    _, sharded = pair
+    with pytest.raises(ValueError, match="already indexed"):
+        sharded.add_documents(["x"], ids=[rows[5]["id"]])
+    assert len(sharded) == len(rows)
+
+
+def test_the_aligned_scorer_merges_exactly_too(
+    loaded: LoadedModel, bundle: SAEBundle, shard_config: Any, rows: list[dict[str, Any]]
+) -> None:
+    config = shard_config.replace(scoring=ScoringConfig(scorer="aligned"))
+    single = reference(loaded, bundle, config, rows)
+    sharded = local_sharded(reference(loaded, bundle, config, []), rows, 4)
+    for case in search_cases()[:10]:
+        want = single.retrieve(QUESTIONS[2], **case)
+        assert_same_hits(sharded.retrieve(QUESTIONS[2], **case), want)
+
+
+def test_the_coactivation_scorer_is_refused_clearly(
+    loaded: LoadedModel, bundle: SAEBundle, shard_config: Any, rows: list[dict[str, Any]]
+) -> None:
+    config = shard_config.replace(scoring=ScoringConfig(scorer="coactivation"))
+    sharded = local_sharded(reference(loaded, bundle, config, []), rows[:4], 2)
+    with pytest.raises(ValueError, match="coactivation"):
+        sharded.retrieve(QUESTIONS[0], mode="s3")
+    assert sharded.retrieve(QUESTIONS[0], mode="bm25")

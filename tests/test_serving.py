@@ -1,0 +1,77 @@
+"""The JSON HTTP API of ``s3-retriever serve`` and the client with ``retrieve``'s signature."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from s3_retriever import S3Retriever
+from s3_retriever.serving import RemoteRetriever, make_server
+
+
+@pytest.fixture(scope="module")
+def endpoint(indexed: S3Retriever) -> Iterator[str]:
+    server = make_server(indexed, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "hybrid", "token_budget": 128},
+        {"mode": "s3", "token_budget": 64, "top_k": 2},
+        {"mode": "bm25", "token_budget": 256, "filters": {"topic": "city"}},
+    ],
+)
+def test_the_endpoint_returns_what_the_retriever_returns(
+    endpoint: str, indexed: S3Retriever, kwargs: dict[str, Any]
+) -> None:
+    question = "When does construction of the hospital start?"
+    want = indexed.retrieve(question, **kwargs)
+    assert want
+    assert RemoteRetriever(endpoint).retrieve(question, **kwargs) == want
+
+
+def test_health_counts_documents(endpoint: str, indexed: S3Retriever) -> None:
+    assert len(RemoteRetriever(endpoint)) == len(indexed)
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b'["a list"]', '"query"'),
+        (b'{"query": "x", "budget": 5}', "unknown fields"),
+        (b'{"query": "x", "mode": "dense"}', "mode must be one of"),
+        (b'{"query": 3}', "query must be a str"),
+    ],
+)
+def test_bad_requests_get_400_with_the_reason(endpoint: str, body: bytes, message: str) -> None:
+    status, answer = _post(endpoint + "/retrieve", body)
+    assert status == 400 and message in answer["error"]
+
+
+def test_unknown_paths_get_404(endpoint: str) -> None:
+    status, answer = _post(endpoint + "/search", b"{}")
+    assert status == 404 and "/retrieve" in answer["error"]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        RemoteRetriever(endpoint).retrieve("x", mode="dense")  # type: ignore[arg-type]
