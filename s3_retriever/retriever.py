@@ -15,7 +15,6 @@ loaded model), :attr:`~S3Retriever.bundle` (its SAEs), :attr:`~S3Retriever.confi
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,12 @@ from s3_retriever.errors import SAEError
 from s3_retriever.header import build_header, check_heads_match, open_saved
 from s3_retriever.heads import check_heads, check_saes, fallback_heads, fields_of
 from s3_retriever.index.index import Index
-from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys
+from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys, shift_positions
 from s3_retriever.index.storage import read_index, save_index
 from s3_retriever.inputs import check_ids_free, new_documents, search_arguments
 from s3_retriever.model.loading import LoadedModel, attention_shape, load_model
 from s3_retriever.model.scan import Scanner, tokenize
+from s3_retriever.rwlock import ReadWriteLock
 from s3_retriever.sae.bundle import COMPACT_VARIANT, SAEBundle, shipped_bundle_dir
 from s3_retriever.search.filters import Filters
 from s3_retriever.search.hits import Hit
@@ -47,8 +47,9 @@ class S3Retriever:
     """Retrieve evidence spans from long documents with a language model's own attention.
 
     Build one with :meth:`from_pretrained`, add texts with :meth:`add_documents`, then call
-    :meth:`retrieve`. Reads and writes are serialised by a lock, so one instance may be shared
-    between threads.
+    :meth:`retrieve`. One instance may be shared between threads: queries run in parallel
+    with each other (a readers-writer lock, :mod:`s3_retriever.rwlock`), and an add scans
+    without the lock, blocking queries only while it commits.
     """
 
     def __init__(
@@ -105,7 +106,7 @@ class S3Retriever:
         )
         """Everything a search reads: corpus, key stores, postings, clusters and BM25."""
         self._questions = QuestionEncoder(self.scanner, loaded.tokenizer, self.heads)
-        self._lock = threading.RLock()
+        self._lock = ReadWriteLock()
 
     @property
     def loaded(self) -> LoadedModel:
@@ -172,17 +173,19 @@ class S3Retriever:
         if not texts:
             return []
         tokenized = [tokenize(self.model.tokenizer, text) for text in texts]
-        with self._lock:
+        # Scanned at positions counted from the first document of this call, without the lock
+        # (queries keep running); moved after the indexed positions when committed.
+        doc_base = np.concatenate([[0], np.cumsum([len(t) for t in tokenized])[:-1]]).astype(
+            np.int64
+        )
+        new_keys: NewKeys = {f: [] for f in self.fields}
+        new_codes: NewCodes = {f: [] for f in self.fields}
+        batches = self.scanner.scan_batches(tokenized, show_progress=show_progress)
+        self._encoder.run(batches, doc_base, new_keys, new_codes)
+        with self._lock.write():
             # Checked again under the lock: another thread may have added these ids meanwhile.
             check_ids_free(ids_list, self.index.corpus.doc_ids)
-            base = self.index.n_positions
-            doc_base = base + np.concatenate(
-                [[0], np.cumsum([len(t) for t in tokenized])[:-1]]
-            ).astype(np.int64)
-            new_keys: NewKeys = {f: [] for f in self.fields}
-            new_codes: NewCodes = {f: [] for f in self.fields}
-            batches = self.scanner.scan_batches(tokenized, show_progress=show_progress)
-            self._encoder.run(batches, doc_base, new_keys, new_codes)
+            shift_positions(new_keys, new_codes, self.index.n_positions)
             self.index.commit(texts, ids_list, metas, tokenized, new_keys, new_codes)
         return ids_list
 
@@ -190,7 +193,7 @@ class S3Retriever:
         """Remove documents by id; returns how many were removed (unknown ids are ignored)."""
         if isinstance(ids, str):
             ids = [ids]
-        with self._lock:
+        with self._lock.write():
             return self.index.delete(ids)
 
     # ------------------------------------------------------------------ reading
@@ -229,7 +232,7 @@ class S3Retriever:
         if not query.strip() or top_k == 0:
             return []
         settings = search or self.config.search_settings()
-        with self._lock:
+        with self._lock.read():
             return run_search(
                 self.index,
                 query,
@@ -253,9 +256,8 @@ class S3Retriever:
         self, query: str, doc_mask: np.ndarray | None = None, search: SearchSettings | None = None
     ) -> np.ndarray:
         """Raw S3 score of every indexed token position for ``query`` (before smoothing)."""
-        with self._lock:
-            vectors = self.question_vectors(query, search)
-            return self.score_question_vectors(vectors, doc_mask, search)
+        vectors = self.question_vectors(query, search)
+        return self.score_question_vectors(vectors, doc_mask, search)
 
     def score_question_vectors(
         self,
@@ -266,7 +268,7 @@ class S3Retriever:
         """:meth:`score_positions` for question vectors already computed (the index search
         alone, without the question's forward pass)."""
         scoring = (search or self.config.search_settings()).scoring
-        with self._lock:
+        with self._lock.read():
             return score_index(
                 self.index, head_queries, scoring, self.kv_group, self.bundle, doc_mask
             )
@@ -275,7 +277,8 @@ class S3Retriever:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to a versioned directory, atomically (see :mod:`.index.storage`)."""
         header = build_header(self.model, self.bundle, self.config, self.heads, self.fields)
-        with self._lock:
+        # Saving only reads the index, so queries go on meanwhile; commits wait.
+        with self._lock.read():
             save_index(
                 self.index,
                 header,
