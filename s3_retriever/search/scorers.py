@@ -19,7 +19,7 @@ import numpy as np
 from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.sae.bundle import SAEBundle
-from s3_retriever.search.clustered import clustered_exact_scores
+from s3_retriever.search.clustered import clustered_exact_mass, clustered_exact_scores
 from s3_retriever.search.exact import exact_scores
 from s3_retriever.search.settings import ScorerName, ScoringConfig
 from s3_retriever.search.through_sae import aligned_scores, coactivation_scores
@@ -71,33 +71,65 @@ class ExactScorer:
 
     def contributions(self, queries: HeadQueries, context: ScoringContext) -> Iterator[np.ndarray]:
         config = context.config
-        # Heads sharing a KV head (GQA) are scored together: their keys are read once.
-        by_field: dict[Field, list[np.ndarray]] = {}
-        for (layer, head), vectors in queries.items():
-            q = context.centred(layer, head, vectors)
-            if len(q):
-                by_field.setdefault(context.field_of(layer, head), []).append(q)
-        allowed = context.allowed
-        n_candidates = context.n_positions if allowed is None else int(allowed.sum())
-        threshold = config.cluster_search_above
-        clustered = threshold is not None and n_candidates > threshold
-        for field_key, group in by_field.items():
-            rows, sizes = np.concatenate(group), [len(q) for q in group]
+        clustered = self._clustered(context)
+        for field_key, rows, sizes in self._by_field(queries, context):
             keys = context.key_stores[field_key]
             if clustered:
                 yield clustered_exact_scores(
                     rows,
                     keys,
                     context.n_positions,
-                    allowed,
+                    context.allowed,
                     config.temperature,
                     sizes,
                     config.positions_per_row,
                 )
             else:
                 yield exact_scores(
-                    rows, keys, context.n_positions, allowed, config.temperature, sizes
+                    rows, keys, context.n_positions, context.allowed, config.temperature, sizes
                 )
+
+    def sparse_contributions(
+        self, queries: HeadQueries, context: ScoringContext
+    ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """With clustered search, each field's (positions read, scores); None when every key
+        is read (the scores are then dense)."""
+        if not self._clustered(context):
+            return None
+        config = context.config
+        return [
+            clustered_exact_mass(
+                rows,
+                context.key_stores[field_key],
+                context.n_positions,
+                context.allowed,
+                config.temperature,
+                sizes,
+                config.positions_per_row,
+            )
+            for field_key, rows, sizes in self._by_field(queries, context)
+        ]
+
+    @staticmethod
+    def _clustered(context: ScoringContext) -> bool:
+        allowed = context.allowed
+        n_candidates = context.n_positions if allowed is None else int(allowed.sum())
+        threshold = context.config.cluster_search_above
+        return threshold is not None and n_candidates > threshold
+
+    @staticmethod
+    def _by_field(
+        queries: HeadQueries, context: ScoringContext
+    ) -> Iterator[tuple[Field, np.ndarray, list[int]]]:
+        """(field, stacked question rows, rows per head): heads sharing a KV head (GQA) are
+        scored together, so their keys are read once."""
+        by_field: dict[Field, list[np.ndarray]] = {}
+        for (layer, head), vectors in queries.items():
+            q = context.centred(layer, head, vectors)
+            if len(q):
+                by_field.setdefault(context.field_of(layer, head), []).append(q)
+        for field_key, group in by_field.items():
+            yield field_key, np.concatenate(group), [len(q) for q in group]
 
 
 class AlignedScorer:

@@ -14,8 +14,9 @@ from s3_retriever.index.index import Index
 from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.sae.bundle import SAEBundle
-from s3_retriever.search.scorers import SCORER_REGISTRY, HeadQueries, ScoringContext
+from s3_retriever.search.scorers import SCORER_REGISTRY, ExactScorer, HeadQueries, ScoringContext
 from s3_retriever.search.settings import SCORERS, ScorerName, ScoringConfig
+from s3_retriever.search.sparse import SparseScores, head_mean
 
 __all__ = [
     "SCORERS",
@@ -23,6 +24,7 @@ __all__ = [
     "ScoringConfig",
     "require_store",
     "score_index",
+    "score_index_sparse",
     "score_positions",
 ]
 
@@ -73,9 +75,6 @@ def score_index(
     """Raw score of every position of ``index``; documents outside ``doc_mask`` score zero and
     cost nothing."""
     corpus = index.corpus
-    allowed = None
-    if doc_mask is not None and not doc_mask.all():
-        allowed = np.repeat(doc_mask, corpus.doc_token_count)
     return score_positions(
         head_queries,
         config,
@@ -84,5 +83,38 @@ def score_index(
         index.key_stores,
         index.postings,
         bundle,
-        allowed,
+        _allowed_positions(index, doc_mask),
     )
+
+
+def _allowed_positions(index: Index, doc_mask: np.ndarray | None) -> np.ndarray | None:
+    if doc_mask is None or doc_mask.all():
+        return None
+    return np.repeat(doc_mask, index.corpus.doc_token_count)
+
+
+def score_index_sparse(
+    index: Index,
+    head_queries: HeadQueries,
+    config: ScoringConfig,
+    kv_group: int,
+    bundle: SAEBundle,
+    doc_mask: np.ndarray | None = None,
+) -> SparseScores | None:
+    """:func:`score_index` as the positions the search read with their scores, when the search
+    reads only some (the clustered exact search); None when the scores are dense."""
+    scorer = SCORER_REGISTRY[config.scorer]
+    n_positions = index.corpus.n_positions
+    if not isinstance(scorer, ExactScorer) or n_positions == 0 or not head_queries:
+        return None
+    context = ScoringContext(
+        config,
+        n_positions,
+        kv_group,
+        index.key_stores,
+        index.postings,
+        bundle,
+        _allowed_positions(index, doc_mask),
+    )
+    parts = scorer.sparse_contributions(head_queries, context)
+    return None if parts is None else head_mean(parts, len(head_queries), n_positions)
