@@ -20,22 +20,29 @@ _FIRST_CHUNK = 2048
 """Candidates sorted in the first chunk; each later chunk is four times larger."""
 
 
-def _best_first(positions: np.ndarray, values: np.ndarray) -> Iterator[np.ndarray]:
-    """``positions`` by descending value, ties by ascending position, a sorted chunk at a time."""
-    remaining = np.arange(len(positions))
+def _best_first(positions: np.ndarray, values: np.ndarray, limit: int) -> Iterator[np.ndarray]:
+    """The ``limit`` best ``positions`` (and any tied with the last) by descending value, ties
+    by ascending position, a sorted chunk at a time."""
+    remaining = _best(np.arange(len(positions)), values, limit)
     chunk = _FIRST_CHUNK
     while len(remaining):
-        if len(remaining) > chunk:
-            split = np.argpartition(-values[remaining], chunk - 1)
-            head, rest = remaining[split[:chunk]], remaining[split[chunk:]]
-            # Ties with the chunk's last value join it, so ties stay in position order.
-            tied = values[rest] == values[head].min()
-            head, remaining = np.concatenate([head, rest[tied]]), rest[~tied]
-        else:
-            head, remaining = remaining, remaining[:0]
+        head = _best(remaining, values, chunk)
+        taken = np.zeros(len(values), bool)
+        taken[head] = True
+        remaining = remaining[~taken[remaining]]
         head = head[np.lexsort((positions[head], -values[head]))]
         yield positions[head]
         chunk *= 4
+
+
+def _best(indices: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` entries of ``indices`` with the highest values, plus any tied with the
+    lowest of them (so ties can be ordered by position afterwards)."""
+    if len(indices) <= count:
+        return indices
+    split = np.argpartition(-values[indices], count - 1)
+    head, rest = indices[split[:count]], indices[split[count:]]
+    return np.concatenate([head, rest[values[rest] == values[head].min()]])
 
 
 def _first_unlisted(listed: np.ndarray, count: int, n_positions: int) -> np.ndarray:
@@ -63,10 +70,10 @@ def ranked_positions(scores: np.ndarray | SparseScores, n_candidates: int) -> It
     left = n_candidates
 
     def groups() -> Iterator[np.ndarray]:
-        yield from _best_first(positions[positive], values[positive])
+        yield from _best_first(positions[positive], values[positive], n_candidates)
         if n_zeros:
             yield _first_unlisted(positions, min(left, n_zeros), n_positions)
-        yield from _best_first(positions[~positive], values[~positive])
+        yield from _best_first(positions[~positive], values[~positive], n_candidates)
 
     for chunk in groups():
         if left <= 0:

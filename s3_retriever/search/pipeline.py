@@ -55,7 +55,7 @@ def search(
             if sparse is not None
             else score_index(index, vectors, settings.scoring, kv_group, bundle, doc_mask)
         )
-        components.update(s3_components(raw, index, settings.spans))
+        components.update(s3_components(raw, index, settings.spans, positions=mode == "s3"))
     if mode in ("bm25", "hybrid"):
         components.update(bm25_components(query, index))
     groups, ranked_score = rank(components, mode, unit_mask, token_budget, corpus, settings)

@@ -58,11 +58,9 @@ def document_bounds(corpus: Corpus, positions: np.ndarray) -> tuple[np.ndarray, 
     return start, start + corpus.doc_token_count[row]
 
 
-def smooth_sparse(raw: SparseScores, corpus: Corpus, width: int) -> SparseScores:
-    """:func:`~s3_retriever.search.spans.smooth` of ``raw``, at the positions it can change."""
-    if width <= 1 or len(raw.positions) == 0:
-        return SparseScores(raw.positions, raw.values.astype(np.float32), raw.n_positions)
-    half = width // 2
+def _windows(raw: SparseScores, corpus: Corpus, half: int) -> tuple[np.ndarray, ...]:
+    """The union of the read positions' smoothing windows as runs [lo, hi), each inside one
+    document, with that document's bounds: (lo, hi, doc_start, doc_end)."""
     read = raw.positions
     doc_start, doc_end = document_bounds(corpus, read)
     # Position q's window holds p when |q - p| <= half in one document, so the positions with a
@@ -71,21 +69,72 @@ def smooth_sparse(raw: SparseScores, corpus: Corpus, width: int) -> SparseScores
     hi = np.minimum(read + half + 1, doc_end)
     new_run = np.concatenate([[True], lo[1:] >= np.maximum.accumulate(hi)[:-1]])
     first = np.flatnonzero(new_run)
-    run_lo, run_hi = lo[first], np.maximum.reduceat(hi, first)
-    lengths = run_hi - run_lo
-    offsets = np.cumsum(lengths) - lengths
-    support = np.repeat(run_lo - offsets, lengths) + np.arange(int(lengths.sum()))
-    support_start = np.repeat(doc_start[first], lengths)
-    support_end = np.repeat(doc_end[first], lengths)
-    window_lo = np.maximum(support - half, support_start)
-    window_hi = np.minimum(support + half + 1, support_end)
+    return lo[first], np.maximum.reduceat(hi, first), doc_start[first], doc_end[first]
+
+
+def _smoothed_at(
+    raw: SparseScores, at: np.ndarray, start: np.ndarray, end: np.ndarray, half: int
+) -> np.ndarray:
+    """The dense box-filter mean at positions ``at`` (documents [start, end)), from the read
+    positions alone: cumulative[searchsorted(read, x)] is the dense running sum up to x."""
+    window_lo = np.maximum(at - half, start)
+    window_hi = np.minimum(at + half + 1, end)
     cumulative = np.concatenate([[0.0], np.cumsum(raw.values, dtype=np.float64)])
-    # cumulative[searchsorted(read, x)] is the dense running sum up to position x.
+    read = raw.positions
     sums = (
         cumulative[np.searchsorted(read, window_hi)] - cumulative[np.searchsorted(read, window_lo)]
     )
-    smoothed = (sums / (window_hi - window_lo)).astype(np.float32)
+    return (sums / (window_hi - window_lo)).astype(np.float32)
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every position of the runs [lo, hi), and the run each belongs to."""
+    lengths = np.maximum(hi - lo, 0)
+    offsets = np.cumsum(lengths) - lengths
+    run = np.repeat(np.arange(len(lo)), lengths)
+    return np.repeat(lo - offsets, lengths) + np.arange(int(lengths.sum())), run
+
+
+def smooth_sparse(raw: SparseScores, corpus: Corpus, width: int) -> SparseScores:
+    """:func:`~s3_retriever.search.spans.smooth` of ``raw``, at the positions it can change."""
+    if width <= 1 or len(raw.positions) == 0:
+        return SparseScores(raw.positions, raw.values.astype(np.float32), raw.n_positions)
+    half = width // 2
+    run_lo, run_hi, run_start, run_end = _windows(raw, corpus, half)
+    support, run = _expand(run_lo, run_hi)
+    smoothed = _smoothed_at(raw, support, run_start[run], run_end[run], half)
     return SparseScores(support, smoothed, raw.n_positions)
+
+
+def unit_scores_from_raw(raw: SparseScores, corpus: Corpus, width: int) -> np.ndarray:
+    """``unit_scores(smooth_sparse(raw))`` without smoothing every position of the windows.
+
+    Away from a document's edges the window sum is constant between breakpoints (where a read
+    position enters or leaves the window) and the window length is ``width``, so a unit's best
+    mean is at its first position or at a breakpoint inside it; within ``half`` of an edge the
+    length changes, so those positions are all evaluated. The values are computed exactly as
+    the dense ones, so the maxima are equal.
+    """
+    if width <= 1 or len(raw.positions) == 0:
+        return unit_scores_sparse(smooth_sparse(raw, corpus, width), corpus)
+    half = width // 2
+    read = raw.positions
+    run_lo, run_hi, run_start, run_end = _windows(raw, corpus, half)
+    # Breakpoints: where each read position enters and leaves a window.
+    read_start, read_end = document_bounds(corpus, read)
+    points = [np.maximum(read - half, read_start), np.minimum(read + half + 1, read_end - 1)]
+    # First positions of the units that begin inside a run.
+    tokens = corpus.unit_tokens
+    starts = np.unique(tokens[tokens[:, 1] > tokens[:, 0], 0])
+    first, last = np.searchsorted(starts, run_lo), np.searchsorted(starts, run_hi)
+    points.append(starts[_expand(first, last)[0]])
+    # Positions near a document edge, where the window is shorter.
+    points.append(_expand(run_lo, np.minimum(run_hi, run_start + half))[0])
+    points.append(_expand(np.maximum(run_lo, run_end - half), run_hi)[0])
+    at = np.unique(np.concatenate(points))
+    start, end = document_bounds(corpus, at)
+    values = _smoothed_at(raw, at, start, end, half)
+    return unit_scores_sparse(SparseScores(at, values, raw.n_positions), corpus)
 
 
 def unit_of_positions(corpus: Corpus, positions: np.ndarray) -> np.ndarray:

@@ -17,7 +17,12 @@ from s3_retriever.search import pipeline
 from s3_retriever.search.peaks import iter_peak_units
 from s3_retriever.search.scoring import score_index_sparse
 from s3_retriever.search.spans import smooth, unit_scores
-from s3_retriever.search.sparse import SparseScores, smooth_sparse, unit_scores_sparse
+from s3_retriever.search.sparse import (
+    SparseScores,
+    smooth_sparse,
+    unit_scores_from_raw,
+    unit_scores_sparse,
+)
 
 QUESTIONS = ("When does the train leave?", "river flooding in spring", "hospital wards")
 
@@ -30,7 +35,10 @@ def _random_sparse(n_positions: int, seed: int, share: float) -> SparseScores:
     return SparseScores(positions, values, n_positions)
 
 
-@pytest.mark.parametrize(("seed", "share", "width"), [(0, 0.02, 15), (1, 0.2, 5), (2, 0.5, 1)])
+@pytest.mark.parametrize(
+    ("seed", "share", "width"),
+    [(0, 0.02, 15), (1, 0.2, 5), (2, 0.5, 1), (3, 0.005, 31), (4, 0.05, 15), (5, 0.01, 61)],
+)
 def test_sparse_smoothing_units_and_peaks_equal_dense(
     indexed: S3Retriever, seed: int, share: float, width: int
 ) -> None:
@@ -39,9 +47,9 @@ def test_sparse_smoothing_units_and_peaks_equal_dense(
     dense_smoothed = smooth(raw.dense(), corpus, width)
     sparse_smoothed = smooth_sparse(raw, corpus, width)
     assert np.array_equal(sparse_smoothed.dense(), dense_smoothed)
-    assert np.array_equal(
-        unit_scores_sparse(sparse_smoothed, corpus), unit_scores(dense_smoothed, corpus)
-    )
+    dense_units = unit_scores(dense_smoothed, corpus)
+    assert np.array_equal(unit_scores_sparse(sparse_smoothed, corpus), dense_units)
+    assert np.array_equal(unit_scores_from_raw(raw, corpus, width), dense_units)
     for n_candidates in (5, 300, corpus.n_positions):
         dense_peaks = list(iter_peak_units(dense_smoothed, corpus, 4, n_candidates))
         sparse_peaks = list(iter_peak_units(sparse_smoothed, corpus, 4, n_candidates))
