@@ -92,6 +92,9 @@ def _s3_times(
         forward.append(t_fwd)
         search.append(t_search)
         for mode in modes:
+            # End to end includes the question's forward pass: forget the projections the
+            # retriever keeps for repeated questions (s3_retriever/search/question.py).
+            retriever._questions._cache.clear()
             t_all, _ = _timed(
                 lambda q=question, m=mode: retriever.retrieve(
                     q, token_budget=1024, mode=m, search=settings

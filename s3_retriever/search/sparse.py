@@ -40,7 +40,7 @@ def head_mean(parts: Sequence[tuple[np.ndarray, np.ndarray]], n_heads: int, n: i
     :func:`~s3_retriever.search.scoring.score_positions` does densely (float32, in part order)."""
     if not parts:
         return SparseScores(np.zeros(0, np.int64), np.zeros(0, np.float32), n)
-    positions, inverse = np.unique(np.concatenate([p for p, _ in parts]), return_inverse=True)
+    positions, inverse = _sorted_unique(np.concatenate([p for p, _ in parts]))
     total = np.zeros(len(positions), np.float32)
     offset = 0
     for part_positions, values in parts:
@@ -48,6 +48,17 @@ def head_mean(parts: Sequence[tuple[np.ndarray, np.ndarray]], n_heads: int, n: i
         total[inverse[offset : offset + len(part_positions)]] += values
         offset += len(part_positions)
     return SparseScores(positions.astype(np.int64), total / n_heads, n)
+
+
+def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and each input's index among them (``np.unique`` with
+    ``return_inverse``, by one sort: numpy 2.4's hash-based unique took 0.2 s on 1M ints)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.concatenate([[True], ordered[1:] != ordered[:-1]]) if len(ordered) else ordered > 0
+    inverse = np.empty(len(values), np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return ordered[new], inverse
 
 
 def document_bounds(corpus: Corpus, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,13 +136,13 @@ def unit_scores_from_raw(raw: SparseScores, corpus: Corpus, width: int) -> np.nd
     points = [np.maximum(read - half, read_start), np.minimum(read + half + 1, read_end - 1)]
     # First positions of the units that begin inside a run.
     tokens = corpus.unit_tokens
-    starts = np.unique(tokens[tokens[:, 1] > tokens[:, 0], 0])
+    starts = tokens[tokens[:, 1] > tokens[:, 0], 0]  # ascending: units are in position order
     first, last = np.searchsorted(starts, run_lo), np.searchsorted(starts, run_hi)
     points.append(starts[_expand(first, last)[0]])
     # Positions near a document edge, where the window is shorter.
     points.append(_expand(run_lo, np.minimum(run_hi, run_start + half))[0])
     points.append(_expand(np.maximum(run_lo, run_end - half), run_hi)[0])
-    at = np.unique(np.concatenate(points))
+    at = _sorted_unique(np.concatenate(points))[0]
     start, end = document_bounds(corpus, at)
     values = _smoothed_at(raw, at, start, end, half)
     return unit_scores_sparse(SparseScores(at, values, raw.n_positions), corpus)
