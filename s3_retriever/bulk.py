@@ -11,6 +11,7 @@ Memory holds the index itself plus one batch of documents, never the whole input
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,11 +75,15 @@ def _jsonl_documents(path: Path) -> Iterator[SourceDocument]:
             yield SourceDocument(doc_id, record["text"], {"source": str(path), **metadata})
 
 
-def _files(paths: Sequence[Path]) -> list[Path]:
+class SkippedLinkWarning(UserWarning):
+    """A symbolic link inside an input folder leads outside it and was not followed."""
+
+
+def _files(paths: Sequence[Path], follow_links: bool = False) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(p for p in sorted(path.rglob("*")) if p.is_file())
+            files.extend(_folder_files(path, follow_links))
         elif path.is_file():
             files.append(path)
         else:
@@ -86,23 +91,64 @@ def _files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
-def iter_documents(paths: Sequence[str | Path]) -> Iterator[SourceDocument]:
+def _folder_files(folder: Path, follow_links: bool) -> list[Path]:
+    """Files below ``folder``, in sorted order. A link is followed only when it stays inside the
+    folder (or ``follow_links``): a link to ``/proc/self/environ`` or ``~/.ssh`` would otherwise
+    put secrets into the index, and from there into answers."""
+    root = folder.resolve()
+    found: list[Path] = []
+    seen: set[Path] = set()
+
+    def walk(here: Path) -> None:
+        for entry in sorted(here.iterdir()):
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not (follow_links or _inside(root, target)):
+                    warnings.warn(
+                        f"skipped {entry}: a link to {target}, outside {folder} (pass "
+                        f"--follow-links to index what links point to)",
+                        SkippedLinkWarning,
+                        stacklevel=2,
+                    )
+                    continue
+                if target.is_dir():
+                    if follow_links and target not in seen and not _inside(root, target):
+                        seen.add(target)  # an outside folder, once (links may form cycles)
+                        walk(entry)
+                    continue  # a folder inside is walked where it really is
+            if entry.is_dir():
+                walk(entry)
+            elif entry.is_file():
+                found.append(entry)
+
+    walk(folder)
+    return found
+
+
+def _inside(root: Path, target: Path) -> bool:
+    return target == root or root in target.parents
+
+
+def iter_documents(
+    paths: Sequence[str | Path], follow_links: bool = False
+) -> Iterator[SourceDocument]:
     """Documents of text files, folders (every file below, in sorted order) and JSONL files.
 
     A text file is one document whose id is its path; a JSONL line's id is its ``id`` field, or
-    ``path:line`` without one. Files are read one at a time.
+    ``path:line`` without one. Files are read one at a time. Links inside a folder that lead out
+    of it are skipped with a :class:`SkippedLinkWarning` unless ``follow_links``.
     """
-    for path in _files([Path(p) for p in paths]):
+    for path in _files([Path(p) for p in paths], follow_links):
         if path.suffix.lower() in JSONL_SUFFIXES:
             yield from _jsonl_documents(path)
         else:
             yield SourceDocument(str(path), read_text(path), {"source": str(path)})
 
 
-def count_documents(paths: Sequence[str | Path]) -> int:
+def count_documents(paths: Sequence[str | Path], follow_links: bool = False) -> int:
     """How many documents :func:`iter_documents` yields, counted without decoding texts."""
     total = 0
-    for path in _files([Path(p) for p in paths]):
+    for path in _files([Path(p) for p in paths], follow_links):
         if path.suffix.lower() in JSONL_SUFFIXES:
             with open(path, "rb") as handle:
                 total += sum(1 for line in handle if line.strip())

@@ -11,11 +11,13 @@ s3-retriever eval --data DIR --tasks T --out STEM  retrieval quality against bas
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from s3_retriever.cli_research import cmd_eval, cmd_sae_report, cmd_train_sae
 from s3_retriever.errors import CLIError, S3RetrieverError
@@ -32,11 +34,14 @@ def _read_text(path: Path) -> str:
 
 def _cmd_index(args: argparse.Namespace) -> int:
     from s3_retriever.bulk import count_documents, index_corpus, iter_documents
+    from s3_retriever.index.folder import check_save_target
     from s3_retriever.index.storage import has_index
     from s3_retriever.retriever import S3Retriever
 
     out = Path(args.out)
-    total = count_documents(args.files)  # also checks that every input exists, before loading
+    _refuse_out_among_inputs(out, [Path(p) for p in args.files])
+    # Also checks that every input exists, before loading.
+    total = count_documents(args.files, follow_links=args.follow_links)
     # has_index also sees an index that a killed save left only in its backup, so --append
     # or --resume continues from it instead of starting an empty index that would hide it.
     exists = has_index(out)
@@ -48,8 +53,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if exists:
         retriever = S3Retriever.load(out, model_path=args.model)
     else:
+        check_save_target(out)  # a file or a folder of other files: refused before any scan
         retriever = S3Retriever.from_pretrained(args.model, sae_path=args.sae, compact=args.compact)
-    documents = iter_documents(args.files)
+    documents = iter_documents(args.files, follow_links=args.follow_links)
     if args.append and not args.resume:
         documents = _refuse_indexed(documents, set(retriever.doc_ids))
     report = index_corpus(
@@ -66,6 +72,19 @@ def _cmd_index(args: argparse.Namespace) -> int:
         f"({retriever.index.corpus.n_positions} tokens in all)"
     )
     return 0
+
+
+def _refuse_out_among_inputs(out: Path, inputs: list[Path]) -> None:
+    """``index notes --out notes`` would replace the documents it reads; an index inside an
+    input folder would be read as documents by the next run."""
+    target = out.resolve()
+    for path in inputs:
+        source = path.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise CLIError(
+                f"--out {out} overlaps the input {path}; write the index to a folder outside "
+                f"the inputs (saving replaces the whole --out folder)"
+            )
 
 
 def _refuse_indexed(
@@ -148,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=200,
         help="save the index after this many documents (default 200); a killed run loses at "
         "most one batch",
+    )
+    index.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="follow symbolic links inside input folders that lead outside them (skipped with a "
+        "warning by default: a link to a secret file would put it in the index)",
     )
     index.add_argument("--quiet", action="store_true", help="no progress bar")
     index.set_defaults(run=_cmd_index)
@@ -276,22 +301,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status. Errors print one line, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        status: int = args.run(args)
-        return status
-    except (CLIError, S3RetrieverError, ValueError, TypeError) as exc:
-        print(f"s3-retriever: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "s3-retriever: interrupted; the index holds everything up to its last save "
-            "(for `index`, rerun with --resume to continue)",
-            file=sys.stderr,
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            status: int = args.run(args)
+            return status
+        except (S3RetrieverError, ValueError, TypeError) as exc:
+            print(f"s3-retriever: error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"s3-retriever: error: {_os_error_line(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(
+                "s3-retriever: interrupted; the index holds everything up to its last save "
+                "(for `index`, rerun with --resume to continue)",
+                file=sys.stderr,
+            )
+            return 130
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        # A save writes a staging folder first, so the index on disk is still the last one.
+        return (
+            f"{reason}{where}; the index holds everything up to its last save. Free space and "
+            f"rerun (for `index`, with --resume)."
         )
-        return 130
+    return f"{reason}{where}"
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    print(f"s3-retriever: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,16 @@ class RetrieverConfig:
     def __post_init__(self) -> None:
         if not self.store_keys and not self.store_postings:
             raise ValueError("store_keys and store_postings cannot both be False")
-        if "{question}" not in self.query_template:
-            raise ValueError("query_template must contain '{question}'")
+        if not isinstance(self.query_template, str) or "{question}" not in self.query_template:
+            raise ValueError("query_template must be a str containing '{question}'")
+        try:
+            # Any other field ("{0}", "{name}", a stray brace) would fail on every query.
+            self.query_template.format(question="")
+        except (IndexError, KeyError, ValueError, AttributeError) as exc:
+            raise ValueError(
+                f"query_template {self.query_template!r} must hold no field but '{{question}}' "
+                f"(double literal braces: '{{{{' and '}}}}'); formatting it failed: {exc!r}"
+            ) from None
 
     @classmethod
     def compact(cls) -> RetrieverConfig:

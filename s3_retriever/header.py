@@ -16,9 +16,10 @@ from typing import Any
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.errors import IndexLoadError
 from s3_retriever.index.postings import Field
-from s3_retriever.index.storage import read_manifest
+from s3_retriever.index.storage import StoredIndex, read_index
 from s3_retriever.model.loading import DEFAULT_MODEL_NAME, LoadedModel, load_model
 from s3_retriever.sae.bundle import SAEBundle
+from s3_retriever.schema import SchemaError, parse_config
 
 
 def build_header(
@@ -46,41 +47,46 @@ def open_saved(
     model_path: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     dtype: str | None = None,
-) -> tuple[Path, dict[str, Any], LoadedModel, SAEBundle, RetrieverConfig]:
-    """Verify a saved index and load what rebuilds its retriever: the folder, its manifest,
-    the model, the SAE bundle and the settings."""
-    folder, manifest = read_manifest(path)
-    if model_path is None and manifest["model_id"] != DEFAULT_MODEL_NAME:
+) -> tuple[StoredIndex, LoadedModel, RetrieverConfig]:
+    """Read and verify a saved index, load its model, and check both belong together.
+
+    Returns the stored index (documents, arrays, SAE bundle), the model and the settings.
+    """
+    stored = read_index(path)
+    manifest = stored.manifest
+    try:
+        config = parse_config(manifest.config)
+    except SchemaError as exc:
         raise IndexLoadError(
-            f"This index was built with {manifest['model_id']!r}; pass model_path= to load it."
+            f"{stored.folder}/manifest.json holds invalid settings: {exc}. Rebuild the index."
+        ) from exc
+    if model_path is None and manifest.model_id != DEFAULT_MODEL_NAME:
+        raise IndexLoadError(
+            f"This index was built with {manifest.model_id!r}; pass model_path= to load it."
         )
     # Question vectors must come from the same precision the keys were stored from.
-    loaded = load_model(model_path, device=device, dtype=dtype or manifest.get("dtype", "auto"))
-    if loaded.fingerprint != manifest["model_fingerprint"]:
+    loaded = load_model(model_path, device=device, dtype=dtype or manifest.dtype)
+    if loaded.fingerprint != manifest.model_fingerprint:
         raise IndexLoadError(
-            f"Model mismatch: the index was built with {manifest['model_id']!r} "
-            f"(fingerprint {manifest['model_fingerprint'][:12]}), but the model given is "
+            f"Model mismatch: the index was built with {manifest.model_id!r} "
+            f"(fingerprint {manifest.model_fingerprint[:12]}), but the model given is "
             f"{loaded.model_id!r} ({loaded.fingerprint[:12]}). Load it with the same model."
         )
-    if loaded.tokenizer_fingerprint != manifest["tokenizer_fingerprint"]:
+    if loaded.tokenizer_fingerprint != manifest.tokenizer_fingerprint:
         raise IndexLoadError(
             "Tokenizer mismatch: the model's tokenizer differs from the one the index was built "
             "with, so token positions would not line up. Rebuild the index or use that tokenizer."
         )
-    bundle = SAEBundle.load(folder / "sae")
-    if bundle.checksum != manifest["sae_checksum"]:
+    assert stored.bundle is not None
+    if stored.bundle.checksum != manifest.sae_checksum:
         raise IndexLoadError(
             "SAE mismatch: the SAE bundle in the index does not match the checksum it was built "
             "with. Rebuild the index."
         )
-    try:
-        config = RetrieverConfig.from_dict(manifest["config"])
-    except (TypeError, ValueError) as exc:
-        raise IndexLoadError(f"{folder}/manifest.json holds invalid settings: {exc}") from exc
-    return folder, manifest, loaded, bundle, config
+    return stored, loaded, config
 
 
-def check_heads_match(manifest: dict[str, Any], heads: Sequence[tuple[int, int]]) -> None:
+def check_heads_match(stored: StoredIndex, heads: Sequence[tuple[int, int]]) -> None:
     """Refuse an index whose saved retrieval heads differ from those the settings select."""
-    if [list(h) for h in heads] != manifest["heads"]:
+    if [list(h) for h in heads] != [list(h) for h in stored.manifest.heads]:
         raise IndexLoadError("The saved retrieval heads differ from those the config selects.")

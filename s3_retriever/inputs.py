@@ -36,6 +36,13 @@ def whole_number(value: Any, what: str) -> int:
         raise TypeError(f"{what} must be an int, got {type(value).__name__}") from None
 
 
+def check_id_type(doc_id: Any, what: str) -> None:
+    """Ids are str: 5 or b"x" would become "5" or "b'x'", and then delete([5]) or a doc_id filter
+    of 5 would match nothing."""
+    if not isinstance(doc_id, str):
+        raise TypeError(f"{what} is {type(doc_id).__name__} ({doc_id!r}); ids must be str")
+
+
 def check_ids_free(ids: Sequence[str], existing_ids: Sequence[str]) -> None:
     """Refuse ids the index already holds."""
     existing = set(existing_ids)
@@ -70,10 +77,11 @@ def new_documents(
             raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
         for i, doc_id in enumerate(ids):
             # None would silently become the id "None"; an empty id makes hit ids ambiguous.
-            if doc_id is None or str(doc_id) == "":
+            if doc_id is None or doc_id == "":
                 raise ValueError(f"ids[{i}] is {doc_id!r}; every document needs a non-empty id")
-            check_encodable(str(doc_id), f"ids[{i}]")
-        ids_list = [str(i) for i in ids]
+            check_id_type(doc_id, f"ids[{i}]")
+            check_encodable(doc_id, f"ids[{i}]")
+        ids_list = list(ids)
     if len(set(ids_list)) != len(ids_list):
         raise ValueError("ids contain duplicates; every document needs its own id")
     check_ids_free(ids_list, existing_ids)

@@ -15,6 +15,7 @@ loaded model), :attr:`~S3Retriever.bundle` (its SAEs), :attr:`~S3Retriever.confi
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,8 @@ from s3_retriever.header import build_header, check_heads_match, open_saved
 from s3_retriever.heads import check_heads, check_saes, fallback_heads, fields_of
 from s3_retriever.index.index import Index
 from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys, shift_positions
-from s3_retriever.index.storage import read_index, save_index
-from s3_retriever.inputs import check_ids_free, new_documents, search_arguments
+from s3_retriever.index.storage import fill_index, save_index
+from s3_retriever.inputs import check_id_type, check_ids_free, new_documents, search_arguments
 from s3_retriever.model.loading import LoadedModel, attention_shape, load_model
 from s3_retriever.model.scan import Scanner, tokenize
 from s3_retriever.rwlock import ReadWriteLock
@@ -107,6 +108,7 @@ class S3Retriever:
         """Everything a search reads: corpus, key stores, postings, clusters and BM25."""
         self._questions = QuestionEncoder(self.scanner, loaded.tokenizer, self.heads)
         self._lock = ReadWriteLock()
+        self._save_lock = threading.Lock()
 
     @property
     def loaded(self) -> LoadedModel:
@@ -193,6 +195,9 @@ class S3Retriever:
         """Remove documents by id; returns how many were removed (unknown ids are ignored)."""
         if isinstance(ids, str):
             ids = [ids]
+        ids = list(ids)
+        for i, doc_id in enumerate(ids):
+            check_id_type(doc_id, f"ids[{i}]")
         with self._lock.write():
             return self.index.delete(ids)
 
@@ -277,8 +282,9 @@ class S3Retriever:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to a versioned directory, atomically (see :mod:`.index.storage`)."""
         header = build_header(self.model, self.bundle, self.config, self.heads, self.fields)
-        # Saving only reads the index, so queries go on meanwhile; commits wait.
-        with self._lock.read():
+        # Saving only reads the index, so queries go on meanwhile; commits wait. Saves take
+        # turns, since each records the version it wrote (index.versions).
+        with self._save_lock, self._lock.read():
             save_index(
                 self.index,
                 header,
@@ -300,10 +306,11 @@ class S3Retriever:
 
         ``dtype`` defaults to the precision the index was built with.
         """
-        folder, manifest, loaded, bundle, config = open_saved(
+        stored, loaded, config = open_saved(
             Path(path), model_path=model_path, device=device, dtype=dtype
         )
-        retriever = cls(loaded, bundle, config)
-        check_heads_match(manifest, retriever.heads)
-        read_index(retriever.index, folder, manifest)
+        assert stored.bundle is not None
+        retriever = cls(loaded, stored.bundle, config)
+        check_heads_match(stored, retriever.heads)
+        fill_index(retriever.index, stored, path)
         return retriever

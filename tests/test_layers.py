@@ -28,13 +28,14 @@ LAYERS: dict[str, int] = {
     "config": 6,
     "inputs": 6,
     "heads": 6,
-    "header": 7,
-    "retriever": 8,
-    "bulk": 9,
-    "testing": 9,
-    "eval": 10,
-    "cli_research": 11,
-    "cli": 12,
+    "schema": 7,
+    "header": 8,
+    "retriever": 9,
+    "bulk": 10,
+    "testing": 10,
+    "eval": 11,
+    "cli_research": 12,
+    "cli": 13,
 }
 """Layer of each top-level module or stage package, lowest first."""
 

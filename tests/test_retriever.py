@@ -281,7 +281,9 @@ def test_add_documents_assigns_unique_ids(small: S3Retriever) -> None:
     ids = small.add_documents(["one sentence.", "two sentences here."])
     assert len(ids) == 2 and len(set(ids)) == 2
     assert small.doc_ids[-2:] == ids
-    assert small.add_documents(["third."], ids=[7]) == ["7"]  # type: ignore[list-item]
+    # Ids are str: 7 used to become "7", which delete([7]) then never matched.
+    with pytest.raises(TypeError, match="ids must be str"):
+        small.add_documents(["third."], ids=[7])  # type: ignore[list-item]
 
 
 def test_failed_scan_commits_nothing(small: S3Retriever, monkeypatch: pytest.MonkeyPatch) -> None:

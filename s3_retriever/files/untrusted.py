@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,65 +21,38 @@ MAX_MANIFEST_BYTES = 16 << 20
 MAX_ARRAY_BYTES = 1 << 40
 """Ceiling on one stored array (1 TiB), far above any real index and below what would exhaust
 a machine's address space when a header lies."""
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 _NUMERIC_KINDS = "biuf"
 """bool, signed and unsigned integers, floats: the only dtypes an index stores."""
-
-MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "format_version": int,
-    "model_id": str,
-    "model_fingerprint": str,
-    "tokenizer_fingerprint": str,
-    "sae_checksum": str,
-    "config": dict,
-    "heads": list,
-    "n_documents": int,
-    "n_positions": int,
-    "files": dict,
-}
-"""Every manifest field that loading reads, with its JSON type."""
 
 
 class UntrustedFileError(S3RetrieverError, ValueError):
     """A file's content is malformed or declares more than it holds; the message says which."""
 
 
-def read_json_file(path: Path, max_bytes: int | None = None) -> Any:
+class HugeInt(str):
+    """An integer literal too long to be any count (see :func:`read_json_file`), kept as its
+    digits so the schema can name the field that holds it."""
+
+
+def _bounded_int(digits: str) -> int | HugeInt:
+    # Python refuses to convert over 4,300 digits with a ValueError that names no field.
+    return HugeInt(digits) if len(digits) > 30 else int(digits)
+
+
+def read_json_file(path: Path, max_bytes: int | None = None, bounded_ints: bool = False) -> Any:
     """Parse a JSON file of at most ``max_bytes`` (default :data:`MAX_MANIFEST_BYTES`), refusing
-    larger ones before reading them."""
+    larger ones before reading them. With ``bounded_ints``, integers of over 30 digits are read
+    as :class:`HugeInt` for the caller to refuse by field."""
     max_bytes = MAX_MANIFEST_BYTES if max_bytes is None else max_bytes
     size = path.stat().st_size
     if size > max_bytes:
         raise UntrustedFileError(f"{path} is {size} bytes, more than the {max_bytes} allowed")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text, parse_int=_bounded_int) if bounded_ints else json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError also covers integers past Python's 4,300-digit conversion limit.
         raise UntrustedFileError(f"{path} is not valid UTF-8 JSON: {exc}") from exc
-
-
-def check_manifest_fields(manifest: dict[str, Any]) -> None:
-    """Every field loading reads is present with the right type; the file list names safe paths.
-
-    Raises:
-        UntrustedFileError: naming the first missing or mistyped field or the bad file entry.
-    """
-    for name, kind in MANIFEST_FIELDS.items():
-        value = manifest.get(name)
-        # bool is an int in Python, but never a valid count or version here.
-        if not isinstance(value, kind) or isinstance(value, bool):
-            found = "missing" if name not in manifest else type(value).__name__
-            expected = (
-                kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            )
-            raise UntrustedFileError(f"manifest field {name!r} is {found}, expected {expected}")
-    for name, digest in manifest["files"].items():
-        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-            raise UntrustedFileError(f"manifest entry {name!r} has no sha256 digest")
-        parts = name.split("/")
-        if "\x00" in name or "\\" in name or os.path.isabs(name) or ".." in parts:
-            raise UntrustedFileError(f"manifest entry {name!r} points outside the index folder")
-        if any(part in ("", ".") for part in parts):
-            raise UntrustedFileError(f"manifest entry {name!r} is not a plain relative path")
 
 
 def npy_header(path: Path, max_bytes: int = MAX_ARRAY_BYTES) -> tuple[tuple[int, ...], np.dtype]:

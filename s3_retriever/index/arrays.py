@@ -6,6 +6,7 @@ functions, so the checks on a file the library reads back live in one place.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -35,4 +36,21 @@ def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
         raise IndexLoadError(f"{path} is not a plain numeric .npy array ({exc}); refused.") from exc
     if not isinstance(array, np.ndarray) or array.dtype.hasobject:
         raise IndexLoadError(f"{path} does not hold a numeric array; refused.")
+    return array
+
+
+def typed(
+    arrays: Mapping[str, np.ndarray], name: str, kind: str, what: str, folder: Path
+) -> np.ndarray:
+    """The stored array ``name``, refused unless its dtype is of numpy ``kind`` (e.g. "i")."""
+    array = arrays.get(name)
+    if array is None:
+        raise IndexLoadError(
+            f"{folder}/{name} is missing; the index is damaged. Rebuild the index."
+        )
+    if array.dtype.kind not in kind:
+        raise IndexLoadError(
+            f"{folder}/{name} holds {array.dtype} values, expected {what}; the index is "
+            f"damaged. Rebuild the index."
+        )
     return array

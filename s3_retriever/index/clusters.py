@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from s3_retriever.errors import IndexLoadError
-from s3_retriever.index.arrays import load_npy, write_npy
+from s3_retriever.index.arrays import typed, write_npy
 from s3_retriever.index.key_store import KeyStore
 
 CLUSTER_ARRAYS = ("means", "variance", "spread", "cluster_of")
@@ -252,15 +252,17 @@ def save_clusters(keys: KeyStore, stem: Path) -> None:
         write_npy(Path(f"{stem}_{name}.npy"), array)
 
 
-def read_clusters(keys: KeyStore, stem: Path, n_positions: int) -> None:
+def read_clusters(
+    keys: KeyStore, arrays: Mapping[str, np.ndarray], stem: str, n_positions: int, folder: Path
+) -> None:
     """Attach saved clusters to the store, when the index has them (small indexes do not)."""
-    if not Path(f"{stem}_means.npy").is_file():
+    if f"{stem}_means.npy" not in arrays:
         return
-    arrays = {
-        name: load_npy(Path(f"{stem}_{name}.npy"), mmap=name == "cluster_of")
+    saved = {
+        name: typed(arrays, f"{stem}_{name}.npy", "iuf", "numbers", folder)
         for name in CLUSTER_ARRAYS
     }
     try:
-        attach_clusters(keys, KeyClusters.from_arrays(arrays, n_positions, keys.head_dim))
+        attach_clusters(keys, KeyClusters.from_arrays(saved, n_positions, keys.head_dim))
     except ValueError as exc:
-        raise IndexLoadError(f"{stem.parent.parent}: {exc}; rebuild the index.") from exc
+        raise IndexLoadError(f"{folder}: {exc}; rebuild the index.") from exc

@@ -8,6 +8,7 @@ position-keyed arrays (postings, stored keys) are remapped with one vectorised p
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from s3_retriever.errors import IndexLoadError
 from s3_retriever.files.untrusted import UntrustedFileError, documents_fit, read_json_file
-from s3_retriever.index.arrays import load_npy, write_npy
+from s3_retriever.index.arrays import typed, write_npy
 
 TABLES = ("doc_token_start", "doc_token_count", "unit_doc", "unit_chars", "unit_tokens")
 """The corpus's arrays, saved as ``corpus/{name}.npy``."""
@@ -127,9 +128,8 @@ class Corpus:
             write_npy(folder / "corpus" / f"{name}.npy", getattr(self, name))
 
     @classmethod
-    def read(cls, folder: Path, n_documents: int, n_positions: int) -> Corpus:
-        """The corpus :meth:`save` wrote into ``folder``, checked for consistency and against
-        the ``n_documents`` and ``n_positions`` the manifest says it holds."""
+    def read_documents(cls, folder: Path) -> Corpus:
+        """Ids, texts and metadata from the ``documents.json`` :meth:`save` wrote (no tables)."""
         path = folder / "documents.json"
         if not path.is_file():
             raise IndexLoadError(f"{path} is missing; the index is damaged. Rebuild the index.")
@@ -142,19 +142,24 @@ class Corpus:
                 f"{path} does not hold unique string ids, string texts and dict metadata of equal "
                 f"count; the index is damaged. Rebuild the index."
             )
-        corpus = cls(
+        return cls(
             doc_ids=list(documents["ids"]),
             texts=list(documents["texts"]),
             metadatas=list(documents["metadatas"]),
         )
+
+    def read_tables(
+        self, arrays: Mapping[str, np.ndarray], folder: Path, n_documents: int, n_positions: int
+    ) -> None:
+        """Take the tables :meth:`save` wrote from ``arrays`` (by file name), checked for
+        consistency and against the ``n_documents`` and ``n_positions`` of the manifest."""
         for name in TABLES:
-            setattr(corpus, name, load_npy(folder / "corpus" / f"{name}.npy"))
-        if corpus.n_positions != n_positions or len(corpus) != n_documents:
+            setattr(self, name, typed(arrays, f"corpus/{name}.npy", "i", "signed integers", folder))
+        if self.n_positions != n_positions or len(self) != n_documents:
             raise IndexLoadError(f"{folder}: document tables disagree with the manifest; rebuild.")
-        problem = corpus_problem(corpus)
+        problem = corpus_problem(self)
         if problem:
             raise IndexLoadError(f"{folder}: {problem}; the index is damaged. Rebuild the index.")
-        return corpus
 
 
 def check_metadata(metadata: Any, doc_id: str) -> dict[str, Any]:
@@ -170,17 +175,29 @@ def check_metadata(metadata: Any, doc_id: str) -> dict[str, Any]:
         raise TypeError(f"metadata for document {doc_id!r} must be a dict, got {type(metadata)}")
     hint = "use str keys and str, int, float, bool, None, list or dict values"
     try:
-        encoded = json.dumps(metadata, allow_nan=False)
+        encoded = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(
             f"metadata for document {doc_id!r} is not JSON-serialisable ({exc}); {hint}."
         ) from exc
-    if json.loads(encoded) != metadata:
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # json.dumps escapes it, but documents.json is written as UTF-8 text, so every later
+        # save of the index would fail.
+        raise ValueError(
+            f"metadata for document {doc_id!r} holds an unpaired surrogate (invalid UTF-8 in "
+            f"its source, at {encoded[max(exc.start - 20, 0) : exc.start]!r}); decode the source "
+            f"with errors='replace' or fix its encoding first."
+        ) from None
+    copy: dict[str, Any] = json.loads(encoded)
+    if copy != metadata:
         raise TypeError(
             f"metadata for document {doc_id!r} would change when saved as JSON (non-str keys or "
             f"tuples); {hint}."
         )
-    return dict(metadata)
+    # The round trip is a deep copy: the caller changing its dict later leaves the index alone.
+    return copy
 
 
 def corpus_problem(corpus: Corpus) -> str | None:

@@ -54,6 +54,9 @@ class Index:
         self.key_stores: dict[Field, KeyStore] = {f: KeyStore(head_dim) for f in key_fields}
         self.postings: dict[Field, Postings] = {f: Postings(n) for f, n in postings_latents.items()}
         self.bm25 = BM25Index(lexical)
+        self.versions: dict[str, str] = {}
+        """Index folder -> sha256 of the manifest this index was last read from or saved as
+        there; a save refuses to replace a version it has not seen (another writer's)."""
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -149,14 +152,23 @@ class Index:
         for f, postings in self.postings.items():
             postings.save(folder / _stem("postings", f))
 
-    def read(self, folder: Path, format_version: int, n_documents: int, n_positions: int) -> None:
-        """Replace the contents by what :meth:`write` put in ``folder`` (large arrays mapped);
+    def read(
+        self,
+        folder: Path,
+        documents: Corpus,
+        arrays: Mapping[str, np.ndarray],
+        format_version: int,
+        n_documents: int,
+        n_positions: int,
+    ) -> None:
+        """Replace the contents by what :meth:`write` put in ``folder``, read back as
+        ``documents`` and ``arrays`` (by file name; the large ones memory-mapped).
         ``n_documents`` and ``n_positions`` are what the manifest says it holds."""
-        corpus = Corpus.read(folder, n_documents, n_positions)
+        documents.read_tables(arrays, folder, n_documents, n_positions)
         for f, store in self.key_stores.items():
-            store.read(folder / _stem("keys", f), n_positions)
-            read_clusters(store, folder / _stem("clusters", f), n_positions)
+            store.read(arrays, _stem("keys", f), n_positions, folder)
+            read_clusters(store, arrays, _stem("clusters", f), n_positions, folder)
         for f, postings in self.postings.items():
-            postings.read(folder / _stem("postings", f), n_positions, format_version)
-        self.corpus = corpus
+            postings.read(arrays, _stem("postings", f), n_positions, format_version, folder)
+        self.corpus = documents
         self.bm25.invalidate()

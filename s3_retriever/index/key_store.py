@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -10,7 +10,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from s3_retriever.errors import IndexLoadError
-from s3_retriever.index.arrays import load_npy, write_npy
+from s3_retriever.index.arrays import typed, write_npy
 
 T = TypeVar("T")
 
@@ -89,12 +89,18 @@ class KeyStore:
         write_npy(Path(f"{stem}_codes.npy"), self.codes)
         write_npy(Path(f"{stem}_scales.npy"), self.scales)
 
-    def read(self, stem: Path, n_positions: int) -> None:
-        """Replace the keys by those :meth:`save` wrote (memory-mapped), checking their shape."""
-        self.codes = load_npy(Path(f"{stem}_codes.npy"), mmap=True)
-        self.scales = load_npy(Path(f"{stem}_scales.npy"), mmap=True)
+    def read(
+        self, arrays: Mapping[str, np.ndarray], stem: str, n_positions: int, folder: Path
+    ) -> None:
+        """Take the keys :meth:`save` wrote from ``arrays`` (by file name), checking them."""
+        self.codes = typed(arrays, f"{stem}_codes.npy", "i", "int8 codes", folder)
+        self.scales = typed(arrays, f"{stem}_scales.npy", "f", "float scales", folder)
         self._derived = {}
-        if self.codes.shape != (n_positions, self.head_dim) or self.scales.shape != (n_positions,):
+        if (
+            self.codes.shape != (n_positions, self.head_dim)
+            or self.scales.shape != (n_positions,)
+            or self.codes.dtype != np.int8
+        ):
             raise IndexLoadError(
-                f"{stem.parent.parent}: stored keys have the wrong shape; rebuild the index."
+                f"{folder}: stored keys have the wrong shape or type; rebuild the index."
             )

@@ -19,13 +19,14 @@ until the postings change. New postings are buffered and merged on the next read
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from s3_retriever.errors import IndexLoadError
-from s3_retriever.index.arrays import load_npy, write_npy
+from s3_retriever.index.arrays import typed, write_npy
 
 Field = tuple[int, int]
 """(layer, kv_head): one stream of keys."""
@@ -378,31 +379,40 @@ class Postings:
         for part in self.PARTS:
             write_npy(Path(f"{stem}_{part}.npy"), getattr(self, part))
 
-    def read(self, stem: Path, n_positions: int, format_version: int) -> None:
-        """Replace the arrays by those :meth:`save` wrote (memory-mapped), then check them.
+    def read(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        stem: str,
+        n_positions: int,
+        format_version: int,
+        folder: Path,
+    ) -> None:
+        """Take the arrays :meth:`save` wrote from ``arrays`` (by file name), then check them.
 
         Format 1 kept int32 positions and float16 activations; they are re-encoded compactly.
         """
         if format_version == 1:
-            self._read_v1(stem)
+            self._read_v1(arrays, stem, folder)
         else:
             for part in self.PARTS:
-                setattr(self, part, load_npy(Path(f"{stem}_{part}.npy"), mmap=True))
+                setattr(self, part, typed(arrays, f"{stem}_{part}.npy", "iuf", "numbers", folder))
         problem = self.check(n_positions)
         if problem:
-            raise IndexLoadError(f"{stem.parent.parent}: {problem}; rebuild the index.")
+            raise IndexLoadError(f"{folder}: {problem}; rebuild the index.")
 
-    def _read_v1(self, stem: Path) -> None:
-        indptr = load_npy(Path(f"{stem}_indptr.npy"))
-        positions = load_npy(Path(f"{stem}_positions.npy"))
-        activations = load_npy(Path(f"{stem}_activations.npy"))
+    def _read_v1(self, arrays: Mapping[str, np.ndarray], stem: str, folder: Path) -> None:
+        indptr = typed(arrays, f"{stem}_indptr.npy", "iu", "integers", folder)
+        positions = typed(arrays, f"{stem}_positions.npy", "iu", "integers", folder)
+        activations = typed(arrays, f"{stem}_activations.npy", "f", "floats", folder)
         lengths = np.diff(indptr)
         if (
             indptr.shape != (self.n_latents + 1,)
             or len(positions) != len(activations)
             or (np.any(lengths < 0) or int(indptr[-1]) != len(positions))
         ):
-            raise IndexLoadError(f"{stem}: format-1 postings are inconsistent; rebuild the index.")
+            raise IndexLoadError(
+                f"{folder}/{stem}: format-1 postings are inconsistent; rebuild the index."
+            )
         ids = np.repeat(np.arange(self.n_latents), lengths)
         self.append(positions.astype(np.int64), ids[:, None], activations[:, None])
         self.flush()

@@ -213,6 +213,8 @@ class SAEBundle:
         saes: dict[int, TopKSAE] = {}
         for layer_key, shape in config["layers"].items():
             layer = int(layer_key)
+            if layer < 0:
+                raise SAEError(f"{folder}/config.json names layer {layer}; layers start at 0.")
             sae_config = SAEConfig(**shape)
             path = folder / f"layer_{layer:02d}.safetensors"
             if not path.is_file():
@@ -232,17 +234,19 @@ class SAEBundle:
             if expected != found:
                 raise SAEError(f"{path} has tensors {found}, but its config says {expected}.")
             sae = TopKSAE(sae_config)
-            sae.load_state_dict(load_file(str(path)))
+            sae.load_state_dict(_finite_tensors(path))
             sae.eval().requires_grad_(False)
             saes[layer] = sae
-        means_path = folder / "query_means.safetensors"
-        query_means: dict[int, torch.Tensor] = {}
-        if means_path.is_file():
-            query_means = {int(n.split("_")[1]): t for n, t in load_file(str(means_path)).items()}
-        maps_path = folder / "key_maps.safetensors"
-        key_maps: dict[int, torch.Tensor] = {}
-        if maps_path.is_file():
-            key_maps = {int(n.split("_")[1]): t for n, t in load_file(str(maps_path)).items()}
+        query_means = _layer_tensors(folder / "query_means.safetensors", ndim=2)
+        key_maps = _layer_tensors(folder / "key_maps.safetensors", ndim=2)
+        for layer, key_map in key_maps.items():
+            d_in = saes[layer].config.d_in if layer in saes else None
+            if d_in is None or tuple(key_map.shape) != (d_in, d_in):
+                raise SAEError(
+                    f"{folder}/key_maps.safetensors: the map of layer {layer} has shape "
+                    f"{tuple(key_map.shape)}, but that layer's SAE takes {d_in}-dim keys (a "
+                    f"square {d_in}x{d_in} map is needed); retrain or re-copy the SAE bundle."
+                )
         return cls(
             key_maps=key_maps,
             model_id=config["model_id"],
@@ -273,6 +277,41 @@ class SAEBundle:
                     f"Query means for layer {layer} have shape {tuple(means.shape)}, but the model "
                     f"has {n_heads} query heads of {head_dim} dims over {n_layers} layers."
                 )
+
+
+def _finite_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, header checked first; refuses NaN and infinity (one
+    NaN weight makes every score NaN)."""
+    try:
+        safetensors_shapes(path)
+        tensors = load_file(str(path))
+    except (UntrustedFileError, OSError, RuntimeError) as exc:
+        raise SAEError(f"{exc}; retrain or re-copy the SAE bundle.") from exc
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise SAEError(f"{path} is not a valid safetensors file ({exc}); re-copy it.") from exc
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SAEError(
+                f"{path}: tensor {name!r} holds NaN or infinite values; retrain or re-copy the "
+                f"SAE bundle."
+            )
+    return tensors
+
+
+def _layer_tensors(path: Path, ndim: int) -> dict[int, torch.Tensor]:
+    """``layer_XX`` tensors of an optional per-layer file, by layer; {} when it is absent."""
+    if not path.is_file():
+        return {}
+    out: dict[int, torch.Tensor] = {}
+    for name, tensor in _finite_tensors(path).items():
+        prefix, _, number = name.partition("_")
+        if prefix != "layer" or not number.isdigit() or tensor.ndim != ndim:
+            raise SAEError(
+                f"{path}: tensor {name!r} of shape {tuple(tensor.shape)} is not a layer_XX "
+                f"tensor of {ndim} dimensions; retrain or re-copy the SAE bundle."
+            )
+        out[int(number)] = tensor
+    return out
 
 
 def bundle_checksum(folder: Path) -> str:

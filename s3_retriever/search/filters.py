@@ -30,6 +30,12 @@ def document_mask(
         raise TypeError(
             "filters must be a mapping like {'source': 'a.txt'} or {'year': [2020, 2021]}"
         )
+    if "doc_id" in filters:
+        wanted_ids = filters["doc_id"]
+        many = isinstance(wanted_ids, (list, tuple, set, frozenset))
+        if not all(isinstance(w, str) for w in (wanted_ids if many else [wanted_ids])):
+            # Ids are always str: 5 would match nothing, silently.
+            raise TypeError(f"filters['doc_id'] must be a str or a list of str, got {wanted_ids!r}")
     mask = np.ones(len(doc_ids), dtype=bool)
     missing = object()
     for row, (meta, doc_id) in enumerate(zip(metadatas, doc_ids, strict=True)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +59,8 @@ def build_hits(
                 end_char=end,
                 text=corpus.texts[row][start:end],
                 score=float(ranked_score[run].max()),
-                metadata=dict(corpus.metadatas[row]),
+                # A deep copy: changing hit.metadata must not change the index.
+                metadata=copy.deepcopy(corpus.metadatas[row]),
                 scores=parts,
             )
         )

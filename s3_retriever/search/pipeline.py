@@ -2,8 +2,9 @@
 
 question -> question vectors (:mod:`.question`) -> position scores (:mod:`.scoring`) -> unit
 scores (:mod:`.units`) -> ranked groups (:mod:`.ranking`, with :mod:`.fusion`) -> spans packed
-under the budget (:mod:`.spans`) -> hits (:mod:`.hits`). Each step reads only what the one
-before it returned, plus the index and the settings.
+under the budget, each span's text tokenised alone fitting too (:mod:`.spans`) -> hits
+(:mod:`.hits`). Each step reads only what the one before it returned, plus the index and the
+settings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from s3_retriever.index.index import Index
+from s3_retriever.model.scan import tokenize
 from s3_retriever.sae.bundle import SAEBundle
 from s3_retriever.search.filters import Filters, document_mask
 from s3_retriever.search.hits import Hit, build_hits
@@ -18,7 +20,7 @@ from s3_retriever.search.question import QuestionEncoder
 from s3_retriever.search.ranking import rank
 from s3_retriever.search.scoring import require_store, score_index, score_index_sparse
 from s3_retriever.search.settings import Mode, SearchSettings
-from s3_retriever.search.spans import merge_adjacent, pack
+from s3_retriever.search.spans import fit_standalone, merge_adjacent, pack
 from s3_retriever.search.sparse import SparseScores
 from s3_retriever.search.units import Components, bm25_components, s3_components
 
@@ -60,4 +62,11 @@ def search(
         components.update(bm25_components(query, index))
     groups, ranked_score = rank(components, mode, unit_mask, token_budget, corpus, settings)
     chosen = pack(groups, corpus.unit_token_counts(), token_budget, corpus, max_spans=top_k)
-    return build_hits(merge_adjacent(chosen, corpus), corpus, ranked_score, components)
+    runs = fit_standalone(
+        merge_adjacent(chosen, corpus),
+        corpus,
+        ranked_score,
+        token_budget,
+        lambda text: len(tokenize(questions.tokenizer, text)),
+    )
+    return build_hits(runs, corpus, ranked_score, components)

@@ -59,8 +59,8 @@ class ScoringConfig:
             raise ValueError(f"scorer must be one of {', '.join(SCORERS)}; got {self.scorer!r}")
         if self.atoms_per_query < 1:
             raise ValueError("atoms_per_query must be at least 1")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be positive")
+        if not 0 < self.temperature < float("inf"):  # also refuses NaN
+            raise ValueError(f"temperature must be positive and finite, got {self.temperature}")
         if self.cluster_search_above is not None and self.cluster_search_above < 0:
             raise ValueError("cluster_search_above must be None or at least 0")
         if self.positions_per_row < 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,15 @@ import pytest
 
 from s3_retriever import IndexLoadError, S3Retriever
 from s3_retriever.cli import main
-from tests.reliability.crash_harness import PHASES, build_start_index, kill_once, run
+from tests.reliability.crash_harness import (
+    PHASES,
+    RESUME,
+    build_resume_start,
+    build_start_index,
+    kill_once,
+    kill_resume_once,
+    run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +111,13 @@ def test_save_removes_what_killed_saves_left(start: tuple[Path, Path], tmp_path:
     retriever.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["index", *kept])
     assert S3Retriever.load(path, model_path=model).doc_ids == retriever.doc_ids
+
+
+def test_sigkill_of_index_resume_leaves_a_prefix(start: tuple[Path, Path], tmp_path: Path) -> None:
+    """`s3-retriever index DOCS --out INDEX --resume --commit-every 1` killed after a commit: the
+    index holds the folder's first documents, each once; the docs' figure runs many of these."""
+    _, model = start
+    shutil.copytree(model.parent / "sae", tmp_path / "sae")
+    docs, index = build_resume_start(tmp_path, model, n_docs=6)
+    result = kill_resume_once(docs, index, model, random.Random(os.getpid()))
+    assert result.phase == RESUME and result.after >= 3
