@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--adds", type=int, default=5, help="adds timed per variant")
     parser.add_argument("--next", type=int, default=5, help="queries timed after the first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--name", default="first_query", help="result file name")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     texts, questions = _meetings(data_dir(args.data))
@@ -160,7 +161,7 @@ def main() -> None:
         ],
     )
     write_result(
-        "first_query",
+        args.name,
         {
             "settings": vars(args),
             "base_tokens": base_tokens,
