@@ -160,7 +160,7 @@ def main() -> None:
         f"(1-minute load average at the end: {os.getloadavg()[0]:.1f})"
     )
     write_result(
-        "load",
+        args.name,
         {
             "settings": {**vars(args), "torch_threads": torch.get_num_threads()},
             "document": {
