@@ -78,9 +78,6 @@ class BM25Index:
     def __init__(self, config: LexicalConfig | None = None) -> None:
         self.config = config or LexicalConfig()
         self._build_lock = threading.Lock()
-        self._clear()
-
-    def _clear(self) -> None:
         self._vocab: dict[str, int] = {}
         self._df = np.zeros(0, np.int64)
         self._lengths = np.zeros(0, np.int64)
@@ -115,9 +112,13 @@ class BM25Index:
 
     # ------------------------------------------------------------------ writing
     def build(self, unit_texts: Sequence[str]) -> None:
-        """Index ``unit_texts`` from scratch."""
-        self._clear()
-        self.add(unit_texts)
+        """Index ``unit_texts`` from scratch. Built aside and swapped in, then marked current
+        last, so a reader that finds the index current never sees it half built."""
+        fresh = BM25Index(self.config)
+        fresh.add(unit_texts)
+        self._vocab, self._df = fresh._vocab, fresh._df
+        self._lengths, self._segments = fresh._lengths, fresh._segments
+        self._stale = False
 
     def add(self, unit_texts: Sequence[str]) -> None:
         """Index ``unit_texts`` as the units after the current ones (tokenizing only them)."""

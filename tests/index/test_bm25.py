@@ -125,3 +125,31 @@ def test_stale_index_builds_once_on_first_query() -> None:
     assert calls == [1] and index.n_units == 2
     expected = _bm25s_rebuilt(["storm over the valley", "wheat harvest"], "wheat", index.config)
     np.testing.assert_allclose(index.scores("wheat"), expected)
+
+
+def test_threads_querying_a_stale_index_all_see_it_built() -> None:
+    """A loaded index builds on its first query; readers arriving meanwhile wait for the build
+    instead of scoring a half-built index."""
+    import threading
+
+    rng = random.Random(11)
+    texts = [_text(rng) for _ in range(3000)]
+    index = BM25Index()
+    index.invalidate()
+    expected = _bm25s_rebuilt(texts, "budget report", index.config)
+    results: list[np.ndarray] = []
+    start = threading.Barrier(4)
+
+    def reader() -> None:
+        start.wait()
+        index.ensure(lambda: texts)
+        results.append(index.scores("budget report"))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 4
+    for got in results:
+        np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-7)
