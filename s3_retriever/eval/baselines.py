@@ -31,11 +31,15 @@ __all__ = [
     "DenseBaseline",
     "Hit",
     "RRFBaseline",
+    "Splitter",
     "fill_budget",
     "split_units",
 ]
 
 T = TypeVar("T")
+
+Splitter = Callable[[str], list[tuple[int, int]]]
+"""``text -> [(start_char, end_char), ...]``: how a document is cut into ranked units."""
 
 # The characters str.splitlines() breaks at: a unit never spans one of them.
 _LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
@@ -92,12 +96,16 @@ def fill_budget(ranked: Iterable[T], cost: Callable[[T], int], budget: int) -> l
 class _UnitStore:
     """Documents, their ids and their units; shared by everything that ranks those units."""
 
-    def __init__(self, max_words: int) -> None:
+    def __init__(self, max_words: int, splitter: Splitter | None = None) -> None:
         self.max_words = max_words
+        self.splitter = splitter
+        """Cuts a document into units; None is :func:`split_units` with ``max_words``."""
         self.texts: list[str] = []
         self.ids: list[str] = []
         self.units: list[tuple[int, int, int]] = []
         """(document index, start_char, end_char) per unit, in document order."""
+        self._counts: dict[int, int] = {}
+        self._counter: Callable[[str], int] | None = None
 
     def add(self, texts: Sequence[str], ids: Sequence[str] | None) -> list[str]:
         """Add documents and split them into units; returns their ids."""
@@ -116,14 +124,22 @@ class _UnitStore:
             doc_index = len(self.texts)
             self.texts.append(text)
             self.ids.append(doc_id)
-            self.units.extend(
-                (doc_index, start, end) for start, end in split_units(text, self.max_words)
-            )
+            cut = self.splitter(text) if self.splitter else split_units(text, self.max_words)
+            self.units.extend((doc_index, start, end) for start, end in cut)
         return new_ids
 
     def unit_text(self, unit: int) -> str:
         doc, start, end = self.units[unit]
         return self.texts[doc][start:end]
+
+    def unit_tokens(self, unit: int, count_tokens: Callable[[str], int]) -> int:
+        """Token count of a unit, remembered per counter: filling a budget may try every unit
+        of a large corpus once the remainder is smaller than a chunk, for every question."""
+        if count_tokens is not self._counter:
+            self._counts, self._counter = {}, count_tokens
+        if unit not in self._counts:
+            self._counts[unit] = count_tokens(self.unit_text(unit))
+        return self._counts[unit]
 
 
 def _rank(scores: np.ndarray, keep: np.ndarray | None = None) -> list[tuple[int, float]]:
@@ -163,7 +179,7 @@ class _BudgetedRetriever(ABC):
         store = self.store
         ranked = self.rank_units(query)
         chosen = fill_budget(
-            ranked, lambda item: count_tokens(store.unit_text(item[0])), token_budget
+            ranked, lambda item: store.unit_tokens(item[0], count_tokens), token_budget
         )
         hits = []
         for unit, score in sorted(chosen):
@@ -185,10 +201,15 @@ class BM25Baseline(_BudgetedRetriever):
     score_name = "bm25"
 
     def __init__(
-        self, k1: float = 1.5, b: float = 0.75, method: str = "lucene", max_words: int = 60
+        self,
+        k1: float = 1.5,
+        b: float = 0.75,
+        method: str = "lucene",
+        max_words: int = 60,
+        splitter: Splitter | None = None,
     ) -> None:
         self.k1, self.b, self.method = k1, b, method
-        self._store = _UnitStore(max_words)
+        self._store = _UnitStore(max_words, splitter)
         self._bm25: Any = None
 
     @property
@@ -268,11 +289,12 @@ class DenseBaseline(_BudgetedRetriever):
         batch_size: int = 64,
         device: str = "cpu",
         max_words: int = 60,
+        splitter: Splitter | None = None,
     ) -> None:
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.batch_size = batch_size
         self.device = device
-        self._store = _UnitStore(max_words)
+        self._store = _UnitStore(max_words, splitter)
         self._model: Any = None
         self._tokenizer: Any = None
         self._max_length = 256
@@ -295,9 +317,12 @@ class DenseBaseline(_BudgetedRetriever):
         self._model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device)
         self._model.eval()
 
-    def clear(self) -> None:
-        """Forget every document but keep the loaded model, for reuse on the next example."""
-        self._store = _UnitStore(self._store.max_words)
+    def clear(self, splitter: Splitter | None = None) -> None:
+        """Forget every document but keep the loaded model, for reuse on the next example.
+
+        ``splitter`` cuts the next documents (None: sentence units of ``max_words``).
+        """
+        self._store = _UnitStore(self._store.max_words, splitter)
         self._embeddings = np.zeros((0, 0), dtype=np.float32)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

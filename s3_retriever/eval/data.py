@@ -69,6 +69,8 @@ class EvalExample:
     """Gold evidence as (document index, start_char, end_char); empty when the set has none."""
     task: str
     """Name of the task the example comes from (e.g. ``hotpotqa``, ``leval/scientific_qa``)."""
+    metadatas: list[dict[str, Any]] | None = None
+    """One metadata dict per document, given to ``add_documents`` with it; None for none."""
 
 
 def default_data_dir() -> Path | None:

@@ -25,6 +25,8 @@ import numpy as np
 
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.eval.baselines import DenseBaseline
+from s3_retriever.eval.chunking import CHUNK_TOKENS
+from s3_retriever.eval.corpus_tasks import load_hotpotqa_corpus, load_qmsum_corpus
 from s3_retriever.eval.data import (
     EvalExample,
     load_hotpotqa_haystacks,
@@ -34,6 +36,7 @@ from s3_retriever.eval.data import (
 )
 from s3_retriever.eval.methods import BaselineIndex, EngineIndex, Retrieved, engine_method
 from s3_retriever.eval.metrics import answer_recall, evidence_recall, full_support, qa_f1
+from s3_retriever.eval.paraphrase_needles import FOUND_THRESHOLD, load_needles
 from s3_retriever.eval.qa import Generator, render_context
 from s3_retriever.model.scan import tokenize
 from s3_retriever.retriever import S3Retriever
@@ -55,9 +58,14 @@ TASKS: dict[str, Loader] = {
     "leval/natural_question": lambda d, n, s: _window(load_leval(d, "natural_question"), n, s),
     "leval/scientific_qa": lambda d, n, s: _window(load_leval(d, "scientific_qa"), n, s),
     "leval/legal_contract_qa": lambda d, n, s: _window(load_leval(d, "legal_contract_qa"), n, s),
+    "hotpotqa-corpus": load_hotpotqa_corpus,
+    "qmsum-corpus": load_qmsum_corpus,
+    "needles": load_needles,
 }
 """Task name -> loader(data_dir, n_questions, skip). HotpotQA questions 0-299 are for
-evaluation, 300-379 for tuning and 380-499 for SAE training (see docs/measurements.md)."""
+evaluation, 300-379 for tuning and 380-499 for SAE training (see docs/measurements.md); the
+corpus and needle splits are in docs/results_corpus.md."""
+
 
 # Settings under these keys are fixed when an index is built, so a sweep over them re-indexes.
 _INDEX_SECTIONS = (
@@ -151,18 +159,29 @@ def apply_override(config: RetrieverConfig, assignment: str) -> RetrieverConfig:
     return config.replace(**{section: dataclasses.replace(component, **{name: value})})  # type: ignore[type-var]
 
 
+SWEEP_SEPARATOR = " + "
+"""Separates several sweeps in one ``--sweep``; each varies one setting from the base alone,
+and settings read at query time share one index (one scan serves several levers)."""
+
+
 def variants(base: RetrieverConfig, settings: EvalSettings) -> list[tuple[str, RetrieverConfig]]:
     """The configs to evaluate: the base with overrides, once per sweep value."""
     for assignment in settings.overrides:
         base = apply_override(base, assignment)
     if not settings.sweep:
         return [("default", base)]
-    path, sep, values = settings.sweep.partition("=")
-    if not sep or not values:
-        raise ValueError(f"--sweep takes section.field=v1,v2,...; got {settings.sweep!r}")
-    # Head sets hold commas themselves, so they are separated by ';': 8:0,8:1;5:6
-    choices = values.split(";") if path == "retrieval_heads" else values.split(",")
-    return [(f"{path}={v}", apply_override(base, f"{path}={v}")) for v in choices]
+    out: list[tuple[str, RetrieverConfig]] = []
+    for sweep in settings.sweep.split(SWEEP_SEPARATOR):
+        path, sep, values = sweep.strip().partition("=")
+        if not sep or not values:
+            raise ValueError(f"--sweep takes section.field=v1,v2,...; got {sweep!r}")
+        # Head sets hold commas themselves, so they are separated by ';': 8:0,8:1;5:6
+        choices = values.split(";") if path == "retrieval_heads" else values.split(",")
+        out += [(f"{path}={v}", apply_override(base, f"{path}={v}")) for v in choices]
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--sweep names a setting value twice: {labels}")
+    return out
 
 
 def _index_key(config: RetrieverConfig) -> str:
@@ -244,7 +263,16 @@ def run_eval(
             docs = group[0].documents
             tokens_per_doc_set[task].append(sum(count_tokens(d) for d in docs))
             started = time.perf_counter()
-            baselines = BaselineIndex(baseline_methods, docs, count_tokens, offsets, dense)
+            baselines = BaselineIndex(
+                baseline_methods,
+                docs,
+                count_tokens,
+                offsets,
+                dense,
+                chunk_tokens=CHUNK_TOKENS.get(task),
+                loaded=retriever.model,
+                heads=retriever.heads,
+            )
             tally.add(
                 (task, "index_seconds_per_doc", "baselines"),
                 (time.perf_counter() - started) / len(docs),
@@ -254,7 +282,9 @@ def run_eval(
             for label, config in configs:
                 if engine_methods and _index_key(config) != built_key:
                     started = time.perf_counter()
-                    engine = EngineIndex(retriever, config, docs)
+                    engine = EngineIndex(
+                        retriever, config, docs, group[0].doc_ids, group[0].metadatas
+                    )
                     tally.add(
                         (task, "index_seconds_per_doc", "s3"),
                         (time.perf_counter() - started) / len(docs),
@@ -262,6 +292,9 @@ def run_eval(
                     built_key = _index_key(config)
                 for example in group:
                     for method in settings.methods:
+                        first = True
+                        if engine is not None:
+                            engine.forget_questions()
                         for budget in sorted(set(settings.budgets) | set(settings.qa_budgets)):
                             started = time.perf_counter()
                             pieces = _retrieve(
@@ -269,6 +302,11 @@ def run_eval(
                             )
                             elapsed = time.perf_counter() - started
                             key = (label, task, method, str(budget))
+                            if first:
+                                # The first budget pays for the question's forward pass; the
+                                # others reuse it (both the engine and rerank remember it).
+                                tally.add((label, task, method, "first_latency"), elapsed)
+                                first = False
                             if budget in settings.budgets:
                                 tally.add((label, task, method, "latency"), elapsed)
                                 _score(tally, key, pieces, example)
@@ -311,11 +349,13 @@ def _score(
     if example.gold:
         tally.add((*key, "evidence_recall"), evidence_recall(ranges, example.gold))
         tally.add((*key, "full_support"), full_support(ranges, example.gold))
+        if example.task == "needles":
+            tally.add((*key, "found"), full_support(ranges, example.gold, FOUND_THRESHOLD))
     text = "\n".join(p.text for p in pieces)
     tally.add((*key, "answer_recall"), answer_recall(text, example.answers))
 
 
-METRICS = ("evidence_recall", "full_support", "answer_recall", "qa_f1")
+METRICS = ("evidence_recall", "full_support", "found", "answer_recall", "qa_f1")
 
 
 def _report(
@@ -340,6 +380,7 @@ def _report(
                 per_method[method] = {
                     "budgets": per_budget,
                     "query_seconds": tally.mean((label, task, method, "latency")),
+                    "first_query_seconds": tally.mean((label, task, method, "first_latency")),
                 }
             full_f1 = tally.mean((label, task, "full-context", "qa_f1"))
             if full_f1 is not None:

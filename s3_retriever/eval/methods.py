@@ -8,6 +8,12 @@ budget counted with the scanned model's tokenizer, so all methods are charged th
 - ``bm25``, ``dense`` (all-MiniLM-L6-v2) and ``bm25+dense`` (reciprocal-rank fusion, what
   LangChain's EnsembleRetriever does) rank the same sentence-bounded units of at most 60 words.
 - ``full``: the whole context, middle-truncated to the budget (the long-context baseline).
+- ``rerank`` (``rerank:N``): BM25's top N chunks (default 30) re-ranked by the calibrated
+  in-context attention of the engine's retrieval heads (:mod:`s3_retriever.eval.rerank`);
+  ``rerank-all`` reads every head of every layer instead, as ICR does.
+
+On the corpus and needle tasks the baselines rank fixed 128-token chunks of each document
+(:mod:`s3_retriever.eval.chunking`); elsewhere they rank sentence units, as before.
 """
 
 from __future__ import annotations
@@ -15,22 +21,28 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from s3_retriever.config import RetrieverConfig
-from s3_retriever.eval.baselines import BM25Baseline, DenseBaseline, RRFBaseline
+from s3_retriever.eval.baselines import BM25Baseline, DenseBaseline, RRFBaseline, Splitter
+from s3_retriever.eval.chunking import token_splitter
+from s3_retriever.eval.rerank import DEFAULT_CANDIDATES, AttentionReranker
+from s3_retriever.model.loading import LoadedModel, attention_shape
 from s3_retriever.retriever import Mode, S3Retriever
 from s3_retriever.search.settings import SCORERS, ScorerName
 
 __all__ = [
     "BASELINE_METHODS",
+    "RERANK_METHODS",
     "Retrieved",
     "engine_method",
     "middle_truncate",
     "parse_methods",
+    "rerank_method",
 ]
 
 BASELINE_METHODS: tuple[str, ...] = ("bm25", "dense", "bm25+dense", "full")
+RERANK_METHODS: tuple[str, ...] = ("rerank", "rerank-all")
 ENGINE_MODES: tuple[str, ...] = ("s3", "hybrid")
 
 
@@ -52,11 +64,24 @@ def engine_method(name: str) -> tuple[Mode, ScorerName] | None:
     return None
 
 
+def rerank_method(name: str) -> tuple[bool, int] | None:
+    """``(every head, candidates)`` for ``rerank``, ``rerank:N``, ``rerank-all[:N]``; else None."""
+    base, sep, count = name.partition(":")
+    if base not in RERANK_METHODS:
+        return None
+    if not sep:
+        return base == "rerank-all", DEFAULT_CANDIDATES
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{name!r}: the candidate count after ':' must be a positive integer")
+    return base == "rerank-all", int(count)
+
+
 def parse_methods(spec: str) -> list[str]:
     """Split and check a comma-separated method list, with a message listing the valid names."""
     names = [name.strip() for name in spec.split(",") if name.strip()]
     valid = [f"{m}:{s}" for m in ENGINE_MODES for s in SCORERS] + list(BASELINE_METHODS)
-    unknown = [name for name in names if name not in valid]
+    valid += [*RERANK_METHODS, "rerank:N", "rerank-all:N"]
+    unknown = [name for name in names if name not in valid and rerank_method(name) is None]
     if unknown or not names:
         raise ValueError(f"unknown method(s) {unknown or spec!r}; choose from {', '.join(valid)}")
     return names
@@ -82,12 +107,26 @@ class EngineIndex:
     """
 
     def __init__(
-        self, template: S3Retriever, config: RetrieverConfig, documents: Sequence[str]
+        self,
+        template: S3Retriever,
+        config: RetrieverConfig,
+        documents: Sequence[str],
+        doc_ids: Sequence[str] | None = None,
+        metadatas: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self.retriever = S3Retriever(template.model, template.bundle, config)
-        self.doc_ids = [f"d{i}" for i in range(len(documents))]
-        self.retriever.add_documents(list(documents), ids=self.doc_ids)
+        self.doc_ids = list(doc_ids) if doc_ids else [f"d{i}" for i in range(len(documents))]
+        self.retriever.add_documents(list(documents), ids=self.doc_ids, metadatas=metadatas)
         self._rows = {doc_id: row for row, doc_id in enumerate(self.doc_ids)}
+
+    def forget_questions(self) -> None:
+        """Drop the retriever's remembered question forward passes, so the next query is timed
+        cold (S3-Pure and S3-Hybrid would otherwise share one)."""
+        # The retriever keeps no public switch for this; its question encoder holds the memory.
+        questions = getattr(self.retriever, "_questions", None)
+        remembered = getattr(questions, "_cache", None)
+        if remembered is not None:
+            remembered.clear()
 
     def retrieve(
         self,
@@ -110,7 +149,11 @@ class EngineIndex:
 
 
 class BaselineIndex:
-    """The unit-ranking baselines and the full-context truncation over one example."""
+    """The unit-ranking baselines and the full-context truncation over one example.
+
+    ``chunk_tokens`` cuts every document into windows of that many model tokens for all
+    rankers (None: sentence units). ``rerank`` methods need ``loaded`` and ``heads``.
+    """
 
     def __init__(
         self,
@@ -119,19 +162,33 @@ class BaselineIndex:
         count_tokens: Callable[[str], int],
         tokenize_offsets: Callable[[str], list[tuple[int, int]]],
         dense: DenseBaseline | None,
+        chunk_tokens: int | None = None,
+        loaded: LoadedModel | None = None,
+        heads: Sequence[tuple[int, int]] = (),
     ) -> None:
         self.documents = list(documents)
         self.count_tokens = count_tokens
         self.tokenize_offsets = tokenize_offsets
-        self.rankers: dict[str, BM25Baseline | DenseBaseline | RRFBaseline] = {}
-        bm25 = BM25Baseline() if {"bm25", "bm25+dense"} & set(methods) else None
+        self.rankers: dict[str, Any] = {}
+        splitter: Splitter | None = None
+        if chunk_tokens is not None:
+            splitter = token_splitter(tokenize_offsets, chunk_tokens)
+        rerankers = {m: rerank_method(m) for m in methods if rerank_method(m) is not None}
+        needs_bm25 = {"bm25", "bm25+dense"} & set(methods) or rerankers
+        bm25 = BM25Baseline(splitter=splitter) if needs_bm25 else None
         if {"dense", "bm25+dense"} & set(methods) and dense is None:
             raise ValueError("the dense baseline needs a DenseBaseline instance")
         if bm25 is not None:
             bm25.add_documents(self.documents)
             self.rankers["bm25"] = bm25
+        for method, parsed in rerankers.items():
+            if loaded is None or bm25 is None:
+                raise ValueError("the rerank methods need the loaded model and its heads")
+            every_head, candidates = parsed  # type: ignore[misc]
+            chosen = _every_head(loaded) if every_head else list(heads)
+            self.rankers[method] = AttentionReranker(loaded, chosen, bm25, candidates)
         if dense is not None and {"dense", "bm25+dense"} & set(methods):
-            dense.clear()
+            dense.clear(splitter)
             dense.add_documents(self.documents)
             self.rankers["dense"] = dense
             if "bm25+dense" in methods and bm25 is not None:
@@ -157,3 +214,9 @@ class BaselineIndex:
                 start, end = in_doc[0][1], in_doc[-1][2]
                 out.append(Retrieved(doc, start, end, self.documents[doc][start:end]))
         return out
+
+
+def _every_head(loaded: LoadedModel) -> list[tuple[int, int]]:
+    """Every (layer, query head) of the model: ICR's aggregation over all heads."""
+    n_layers, n_heads, _, _ = attention_shape(loaded.model)
+    return [(layer, head) for layer in range(n_layers) for head in range(n_heads)]

@@ -29,9 +29,10 @@ def markdown(report: dict[str, Any], command: str) -> str:
                 f"{info['mean_tokens']:.0f} tokens.",
                 "",
             ]
-            metric = "evidence_recall" if _has(methods, "evidence_recall") else "answer_recall"
+            metric = _main_metric(methods)
+            cold = any(c.get("first_query_seconds") is not None for c in methods.values())
             header = [f"{metric.replace('_', ' ')} @{b}" for b in budgets]
-            header += ["query ms"]
+            header += ["query ms"] + (["first query ms"] if cold else [])
             lines += ["| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
             for method, cell in methods.items():
                 if method == "full-context":
@@ -40,6 +41,9 @@ def markdown(report: dict[str, Any], command: str) -> str:
                 row = [f"{v:.3f}" if v is not None else "-" for v in values]
                 seconds = cell.get("query_seconds")
                 row.append(f"{1000 * seconds:.0f}" if seconds is not None else "-")
+                if cold:
+                    seconds = cell.get("first_query_seconds")
+                    row.append(f"{1000 * seconds:.0f}" if seconds is not None else "-")
                 lines.append(f"| {method} | " + " | ".join(row) + " |")
             lines.append("")
             qa_rows = [
@@ -70,6 +74,14 @@ def markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _main_metric(methods: dict[str, Any]) -> str:
+    """The metric a task's table shows: needles found, else evidence, else answer recall."""
+    for metric in ("found", "evidence_recall"):
+        if _has(methods, metric):
+            return metric
+    return "answer_recall"
+
+
 def _has(methods: dict[str, Any], metric: str) -> bool:
     return any(
         metric in budget_cell
@@ -92,7 +104,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     budgets = report["settings"]["budgets"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     for ax, (task, methods) in zip(axes[0], tasks.items(), strict=True):
-        metric = "evidence_recall" if _has(methods, "evidence_recall") else "answer_recall"
+        metric = _main_metric(methods)
         for method, cell in methods.items():
             if method == "full-context":
                 continue

@@ -52,6 +52,24 @@ def test_sweep_gives_one_config_per_value(data_dir: Path) -> None:
     ]
 
 
+def test_several_sweeps_each_vary_one_setting_from_the_base(data_dir: Path) -> None:
+    sweep = "scoring.temperature=0.5,2 + query_template=Q: {question}"
+    settings = EvalSettings(data_dir, ["hotpotqa-3k"], ["bm25"], sweep=sweep)
+    configs = variants(RetrieverConfig(), settings)
+    assert [label for label, _ in configs] == [
+        "scoring.temperature=0.5",
+        "scoring.temperature=2",
+        "query_template=Q: {question}",
+    ]
+    assert [c.scoring.temperature for _, c in configs] == [0.5, 2.0, 1.0]
+    assert [c.query_template for _, c in configs] == ["{question}"] * 2 + ["Q: {question}"]
+    twice = EvalSettings(
+        data_dir, ["hotpotqa-3k"], ["bm25"], sweep="scoring.temperature=2 + scoring.temperature=2"
+    )
+    with pytest.raises(ValueError, match="twice"):
+        variants(RetrieverConfig(), twice)
+
+
 def test_bad_settings_are_refused(data_dir: Path) -> None:
     with pytest.raises(ValueError, match="unknown task"):
         EvalSettings(data_dir, ["hotpot"], ["bm25"])
