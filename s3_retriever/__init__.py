@@ -8,10 +8,12 @@ from s3_retriever.model.scan import ScanConfig
 from s3_retriever.retriever import Hit, S3Retriever
 from s3_retriever.sae.bundle import SAEBundle, SAEConfig, TopKSAE
 from s3_retriever.search.fusion import HybridConfig
+from s3_retriever.search.relevance import FewerHitsWarning
 from s3_retriever.search.settings import ScoringConfig, SearchSettings
 from s3_retriever.search.spans import SpanConfig
 
 __all__ = [
+    "FewerHitsWarning",
     "Hit",
     "HybridConfig",
     "IndexLoadError",

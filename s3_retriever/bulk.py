@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from s3_retriever.console import Progress, progress_bar
 from s3_retriever.errors import S3RetrieverError
 
 if TYPE_CHECKING:
@@ -129,19 +130,31 @@ def _inside(root: Path, target: Path) -> bool:
     return target == root or root in target.parents
 
 
+def _holds_no_text(path: Path) -> bool:
+    """An empty or whitespace-only file (a JSONL file: no non-blank line)."""
+    with open(path, "rb") as handle:
+        return all(not chunk.strip() for chunk in iter(lambda: handle.read(1 << 16), b""))
+
+
+def empty_inputs(paths: Sequence[str | Path], follow_links: bool = False) -> list[Path]:
+    """The input files that hold no text; :func:`iter_documents` skips them."""
+    return [p for p in _files([Path(p) for p in paths], follow_links) if _holds_no_text(p)]
+
+
 def iter_documents(
     paths: Sequence[str | Path], follow_links: bool = False
 ) -> Iterator[SourceDocument]:
     """Documents of text files, folders (every file below, in sorted order) and JSONL files.
 
     A text file is one document whose id is its path; a JSONL line's id is its ``id`` field, or
-    ``path:line`` without one. Files are read one at a time. Links inside a folder that lead out
-    of it are skipped with a :class:`SkippedLinkWarning` unless ``follow_links``.
+    ``path:line`` without one. Files are read one at a time; those holding no text (see
+    :func:`empty_inputs`) are skipped. Links inside a folder that lead out of it are skipped
+    with a :class:`SkippedLinkWarning` unless ``follow_links``.
     """
     for path in _files([Path(p) for p in paths], follow_links):
         if path.suffix.lower() in JSONL_SUFFIXES:
             yield from _jsonl_documents(path)
-        else:
+        elif not _holds_no_text(path):
             yield SourceDocument(str(path), read_text(path), {"source": str(path)})
 
 
@@ -152,7 +165,7 @@ def count_documents(paths: Sequence[str | Path], follow_links: bool = False) -> 
         if path.suffix.lower() in JSONL_SUFFIXES:
             with open(path, "rb") as handle:
                 total += sum(1 for line in handle if line.strip())
-        else:
+        elif not _holds_no_text(path):
             total += 1
     return total
 
@@ -177,20 +190,21 @@ def index_corpus(
     out: str | Path,
     commit_every: int = 200,
     total: int | None = None,
-    progress: bool = True,
+    progress: Progress = None,
     on_commit: Callable[[BulkReport], None] | None = None,
 ) -> BulkReport:
     """Add ``documents`` to ``retriever`` in batches, saving to ``out`` after each batch.
 
     Documents whose ids the index already holds are skipped, which is what makes a rerun of an
     interrupted command resume where it stopped. ``total`` (documents, for the progress bar) may
-    be given when known. ``on_commit`` is called after every save.
+    be given when known. ``progress`` is the switch of :mod:`s3_retriever.console` (default: a
+    bar only on a terminal). ``on_commit`` is called after every save.
     """
     if commit_every < 1:
         raise ValueError(f"commit_every must be at least 1, got {commit_every}")
     report = BulkReport()
     done = set(retriever.doc_ids)
-    bar = _progress_bar(total, progress)
+    bar = progress_bar(total, "indexing", "doc", progress, smoothing=0.1)
     batch: list[SourceDocument] = []
 
     def commit() -> None:
@@ -200,7 +214,7 @@ def index_corpus(
             [d.text for d in batch],
             ids=[d.doc_id for d in batch],
             metadatas=[d.metadata for d in batch],
-            show_progress=False,
+            progress=False,  # one bar for the whole corpus; per-batch scan bars would stack
         )
         retriever.save(out)
         report.added += len(batch)
@@ -232,10 +246,4 @@ def index_corpus(
     return report
 
 
-def _progress_bar(total: int | None, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
 
-    # disable=None: no bar when stderr is not a terminal (logs, pipes, CI).
-    return tqdm(total=total, unit="doc", desc="indexing", smoothing=0.1, disable=None)

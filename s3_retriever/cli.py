@@ -2,7 +2,8 @@
 
 s3-retriever index PATH... --out DIR      scan files, folders or JSONL into an index directory
                                           (saved every --commit-every docs; --resume continues)
-s3-retriever query DIR "question"         print evidence spans with sources and scores
+s3-retriever query DIR "question"...      evidence spans, best first (stdin: one question a
+                                          line, JSON lines out; --filter key=value)
 s3-retriever train-sae --data PATH --out DIR   train an SAE bundle for a model
 s3-retriever sae-report --data PATH --out STEM  fidelity report of an SAE bundle
 s3-retriever eval --data DIR --tasks T --out STEM  retrieval quality against baselines
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
+from s3_retriever.cli_query import cmd_query
 from s3_retriever.cli_research import cmd_eval, cmd_sae_report, cmd_train_sae
 from s3_retriever.errors import CLIError, S3RetrieverError
 
@@ -33,7 +34,7 @@ def _read_text(path: Path) -> str:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from s3_retriever.bulk import count_documents, index_corpus, iter_documents
+    from s3_retriever.bulk import count_documents, empty_inputs, index_corpus, iter_documents
     from s3_retriever.index.folder import check_save_target
     from s3_retriever.index.storage import has_index
     from s3_retriever.retriever import S3Retriever
@@ -42,6 +43,12 @@ def _cmd_index(args: argparse.Namespace) -> int:
     _refuse_out_among_inputs(out, [Path(p) for p in args.files])
     # Also checks that every input exists, before loading.
     total = count_documents(args.files, follow_links=args.follow_links)
+    if total == 0:
+        raise CLIError(
+            f"nothing to index: {' '.join(args.files)} hold(s) no text; pass non-empty UTF-8 "
+            f"text files, folders of them, or JSONL files"
+        )
+    empty = empty_inputs(args.files, follow_links=args.follow_links)
     # has_index also sees an index that a killed save left only in its backup, so --append
     # or --resume continues from it instead of starting an empty index that would hide it.
     exists = has_index(out)
@@ -64,9 +71,11 @@ def _cmd_index(args: argparse.Namespace) -> int:
         out,
         commit_every=args.commit_every,
         total=total,
-        progress=not args.quiet,
+        progress=False if args.quiet else None,  # None: a bar only on a terminal
     )
     skipped = f", skipped {report.skipped} already indexed" if report.skipped else ""
+    if empty:
+        skipped += f", skipped {len(empty)} file(s) holding no text: {' '.join(map(str, empty))}"
     print(
         f"indexed {report.added} document(s), {report.tokens} tokens{skipped} -> {out} "
         f"({retriever.index.corpus.n_positions} tokens in all)"
@@ -99,39 +108,24 @@ def _refuse_indexed(
         yield doc
 
 
-def _cmd_query(args: argparse.Namespace) -> int:
-    from s3_retriever.retriever import S3Retriever
+def _eval_task_names() -> list[str]:
+    from s3_retriever.eval.harness import TASKS
 
-    retriever = S3Retriever.load(Path(args.index), model_path=args.model)
-    hits = retriever.retrieve(
-        args.question, token_budget=args.budget, mode=args.mode, top_k=args.top_k
-    )
-    if args.json:
-        rows = [
-            {
-                "id": h.id,
-                "doc_id": h.doc_id,
-                "start_char": h.start_char,
-                "end_char": h.end_char,
-                "score": h.score,
-                "scores": h.scores,
-                "text": h.text,
-            }
-            for h in hits
-        ]
-        print(json.dumps(rows, ensure_ascii=False, indent=1))
-        return 0
-    if not hits:
-        print("no evidence found")
-    for hit in hits:
-        parts = " ".join(f"{k}={v:.4g}" for k, v in hit.scores.items())
-        print(f"[{hit.doc_id} {hit.start_char}:{hit.end_char}] score={hit.score:.4g} {parts}")
-        print("    " + hit.text.replace("\n", "\n    "))
-    return 0
+    return list(TASKS)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors survive arguments that are not valid UTF-8."""
+
+    def error(self, message: str) -> NoReturn:
+        # An unknown argument decoded with surrogateescape would make printing the error fail.
+        safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {safe}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="s3-retriever",
         description="Evidence retrieval from long documents with a language model's attention.",
     )
@@ -174,18 +168,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="follow symbolic links inside input folders that lead outside them (skipped with a "
         "warning by default: a link to a secret file would put it in the index)",
     )
-    index.add_argument("--quiet", action="store_true", help="no progress bar")
+    index.add_argument(
+        "--quiet", action="store_true", help="no progress bar (by default one only on a terminal)"
+    )
     index.set_defaults(run=_cmd_index)
 
-    query = sub.add_parser("query", help="retrieve evidence spans for a question")
+    query = sub.add_parser(
+        "query",
+        help="retrieve evidence spans for questions, best first",
+        description="Print the evidence spans for each question, best first with their rank. "
+        "One question prints text; several (arguments, or one per line on stdin when none is "
+        "given) print one JSON line each, {question, hits}, with the model loaded once.",
+    )
     query.add_argument("index", help="index directory")
-    query.add_argument("question", help="the question")
-    query.add_argument("--budget", type=int, default=512, help="token budget (default 512)")
-    query.add_argument("--mode", choices=("hybrid", "s3", "bm25"), default="hybrid")
+    query.add_argument(
+        "questions", nargs="*", metavar="question", help="questions (default: read from stdin)"
+    )
+    query.add_argument(
+        "--token-budget",
+        "--budget",
+        dest="token_budget",
+        type=int,
+        default=512,
+        help="model tokens of all spans returned for a question (default 512)",
+    )
+    query.add_argument(
+        "--mode",
+        choices=("hybrid", "s3", "bm25"),
+        default="hybrid",
+        help="hybrid: the model's attention fused with BM25 (default); s3: attention only; "
+        "bm25: words only",
+    )
     query.add_argument("--top-k", type=int, default=None, help="keep at most this many spans")
+    query.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only documents whose metadata KEY equals VALUE (JSON or text; doc_id for ids); "
+        "repeat a key to allow several values, repeat keys to require each",
+    )
+    query.add_argument(
+        "--order",
+        choices=("score", "document"),
+        default="score",
+        help="score: best first (default); document: in reading order",
+    )
     query.add_argument("--model", default=None, help="model folder the index was built with")
-    query.add_argument("--json", action="store_true", help="print JSON instead of text")
-    query.set_defaults(run=_cmd_query)
+    query.add_argument("--json", action="store_true", help="JSON lines even for one question")
+    query.set_defaults(run=cmd_query)
 
     evaluate = sub.add_parser(
         "eval",
@@ -194,7 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         "budgets and write <out>.json, <out>.md and <out>.png.",
     )
     evaluate.add_argument("--data", default=None, help="evaluation data folder (see docs)")
-    evaluate.add_argument("--tasks", default="hotpotqa-3k", help="comma-separated task names")
+    evaluate.add_argument(
+        "--tasks",
+        default="hotpotqa-3k",
+        help=f"comma-separated task names: {', '.join(_eval_task_names())} (default hotpotqa-3k)",
+    )
     evaluate.add_argument(
         "--methods",
         default="s3:exact,hybrid:exact,bm25,dense,bm25+dense,full",

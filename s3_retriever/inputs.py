@@ -49,7 +49,7 @@ def check_ids_free(ids: Sequence[str], existing_ids: Sequence[str]) -> None:
     clash = [i for i in ids if i in existing]
     if clash:
         raise ValueError(
-            f"ids already indexed: {clash[:5]}; delete them first to replace those documents"
+            f"ids already indexed: {clash[:5]}; pass replace=True to replace those documents"
         )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from s3_retriever.config import RetrieverConfig
+from s3_retriever.console import Progress
 from s3_retriever.errors import SAEError
 from s3_retriever.header import build_header, check_heads_match, open_saved
 from s3_retriever.heads import check_heads, check_saes, fallback_heads, fields_of
@@ -39,9 +40,9 @@ from s3_retriever.search.hits import Hit
 from s3_retriever.search.pipeline import search as run_search
 from s3_retriever.search.question import QuestionEncoder
 from s3_retriever.search.scoring import score_index
-from s3_retriever.search.settings import MODES, Mode, SearchSettings
+from s3_retriever.search.settings import MODES, ORDERS, Mode, Order, SearchSettings
 
-__all__ = ["MODES", "Hit", "Mode", "S3Retriever", "SearchSettings"]
+__all__ = ["MODES", "ORDERS", "Hit", "Mode", "Order", "S3Retriever", "SearchSettings"]
 
 
 class S3Retriever:
@@ -163,15 +164,20 @@ class S3Retriever:
         ids: Sequence[str] | None = None,
         metadatas: Sequence[Mapping[str, Any] | None] | None = None,
         *,
-        show_progress: bool | None = None,
+        replace: bool = False,
+        progress: Progress = None,
     ) -> list[str]:
         """Scan and index ``texts``; returns their ids (new UUIDs where ``ids`` is None).
 
-        Nothing is committed unless every document was scanned, so an interrupted call leaves
-        the index as it was. ``show_progress`` overrides ``config.scan.show_progress`` for this
-        call.
+        An id that is already indexed is refused, unless ``replace=True``: then that document is
+        replaced by the new text and metadata (an upsert). Nothing is committed unless every
+        document was scanned, so an interrupted call leaves the index as it was, and a reader
+        sees either the old documents or the new ones. ``progress`` switches the scan's
+        progress bar for this call (:mod:`s3_retriever.console`); ``None`` keeps
+        ``config.scan.show_progress``, by default a bar only on a terminal.
         """
-        texts, ids_list, metas = new_documents(texts, ids, metadatas, self.index.corpus.doc_ids)
+        existing = () if replace else self.index.corpus.doc_ids
+        texts, ids_list, metas = new_documents(texts, ids, metadatas, existing)
         if not texts:
             return []
         tokenized = [tokenize(self.model.tokenizer, text) for text in texts]
@@ -182,11 +188,19 @@ class S3Retriever:
         )
         new_keys: NewKeys = {f: [] for f in self.fields}
         new_codes: NewCodes = {f: [] for f in self.fields}
-        batches = self.scanner.scan_batches(tokenized, show_progress=show_progress)
+        batches = self.scanner.scan_batches(tokenized, progress=progress)
         self._encoder.run(batches, doc_base, new_keys, new_codes)
         with self._lock.write():
-            # Checked again under the lock: another thread may have added these ids meanwhile.
-            check_ids_free(ids_list, self.index.corpus.doc_ids)
+            corpus = self.index.corpus
+            if replace:
+                rows_by_id = corpus.row_of()
+                replaced = [i for i in ids_list if i in rows_by_id]
+                if replaced:
+                    self.index.delete(replaced)
+            else:
+                # Checked again under the lock: another thread may have added these ids.
+                check_ids_free(ids_list, corpus.doc_ids)
+            # New documents follow those that stay: the replaced ones left above.
             shift_positions(new_keys, new_codes, self.index.n_positions)
             self.index.commit(texts, ids_list, metas, tokenized, new_keys, new_codes)
         return ids_list
@@ -217,9 +231,14 @@ class S3Retriever:
         mode: Mode = "hybrid",
         filters: Filters | None = None,
         *,
+        order: Order = "document",
         search: SearchSettings | None = None,
     ) -> list[Hit]:
-        """Evidence spans for ``query`` within ``token_budget`` model tokens, in document order.
+        """Evidence spans for ``query`` within ``token_budget`` model tokens.
+
+        Only units whose relevance reaches ``spans.min_relevance`` start spans, so no span
+        without evidence pads the budget; fewer spans than ``top_k`` (with a
+        :class:`~s3_retriever.FewerHitsWarning`) or fewer tokens than the budget may come back.
 
         Args:
             query: the question. Empty or whitespace-only gives ``[]``.
@@ -229,16 +248,20 @@ class S3Retriever:
             mode: ``hybrid`` (S3 + BM25), ``s3`` (S3-Pure) or ``bm25``.
             filters: metadata filters (see :mod:`s3_retriever.search.filters`), applied before
                 ranking.
+            order: ``document`` (by document, then position: reads like the source) or
+                ``score`` (best first; ties keep document order).
             search: scorer, span and fusion settings for this call only; ``None`` takes
                 :meth:`RetrieverConfig.search_settings` of :attr:`config`. The retriever is
                 not changed, so calls with different settings may share it.
         """
         top_k, token_budget = search_arguments(query, top_k, token_budget, mode)
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
         if not query.strip() or top_k == 0:
             return []
         settings = search or self.config.search_settings()
         with self._lock.read():
-            return run_search(
+            hits = run_search(
                 self.index,
                 query,
                 self._questions,
@@ -250,6 +273,7 @@ class S3Retriever:
                 top_k,
                 filters,
             )
+        return sorted(hits, key=lambda hit: -hit.score) if order == "score" else hits
 
     def question_vectors(
         self, query: str, search: SearchSettings | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,19 @@ def test_index_and_query_round_trip(
     )
     out = capsys.readouterr()
     assert status == 0, out.err
-    rows = json.loads(out.out)
+    (line,) = out.out.splitlines()
+    answer = json.loads(line)
+    assert answer["question"] == "When does the train leave?"
+    rows = answer["hits"]
     assert rows
     sources = {str(p): p.read_text(encoding="utf-8") for p in files[:2]}
+    assert [row["rank"] for row in rows] == list(range(1, len(rows) + 1))
+    assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
     for row in rows:
         assert row["doc_id"] in sources
         assert row["text"] == sources[row["doc_id"]][row["start_char"] : row["end_char"]]
         assert row["id"] == f"{row['doc_id']}:{row['start_char']}:{row['end_char']}"
+        assert 0.0 <= row["relevance"] <= 1.0
 
     status = main(
         [
@@ -133,10 +140,11 @@ def test_index_and_query_round_trip(
     )
     out = capsys.readouterr()
     assert status == 0, out.err
-    headers = [line for line in out.out.splitlines() if line.startswith("[")]
+    headers = [line for line in out.out.splitlines() if not line.startswith("    ")]
     assert headers
-    for header in headers:
-        source, span = header[1:].split("]")[0].rsplit(" ", 1)
+    for rank, header in enumerate(headers, start=1):
+        assert header.startswith(f"{rank}. [") and " relevance=" in header
+        source, span = header.split("[", 1)[1].split("]")[0].rsplit(" ", 1)
         start, end = (int(x) for x in span.split(":"))
         assert source in sources
         assert " score=" in header
@@ -271,6 +279,95 @@ def test_killed_run_resumes_where_it_stopped(
         assert np.array_equal(got.activation_codes, want.activation_codes)
     for field_key, store in fresh.index.key_stores.items():
         assert np.array_equal(resumed.index.key_stores[field_key].codes, store.codes)
+
+
+@pytest.fixture()
+def index_dir(
+    tmp_path: Path, files: list[Path], tiny_from_pretrained: list[Any], capsys: Any
+) -> Path:
+    """An index of the three test files (metadata ``source`` = the file's path)."""
+    index = tmp_path / "index"
+    assert main(["index", *map(str, files), "--out", str(index)]) == 0
+    capsys.readouterr()
+    return index
+
+
+def test_query_answers_several_questions_with_one_model_load(
+    index_dir: Path,
+    model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Questions as arguments or on stdin: one JSON line each, the index loaded once."""
+    loads = []
+    real_load = S3Retriever.load.__func__  # type: ignore[attr-defined]
+
+    def counting_load(cls: type[S3Retriever], *args: Any, **kwargs: Any) -> S3Retriever:
+        loads.append(args)
+        return real_load(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(S3Retriever, "load", classmethod(counting_load))
+    questions = ["When does the train leave?", "How many nurses?", "東京"]
+    common = ["--model", str(model_dir), "--budget", "80"]
+    assert main(["query", str(index_dir), *questions, *common]) == 0
+    from_args = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(questions[:2]) + "\n\n" + questions[2]))
+    assert main(["query", str(index_dir), *common]) == 0
+    from_stdin = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["question"] for a in from_args] == [a["question"] for a in from_stdin] == questions
+    assert from_args == from_stdin
+    assert all(a["hits"] for a in from_args[:2])
+    assert len(loads) == 2  # once per command, not once per question
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n  \n"))
+    assert main(["query", str(index_dir), *common]) == 2
+    assert "no question given" in _one_error_line(capsys.readouterr().err)
+
+
+def test_query_filter_and_token_budget_options(
+    index_dir: Path, files: list[Path], model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["query", str(index_dir), "train nurses", "--model", str(model_dir), "--json"]
+    assert main([*base, "--filter", f"source={files[1]}", "--token-budget", "60"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert hits and {h["doc_id"] for h in hits} == {str(files[1])}
+    two = [f"--filter=doc_id={files[0]}", f"--filter=doc_id={files[1]}"]
+    assert main([*base, *two, "--mode", "bm25"]) == 0
+    assert {h["doc_id"] for h in json.loads(capsys.readouterr().out)["hits"]} <= {
+        str(files[0]),
+        str(files[1]),
+    }
+    assert main([*base, "--filter", "no-equals-sign"]) == 2
+    assert "--filter takes key=value" in _one_error_line(capsys.readouterr().err)
+
+
+def test_help_names_modes_and_eval_tasks(capsys: pytest.CaptureFixture[str]) -> None:
+    from s3_retriever.eval.harness import TASKS
+
+    with pytest.raises(SystemExit):
+        main(["query", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "s3: attention only" in text and "--token-budget TOKEN_BUDGET, --budget" in text
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(task in text for task in TASKS)
+
+
+def test_empty_input_files_are_reported(
+    tmp_path: Path,
+    files: list[Path],
+    tiny_from_pretrained: list[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n")
+    assert main(["index", str(empty), "--out", str(tmp_path / "none")]) == 2
+    assert "nothing to index" in _one_error_line(capsys.readouterr().err)
+    assert not tiny_from_pretrained and not (tmp_path / "none").exists()
+    assert main(["index", str(empty), str(files[0]), "--out", str(tmp_path / "one")]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("indexed 1 document(s)")
+    assert f"skipped 1 file(s) holding no text: {empty}" in out.out
 
 
 def test_query_with_bad_budget_reports_error(

@@ -19,6 +19,7 @@ PACKAGE = Path(s3_retriever.__file__).resolve().parent
 LAYERS: dict[str, int] = {
     "errors": 0,
     "rwlock": 0,
+    "console": 0,
     "files": 1,
     "model": 2,
     "models": 3,
@@ -35,6 +36,7 @@ LAYERS: dict[str, int] = {
     "testing": 10,
     "eval": 11,
     "cli_research": 12,
+    "cli_query": 12,
     "cli": 13,
 }
 """Layer of each top-level module or stage package, lowest first."""

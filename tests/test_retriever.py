@@ -463,6 +463,11 @@ def test_delete_equals_fresh_index(
     kept = [d for d in corpus if d != "hospital"]
     _add(fresh, corpus, kept, corpus_metadata)
     assert edited.doc_ids == fresh.doc_ids == kept
+    _assert_same_index(edited, fresh)
+
+
+def _assert_same_index(edited: S3Retriever, fresh: S3Retriever) -> None:
+    """Same tables, position scores and hits (every mode) for every test question."""
     assert edited.index.corpus.n_positions == fresh.index.corpus.n_positions
     np.testing.assert_array_equal(edited.index.corpus.unit_tokens, fresh.index.corpus.unit_tokens)
     np.testing.assert_array_equal(edited.index.corpus.unit_chars, fresh.index.corpus.unit_chars)
@@ -489,6 +494,32 @@ def test_delete_then_readd(make_retriever: RetrieverFactory, corpus: dict[str, s
     assert retriever.delete(["trains", "rivers"]) == 2
     assert len(retriever) == 0
     assert retriever.retrieve("Amazon river") == []
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_replace_equals_delete_then_add(
+    make_retriever: RetrieverFactory, corpus: dict[str, str], scorer: ScorerName
+) -> None:
+    """add_documents(replace=True) replaces indexed ids (and adds new ones) in one step: the
+    index equals one where the old documents were deleted and the new ones added."""
+    config = {"scoring": ScoringConfig(scorer=scorer, atoms_per_query=8)}
+    upserted = make_retriever(**config)
+    _add(upserted, corpus, ["rivers", "hospital", "trains"])
+    with pytest.raises(ValueError, match="replace=True"):
+        upserted.add_documents([corpus["unicode"]], ids=["hospital"])
+    ids = ["hospital", "unicode"]
+    texts = [corpus["unicode"], corpus["hospital"]]  # hospital gets another text; unicode is new
+    metas = [{"v": 2}, {"v": 1}]
+    assert upserted.add_documents(texts, ids=ids, metadatas=metas, replace=True) == ids
+    expected = make_retriever(**config)
+    _add(expected, corpus, ["rivers", "hospital", "trains"])
+    expected.delete(["hospital"])
+    expected.add_documents(texts, ids=ids, metadatas=metas)
+    assert upserted.doc_ids == expected.doc_ids == ["rivers", "trains", "hospital", "unicode"]
+    _assert_same_index(upserted, expected)
+    replaced = upserted.retrieve(QUESTIONS[0], mode="s3", filters={"doc_id": "hospital"})
+    assert replaced and all(h.metadata == {"v": 2} for h in replaced)
+    assert all(corpus["unicode"][h.start_char : h.end_char] == h.text for h in replaced)
 
 
 def test_incremental_adds_equal_one_batch(

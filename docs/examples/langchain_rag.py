@@ -136,18 +136,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     print(f"Question: {args.question}\nAnswer: {result['answer']}\nSources:")
     for i, doc in enumerate(sources, 1):
-        meta = doc.metadata
+        span = doc.metadata["s3"]
         print(
-            f"  [{i}] {meta['source']} chars {meta['start_index']}-{meta['end_index']} "
-            f"score {meta['score']:.3f}: {doc.page_content!r}"
+            f"  [{i}] {doc.metadata['source']} chars {span['start_index']}-{span['end_index']} "
+            f"score {span['score']:.3f}: {doc.page_content!r}"
         )
 
     # The sources shown are exactly the spans the retriever returns for this question.
     direct = retriever.invoke(args.question)
     assert [(d.id, d.page_content) for d in sources] == [(d.id, d.page_content) for d in direct]
     for doc in sources:
-        meta = doc.metadata
-        assert TEXTS[meta["doc_id"]][meta["start_index"] : meta["end_index"]] == doc.page_content
+        span = doc.metadata["s3"]
+        assert TEXTS[span["doc_id"]][span["start_index"] : span["end_index"]] == doc.page_content
     return {"question": args.question, "answer": result["answer"], "sources": sources}
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from s3_retriever.config import RetrieverConfig
+from s3_retriever.console import progress_bar
 from s3_retriever.eval.baselines import DenseBaseline
 from s3_retriever.eval.chunking import CHUNK_TOKENS
 from s3_retriever.eval.corpus_tasks import load_hotpotqa_corpus, load_qmsum_corpus
@@ -216,9 +217,8 @@ def _groups(examples: Iterable[EvalExample]) -> list[list[EvalExample]]:
 
 
 def _progress(total: int, show: bool, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not show, desc=desc, unit="doc set", leave=False)
+    # show=True still draws only on a terminal (s3_retriever/console.py).
+    return progress_bar(total, desc, "doc set", None if show else False, leave=False)
 
 
 def run_eval(
@@ -233,9 +233,9 @@ def run_eval(
     """
     if retriever is None:
         retriever = S3Retriever.from_pretrained(settings.model, sae_path=settings.sae)
-    base_config = retriever.config.replace(
-        scan=dataclasses.replace(retriever.config.scan, show_progress=False)
-    )
+    spans = dataclasses.replace(retriever.config.spans, min_relevance=0.0)  # fill every budget
+    scan = dataclasses.replace(retriever.config.scan, show_progress=False)
+    base_config = retriever.config.replace(scan=scan, spans=spans)
     configs = variants(base_config, settings)
     tokenizer = retriever.model.tokenizer
 
@@ -322,8 +322,10 @@ def run_eval(
                             (label, task, "full-context", "qa_f1"),
                             qa_f1(prediction, example.answers),
                         )
-            bar.update(1)
-        bar.close()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
     return _report(settings, retriever, generator, configs, tally, n_questions, tokens_per_doc_set)
 
 

@@ -154,13 +154,16 @@ def _write_contents(
     keep_clusters_above: int | None,
 ) -> None:
     index.write(folder, keep_clusters_above)
-    bundle.save(folder / "sae")
+    # The copy's checksum, not the one the header was built with: saving writes the bundle
+    # anew (JSON formatting, tensor layout), so a shipped bundle's files hash differently.
+    sae_checksum = bundle.save(folder / "sae")
     files = {
         str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
     }
     manifest = {
         "format_version": FORMAT_VERSION,
         **header,
+        "sae_checksum": sae_checksum,
         "n_documents": len(index),
         "n_positions": index.n_positions,
         "files": files,

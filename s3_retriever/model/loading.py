@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from s3_retriever.console import notice, quiet_loading
 from s3_retriever.errors import ModelError
 from s3_retriever.files.hashing import sha256_file, sha256_files
 
@@ -159,16 +160,18 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantise a GGUF file once into a safetensors folder, written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with quiet_loading(gguf=True):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     _strip_quantizer_marks(model)
     # bf16 halves the cache; keys in bf16 match fp32 to cosine >= 0.997 on this model.
     model = model.to(dtype=torch.bfloat16)  # type: ignore[call-arg]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        with quiet_loading():
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         (staging / "s3_source.json").write_text(json.dumps({"gguf": gguf.name}))
         os.replace(staging, target)
     except BaseException:
@@ -188,6 +191,10 @@ def bundled_model_folder(name: str = DEFAULT_MODEL_NAME, verify_sha256: bool = T
     if (target / "config.json").is_file():
         return target
     parts = find_bundled_gguf(bundled)
+    notice(
+        f"converting the bundled {bundled.name} ({bundled.gguf_name}) to safetensors in "
+        f"{target.parent}; this happens once, later loads take about a second"
+    )
     if verify_sha256:
         actual = sha256_files(parts)
         if actual != bundled.sha256:
@@ -288,6 +295,21 @@ def _cached_sha256(path: Path) -> str:
     return value
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether a model name that is not an existing folder must be a path, not a hub id.
+
+    Hub ids are ``name`` or ``org/name``. A name that is absolute, starts with ``.`` or ``~``,
+    ends with ``/``, uses a backslash, has more than one ``/``, or whose parent folder exists is a
+    path.
+    """
+    if name.startswith((".", "~", "/")) or name.endswith("/") or "\\" in name:
+        return True
+    if name.count("/") > 1:
+        return True
+    path = Path(name)
+    return path.is_absolute() or (len(path.parts) > 1 and path.parent.is_dir())
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """``auto`` means bf16 (3-4x faster than fp32 on CPUs with AMX, and on any modern GPU)."""
     table = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -328,13 +350,21 @@ def load_model(
         model_id = Path(model_path).name if isinstance(folder, Path) else str(model_path)
         if isinstance(folder, Path) and not folder.is_dir():
             raise ModelError(f"{folder} is not a folder; pass a model folder or a hub id.")
+        if isinstance(folder, str) and looks_like_path(folder):
+            # Asking the hub for a path would fail only after its retries, with a repo-id error.
+            raise ModelError(
+                f"no such folder: {folder}. Pass an existing model folder, the name of a bundled "
+                f"model ({', '.join(BUNDLED_MODELS)}), or a hub id such as 'org/name'."
+            )
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        config = AutoConfig.from_pretrained(folder, **kwargs)
+        with quiet_loading():
+            config = AutoConfig.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(
-            f"Cannot read a model config from {folder!s}: {exc}. Pass a folder holding a "
-            f"Hugging Face causal LM (config.json + weights), or a reachable hub id."
+            f"Cannot read a model config from {folder!s}: {str(exc).rstrip('. ')}. Pass a "
+            f"folder holding a Hugging Face causal LM (config.json + weights), or a reachable "
+            f"hub id."
         ) from exc
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         raise ModelError(
@@ -342,8 +372,9 @@ def load_model(
             f"of type {', '.join(SUPPORTED_MODEL_TYPES)}."
         )
     torch_dtype = resolve_dtype(dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
     model.eval().to(device)
     check_supported(model)
     if isinstance(folder, Path):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from s3_retriever.console import Progress, progress_bar
 from s3_retriever.model.loading import attention_shape, decoder_layers
 
 # Tokenising a multi-megabyte string in one call builds millions of Python offset tuples at once;
@@ -35,8 +36,9 @@ class ScanConfig:
     add_bos: bool = True
     """Prepend the tokenizer's BOS token to every chunk and question, so the first real token is
     not the attention sink. The BOS position itself is never indexed."""
-    show_progress: bool = True
-    """Show a progress bar for scans of more than one batch."""
+    show_progress: bool | None = None
+    """Progress bar for scans of more than one batch: ``None`` only when stderr is a terminal,
+    ``True`` always, ``False`` never (see :mod:`s3_retriever.console`)."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 8:
@@ -228,11 +230,12 @@ class Scanner:
         docs: Sequence[TokenizedText],
         want_queries: bool = False,
         desc: str = "scanning",
-        show_progress: bool | None = None,
+        progress: Progress = None,
     ) -> Iterator[BatchCapture]:
         """Yield each batch's projections, still on the model's device, one batch at a time.
 
-        ``show_progress`` overrides the config's for this call (a caller with its own bar).
+        ``progress`` overrides ``config.show_progress`` for this scan when not ``None`` (a
+        caller with its own bar passes ``False``).
 
         Nothing here waits for the device: on a GPU the projections may still be being computed
         when they are yielded, so a consumer can queue its own work on them straight away.
@@ -249,24 +252,22 @@ class Scanner:
             work[i : i + self.config.batch_size]
             for i in range(0, len(work), self.config.batch_size)
         ]
-        progress = None
-        show = self.config.show_progress if show_progress is None else show_progress
-        if show and len(batches) > 1:
-            from tqdm.auto import tqdm
-
+        switch = self.config.show_progress if progress is None else progress
+        bar = None
+        if len(batches) > 1:
             total = sum(len(doc) for doc in docs)
-            progress = tqdm(total=total, desc=desc, unit="tok", leave=False)
+            bar = progress_bar(total, desc, "tok", switch, leave=False)
         try:
             for items in batches:
                 pieces = [docs[d].input_ids[s:e] for d, s, e in items]
                 batch, mask, offset = self._prepare(pieces)
                 keys, queries = self._forward(batch, mask, True, want_queries)
                 yield BatchCapture(items=items, offset=offset, keys=keys, queries=queries)
-                if progress is not None:
-                    progress.update(sum(e - s for _, s, e in items))
+                if bar is not None:
+                    bar.update(sum(e - s for _, s, e in items))
         finally:
-            if progress is not None:
-                progress.close()
+            if bar is not None:
+                bar.close()
 
     def scan(
         self, docs: Sequence[TokenizedText], want_queries: bool = False, desc: str = "scanning"

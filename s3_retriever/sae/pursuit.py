@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from s3_retriever.console import progress_bar
 from s3_retriever.sae.bundle import TopKSAE, fraction_of_variance_unexplained
 
 # Added to the diagonal of each small Gram matrix: two chosen atoms can be near-parallel.
@@ -156,11 +157,9 @@ def refine_for_pursuit(
     n_latents, d_in = sae.W_dec.shape
     centred = vectors.float() - sae.b_dec
     history: list[float] = []
-    progress = None
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=rounds, desc="fitting atoms to pursuit", unit="round", leave=False)
+    progress = progress_bar(
+        rounds, "fitting atoms to pursuit", "round", None if show_progress else False, leave=False
+    )
     for _ in range(rounds):
         ids, acts = pursuit_encode_batched(sae, vectors)
         gram = torch.zeros(n_latents * n_latents, dtype=torch.float64, device=device)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from s3_retriever.console import progress_bar
 from s3_retriever.sae.bundle import (
     SAEConfig,
     TopKSAE,
@@ -64,11 +65,8 @@ class TrainResult:
 
 
 def _progress(total: int, show: bool) -> Any:
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="training SAE", unit="step", leave=False)
+    # show=True still draws only on a terminal (s3_retriever/console.py).
+    return progress_bar(total, "training SAE", "step", None if show else False, leave=False)
 
 
 def default_device() -> str:

@@ -31,6 +31,9 @@ class Hit:
     """The document's metadata."""
     scores: dict[str, float] = field(default_factory=dict)
     """Component scores: ``s3`` and/or ``bm25``."""
+    relevance: float = 0.0
+    """Normalised relevance in [0, 1]: the best component score of the span's units over that
+    component's best unit for the question (:mod:`s3_retriever.search.relevance`)."""
 
     @property
     def id(self) -> str:
@@ -39,7 +42,11 @@ class Hit:
 
 
 def build_hits(
-    runs: Sequence[list[int]], corpus: Corpus, ranked_score: np.ndarray, components: Components
+    runs: Sequence[list[int]],
+    corpus: Corpus,
+    ranked_score: np.ndarray,
+    components: Components,
+    relevance: np.ndarray,
 ) -> list[Hit]:
     """One hit per run of adjacent units, scored by its best unit."""
     hits = []
@@ -62,6 +69,7 @@ def build_hits(
                 # A deep copy: changing hit.metadata must not change the index.
                 metadata=copy.deepcopy(corpus.metadatas[row]),
                 scores=parts,
+                relevance=float(relevance[run].max()),
             )
         )
     return hits

@@ -1,10 +1,10 @@
 """``search``: one question through the whole pipeline, each step one module.
 
 question -> question vectors (:mod:`.question`) -> position scores (:mod:`.scoring`) -> unit
-scores (:mod:`.units`) -> ranked groups (:mod:`.ranking`, with :mod:`.fusion`) -> spans packed
-under the budget, each span's text tokenised alone fitting too (:mod:`.spans`) -> hits
-(:mod:`.hits`). Each step reads only what the one before it returned, plus the index and the
-settings.
+scores (:mod:`.units`) -> relevance and its floor (:mod:`.relevance`) -> ranked groups
+(:mod:`.ranking`, with :mod:`.fusion`) -> spans packed under the budget, each span's text
+tokenised alone fitting too (:mod:`.spans`) -> hits (:mod:`.hits`). Each step reads only what
+the one before it returned, plus the index and the settings.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from s3_retriever.search.filters import Filters, document_mask
 from s3_retriever.search.hits import Hit, build_hits
 from s3_retriever.search.question import QuestionEncoder
 from s3_retriever.search.ranking import rank
+from s3_retriever.search.relevance import unit_relevance, warn_fewer_hits
 from s3_retriever.search.scoring import require_store, score_index, score_index_sparse
 from s3_retriever.search.settings import Mode, SearchSettings
 from s3_retriever.search.spans import fit_standalone, merge_adjacent, pack
@@ -60,8 +61,13 @@ def search(
         components.update(s3_components(raw, index, settings.spans, positions=mode == "s3"))
     if mode in ("bm25", "hybrid"):
         components.update(bm25_components(query, index))
-    groups, ranked_score = rank(components, mode, unit_mask, token_budget, corpus, settings)
-    chosen = pack(groups, corpus.unit_token_counts(), token_budget, corpus, max_spans=top_k)
+    relevance = unit_relevance(components, unit_mask)
+    floor = settings.spans.min_relevance
+    # Units below the relevance floor start no span: spans without evidence never pad.
+    evidence = unit_mask & (relevance >= floor)
+    groups, ranked_score = rank(components, mode, evidence, token_budget, corpus, settings)
+    counts = corpus.unit_token_counts()
+    chosen = pack(groups, counts, token_budget, corpus, max_spans=top_k)
     runs = fit_standalone(
         merge_adjacent(chosen, corpus),
         corpus,
@@ -69,4 +75,9 @@ def search(
         token_budget,
         lambda text: len(tokenize(questions.tokenizer, text)),
     )
-    return build_hits(runs, corpus, ranked_score, components)
+    hits = build_hits(runs, corpus, ranked_score, components, relevance)
+    if top_k is not None and len(hits) < top_k:
+        documents = (int(doc_mask.sum()), len(doc_mask)) if filters else None
+        used = sum(int(counts[run].sum()) for run in runs)
+        warn_fewer_hits(len(hits), top_k, used, token_budget, documents, floor)
+    return hits

@@ -22,6 +22,10 @@ Mode = Literal["hybrid", "s3", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "s3", "bm25")
 """``hybrid`` (S3 + BM25), ``s3`` (S3-Pure) or ``bm25``."""
 
+Order = Literal["document", "score"]
+ORDERS: tuple[str, ...] = ("document", "score")
+"""Hits ``document``: by document, then position; ``score``: best first."""
+
 
 @dataclass(frozen=True)
 class ScoringConfig:

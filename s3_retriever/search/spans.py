@@ -40,7 +40,15 @@ class SpanConfig:
     3k-word ones; a text without blank lines (a QMSum transcript) is unaffected
     (docs/results/ablations/ablation_within_paragraph_*)."""
 
+    min_relevance: float = 0.05
+    """The relevance floor (:mod:`s3_retriever.search.relevance`): a unit whose best component
+    score is below this share of that component's best unit for the question starts no span, so
+    spans without evidence never pad the budget. 0 fills the budget whatever the evidence (the
+    evaluation does, so methods compare at equal tokens)."""
+
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_relevance <= 1.0:
+            raise ValueError(f"min_relevance must be in [0, 1], got {self.min_relevance}")
         if self.smooth_width < 1:
             raise ValueError("smooth_width must be at least 1")
         if self.nms_radius < 0 or self.min_span_tokens < 0:

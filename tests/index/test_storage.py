@@ -417,3 +417,19 @@ def test_key_clusters_are_saved_and_read_back(
 
 def test_small_indexes_save_no_clusters(saved: Path) -> None:
     assert not (saved / "clusters").exists()
+
+
+def test_bundle_whose_files_differ_from_a_resave_round_trips(
+    model_dir: Path, bundle_dir: Path, corpus: dict[str, str], tmp_path: Path
+) -> None:
+    """A bundle written by other means (the shipped one: other JSON formatting) hashes
+    differently once the index saves its copy; the manifest records the copy's checksum."""
+    shipped = tmp_path / "shipped"
+    shutil.copytree(bundle_dir, shipped)
+    config = json.loads((shipped / "config.json").read_text())
+    (shipped / "config.json").write_text(json.dumps(config))  # no indentation: other bytes
+    retriever = _build(model_dir, shipped, {"trains": corpus["trains"]}, {"trains": {}})
+    retriever.save(tmp_path / "index")
+    loaded = S3Retriever.load(tmp_path / "index", model_path=model_dir)
+    question = "When does the train leave?"
+    assert [h.id for h in loaded.retrieve(question)] == [h.id for h in retriever.retrieve(question)]

@@ -75,7 +75,8 @@ def tiny_cli(monkeypatch: pytest.MonkeyPatch, make_retriever: RetrieverFactory) 
 def test_cli_index_of_random_bytes(
     tiny_cli: Any, capsys: pytest.CaptureFixture[str], contents: list[bytes]
 ) -> None:
-    """Random file bytes: indexed (status 0) when valid UTF-8, else one error line (status 2)."""
+    """Random file bytes: indexed (status 0) when valid UTF-8 and some file holds text; else one
+    error line (status 2): not UTF-8, or nothing to index."""
     capsys.readouterr()
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -86,12 +87,14 @@ def test_cli_index_of_random_bytes(
         status = main(["index", *paths, "--out", str(Path(tmp) / "index")])
     out = capsys.readouterr()
     valid = all(_is_utf8(data) for data in contents)
-    if valid:
+    empty = all(not data.strip() for data in contents)
+    if valid and not empty:
         assert status == 0, out.err
     else:
         assert status == 2
         lines = _error_lines(out.err)
-        assert len(lines) == 1 and "not valid UTF-8" in lines[0]
+        assert len(lines) == 1
+        assert ("nothing to index" if empty else "not valid UTF-8") in lines[0]
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -115,6 +118,7 @@ def _is_utf8(data: bytes) -> bool:
 @example(question="caf\udce9", options=[])
 @example(question="train", options=["--budget", "0"])
 @example(question="train", options=["--top-k", "-1"])
+@example(question="-\udc80", options=[])
 def test_cli_query_of_random_arguments(
     tiny_cli: Any, capsys: pytest.CaptureFixture[str], question: str, options: list[str]
 ) -> None:

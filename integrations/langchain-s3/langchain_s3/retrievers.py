@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -27,23 +29,42 @@ _CALL_OPTIONS = frozenset({"k", "token_budget", "mode", "filters"})
 _IGNORED_OPTIONS = frozenset({"verbose"})
 
 
+RESERVED_KEY = "s3"
+"""Metadata key that holds the span's own fields; refused in indexed metadata."""
+
+
 def hit_to_document(hit: Hit) -> Document:
     """Translate one core :class:`~s3_retriever.Hit` into a LangChain ``Document``.
 
-    The document's metadata is the source document's metadata plus ``source`` (the document id,
-    unless the metadata already has a ``source``), ``doc_id``, ``start_index``, ``end_index``,
-    ``score``, ``scores`` (component scores) and ``span_id``.
+    The metadata is the source document's metadata, never overwritten, plus:
+
+    * ``s3``: the span's fields ``doc_id``, ``span_id``, ``start_index``, ``end_index``,
+      ``score``, ``scores`` (component scores ``s3`` / ``bm25``) and ``relevance`` (in [0, 1]);
+    * ``start_index``: the span's start in the document, where LangChain's text splitters put
+      it (``add_start_index=True``), unless the metadata already has one;
+    * ``source``: the document id, unless the metadata already has a ``source``.
     """
     metadata: dict[str, Any] = dict(hit.metadata)
     metadata.setdefault("source", hit.doc_id)
-    metadata.update(
-        doc_id=hit.doc_id,
-        start_index=hit.start_char,
-        end_index=hit.end_char,
-        score=hit.score,
-        scores=dict(hit.scores),
-        span_id=hit.id,
-    )
+    metadata.setdefault("start_index", hit.start_char)
+    span = {
+        "doc_id": hit.doc_id,
+        "span_id": hit.id,
+        "start_index": hit.start_char,
+        "end_index": hit.end_char,
+        "score": hit.score,
+        "scores": dict(hit.scores),
+        "relevance": hit.relevance,
+    }
+    if RESERVED_KEY in metadata:
+        warnings.warn(
+            f"document {hit.doc_id!r} has its own metadata key {RESERVED_KEY!r}; the span's "
+            f"fields are left out of its Document",
+            UserWarning,
+            stacklevel=2,
+        )
+    else:
+        metadata[RESERVED_KEY] = span
     return Document(page_content=hit.text, id=hit.id, metadata=metadata)
 
 
@@ -69,11 +90,13 @@ class S3AttentionRetriever(BaseRetriever):
 
             docs = retriever.invoke("Who founded the company?", k=2)
             for doc in docs:
-                print(doc.metadata["source"], doc.metadata["start_index"], doc.page_content)
+                span = doc.metadata["s3"]
+                print(span["doc_id"], span["start_index"], span["score"], doc.page_content)
 
     Results are ordered best score first. Every span's text is exactly
-    ``source_text[start_index:end_index]``. Retrieval is blocking model work; the async path runs
-    it in a worker thread so the event loop keeps running.
+    ``source_text[start_index:end_index]`` (``doc.metadata["s3"]``, see
+    :func:`hit_to_document`). Retrieval is blocking model work; the async path runs it in a
+    worker thread so the event loop keeps running.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -87,8 +110,10 @@ class S3AttentionRetriever(BaseRetriever):
     mode: Mode = "hybrid"
     """``hybrid`` (attention + BM25), ``s3`` (attention only) or ``bm25``."""
     filters: dict[str, Any] | None = None
-    """Metadata filters applied before ranking: ``{"key": value}`` (exact match) or
-    ``{"key": [v1, v2]}`` (any of); ``doc_id`` filters on document ids. All keys must match."""
+    """Metadata filters applied before ranking, in the core's filter language
+    (``s3_retriever/search/filters.py``): ``{"key": value}``, ``{"key": [v1, v2]}`` (any of),
+    ``{"year": {"$gte": 2020}}`` and the other ``$`` operators, ``{"$or": [...]}``; ``doc_id``
+    filters on document ids."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -116,7 +141,7 @@ class S3AttentionRetriever(BaseRetriever):
         cls,
         texts: Sequence[str],
         metadatas: Sequence[Mapping[str, Any] | None] | None = None,
-        ids: Sequence[str] | None = None,
+        ids: Sequence[str | None] | None = None,
         *,
         retriever: S3Retriever | None = None,
         retriever_kwargs: Mapping[str, Any] | None = None,
@@ -127,31 +152,86 @@ class S3AttentionRetriever(BaseRetriever):
         Args:
             texts: the documents.
             metadatas: one JSON-serialisable dict (or ``None``) per text.
-            ids: one id per text; new UUIDs when omitted.
+            ids: one id per text (``None`` or omitted: a new UUID); an id already indexed in
+                ``retriever`` is replaced.
             retriever: an existing core retriever to add the texts to; by default a new one is
                 built with ``S3Retriever.from_pretrained()`` (the bundled model and SAEs).
             retriever_kwargs: keyword arguments for ``S3Retriever.from_pretrained`` (for example
                 ``model_path``, ``sae_path``, ``device``) when no ``retriever`` is given.
             **kwargs: fields of this class (``k``, ``token_budget``, ``mode``, ``filters``).
         """
+        if isinstance(texts, str):
+            raise TypeError("from_texts takes a list of texts; wrap a single text in [ ]")
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(metadatas)} metadatas")
+        documents = [
+            Document(page_content=text, metadata=dict(meta or {}))
+            for text, meta in zip(texts, metadatas or [None] * len(texts), strict=True)
+        ]
+        return cls.from_documents(
+            documents, ids=ids, retriever=retriever, retriever_kwargs=retriever_kwargs, **kwargs
+        )
+
+    @classmethod
+    def from_documents(
+        cls,
+        documents: Sequence[Document],
+        *,
+        ids: Sequence[str | None] | None = None,
+        retriever: S3Retriever | None = None,
+        retriever_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> S3AttentionRetriever:
+        """Index LangChain ``Document``s and return a retriever over them.
+
+        Args:
+            documents: whole documents; S3 picks spans itself, so there is no need to split.
+            ids: one id (or ``None``) per document, else each ``Document.id``; see
+                :meth:`add_documents`.
+            retriever, retriever_kwargs, **kwargs: as for :meth:`from_texts`.
+        """
         if retriever is None:
             retriever = S3Retriever.from_pretrained(**dict(retriever_kwargs or {}))
         elif retriever_kwargs:
             raise ValueError("pass either retriever or retriever_kwargs, not both")
-        retriever.add_documents(list(texts), ids=ids, metadatas=metadatas)
-        return cls(retriever=retriever, **kwargs)
+        instance = cls(retriever=retriever, **kwargs)
+        instance.add_documents(documents, ids=ids)
+        return instance
 
-    def add_documents(self, documents: Sequence[Document]) -> list[str]:
-        """Index LangChain documents; ``Document.id`` becomes the document id when set.
+    def add_documents(
+        self, documents: Sequence[Document], *, ids: Sequence[str | None] | None = None
+    ) -> list[str]:
+        """Index LangChain documents; an id already indexed is replaced (an upsert).
 
-        Returns the ids of the indexed documents.
+        Each document's id is ``ids[i]`` when given, else its ``Document.id``, else a new UUID;
+        the ids given are kept even when other documents have none. The metadata is kept; it
+        may not use the key ``"s3"``, which results use for the span's fields.
+
+        Returns the ids of the indexed documents, in order.
         """
-        ids = [doc.id for doc in documents]
+        documents = list(documents)
+        if ids is not None and len(ids) != len(documents):
+            raise ValueError(f"got {len(documents)} documents but {len(ids)} ids")
+        given = list(ids) if ids is not None else [doc.id for doc in documents]
+        chosen = [doc_id or uuid.uuid4().hex for doc_id in given]
+        for doc, doc_id in zip(documents, chosen, strict=True):
+            if RESERVED_KEY in doc.metadata:
+                raise ValueError(
+                    f"document {doc_id!r} uses the metadata key {RESERVED_KEY!r}, which results "
+                    f"use for the span's fields; rename that key"
+                )
         return self.retriever.add_documents(
             [doc.page_content for doc in documents],
-            ids=ids if all(ids) else None,
+            ids=chosen,
             metadatas=[dict(doc.metadata) for doc in documents],
+            replace=True,
         )
+
+    def delete(self, ids: Sequence[str]) -> bool:
+        """Remove documents (all their spans) by id; True when any of them was indexed."""
+        if isinstance(ids, str):
+            raise TypeError("delete takes a list of ids; wrap a single id in [ ]")
+        return self.retriever.delete(list(ids)) > 0
 
     # ------------------------------------------------------------------ retrieval
     def _search_kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,13 +251,12 @@ class S3AttentionRetriever(BaseRetriever):
             "token_budget": options["token_budget"],
             "mode": options["mode"],
             "filters": options["filters"],
+            "order": "score",  # best first; ties keep document order
         }
 
     @staticmethod
     def _to_documents(hits: Sequence[Hit]) -> list[Document]:
-        """Documents best score first; ties keep the core's document order."""
-        ranked = sorted(hits, key=lambda hit: -hit.score)
-        return [hit_to_document(hit) for hit in ranked]
+        return [hit_to_document(hit) for hit in hits]
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any

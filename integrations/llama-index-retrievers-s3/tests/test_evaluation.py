@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 from llama_index.core.evaluation import RetrieverEvaluator
-from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import Document, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import Document
 from llama_index.core.vector_stores import ExactMatchFilter, MetadataFilters
 
-from llama_index.retrievers.s3 import S3AttentionRetriever
+from llama_index.retrievers.s3 import S3AttentionRetriever, SourceDocuments
 
 pytestmark = [pytest.mark.model, pytest.mark.data]
 
@@ -56,23 +55,6 @@ def load_labelled_set(path: Path, n: int) -> tuple[list[Document], list[dict[str
                     expected.append(doc_id)
             queries.append({"qid": qid, "query": row["question_text"], "expected": expected})
     return documents, queries
-
-
-class SourceDocuments(BaseNodePostprocessor):
-    """Replace spans by their source documents (first occurrence keeps its rank)."""
-
-    def _postprocess_nodes(
-        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
-    ) -> list[NodeWithScore]:
-        seen: set[str] = set()
-        out: list[NodeWithScore] = []
-        for result in nodes:
-            doc_id = result.node.ref_doc_id or result.node.node_id
-            if doc_id not in seen:
-                seen.add(doc_id)
-                node = TextNode(id_=doc_id, text=result.node.get_content())
-                out.append(NodeWithScore(node=node, score=result.score))
-        return out
 
 
 async def test_retriever_evaluator_hit_rate_and_mrr(pretrained_kwargs: dict[str, Any]) -> None:

@@ -102,8 +102,8 @@ def test_answer_span_is_retrieved(paragraph_core: S3Retriever) -> None:
     retriever = S3AttentionRetriever(retriever=paragraph_core, k=2)
     docs = retriever.invoke("Which Roman towns were buried by the eruption of Vesuvius?")
     assert len(docs) == 2
-    assert docs[0].metadata["doc_id"] == "volcano"
+    assert docs[0].metadata["s3"]["doc_id"] == "volcano"
     for doc in docs:
-        meta = doc.metadata
-        source = PARAGRAPHS[meta["doc_id"]]
-        assert source[meta["start_index"] : meta["end_index"]] == doc.page_content
+        span = doc.metadata["s3"]
+        source = PARAGRAPHS[span["doc_id"]]
+        assert source[span["start_index"] : span["end_index"]] == doc.page_content

@@ -16,7 +16,7 @@ from s3_retriever import S3Retriever
 from langchain_s3 import S3AttentionRetriever
 
 QUERY = "How many nurses does the hospital budget add?"
-SPAN_KEYS = {"source", "doc_id", "start_index", "end_index", "score", "scores", "span_id"}
+SPAN_KEYS = {"doc_id", "start_index", "end_index", "score", "scores", "span_id"}
 
 
 def test_exports() -> None:
@@ -31,14 +31,16 @@ def test_metadata_fields(core: S3Retriever) -> None:
     assert docs and all(isinstance(doc, Document) for doc in docs)
     for doc in docs:
         meta = doc.metadata
-        assert set(meta) >= SPAN_KEYS
-        assert {"topic", "year"} <= set(meta)  # the document's own metadata is kept
-        span_id = f"{meta['doc_id']}:{meta['start_index']}:{meta['end_index']}"
-        assert doc.id == meta["span_id"] == span_id
-        expected_source = "trains.txt" if meta["doc_id"] == "trains" else meta["doc_id"]
+        span = meta["s3"]
+        assert set(span) == SPAN_KEYS | {"relevance"}
+        assert set(meta) == {"topic", "year", "source", "start_index", "s3"}
+        span_id = f"{span['doc_id']}:{span['start_index']}:{span['end_index']}"
+        assert doc.id == span["span_id"] == span_id
+        assert meta["start_index"] == span["start_index"]  # where LangChain's splitters put it
+        expected_source = "trains.txt" if span["doc_id"] == "trains" else span["doc_id"]
         assert meta["source"] == expected_source
-        assert isinstance(meta["score"], float)
-        assert set(meta["scores"]) == {"s3", "bm25"}
+        assert isinstance(span["score"], float)
+        assert set(span["scores"]) == {"s3", "bm25"}
     assert len({doc.id for doc in docs}) == len(docs)
 
 
@@ -46,13 +48,14 @@ def test_offsets_slice_the_source_exactly(core: S3Retriever, corpus: dict[str, s
     retriever = S3AttentionRetriever(retriever=core, k=4, token_budget=48)
     for query in (QUERY, "Zoë counted species on the reef", "train snow winter"):
         for doc in retriever.invoke(query):
-            meta = doc.metadata
-            source = corpus[meta["doc_id"]]
-            assert source[meta["start_index"] : meta["end_index"]] == doc.page_content
+            span = doc.metadata["s3"]
+            source = corpus[span["doc_id"]]
+            assert source[span["start_index"] : span["end_index"]] == doc.page_content
 
 
 def test_results_are_best_score_first(core: S3Retriever) -> None:
-    scores = [doc.metadata["score"] for doc in S3AttentionRetriever(retriever=core).invoke(QUERY)]
+    docs = S3AttentionRetriever(retriever=core).invoke(QUERY)
+    scores = [doc.metadata["s3"]["score"] for doc in docs]
     assert scores == sorted(scores, reverse=True)
 
 
@@ -65,12 +68,12 @@ def test_k_in_constructor_and_per_call(core: S3Retriever, k: int) -> None:
 def test_per_call_options(core: S3Retriever) -> None:
     retriever = S3AttentionRetriever(retriever=core)
     city = retriever.invoke(QUERY, filters={"topic": "city"})
-    assert city and {doc.metadata["doc_id"] for doc in city} <= {"hospital", "trains"}
+    assert city and {doc.metadata["s3"]["doc_id"] for doc in city} <= {"hospital", "trains"}
     some = retriever.invoke(QUERY, filters={"doc_id": ["rivers", "ocean"]})
-    assert some and {doc.metadata["doc_id"] for doc in some} <= {"rivers", "ocean"}
+    assert some and {doc.metadata["s3"]["doc_id"] for doc in some} <= {"rivers", "ocean"}
     assert retriever.invoke(QUERY, filters={"topic": "nowhere"}) == []
     bm25 = retriever.invoke(QUERY, mode="bm25")
-    assert bm25 and all(set(doc.metadata["scores"]) == {"bm25"} for doc in bm25)
+    assert bm25 and all(set(doc.metadata["s3"]["scores"]) == {"bm25"} for doc in bm25)
     short = retriever.invoke(QUERY, token_budget=8, k=4)
     wide = retriever.invoke(QUERY, token_budget=1024, k=4)
     assert sum(len(d.page_content) for d in short) < sum(len(d.page_content) for d in wide)
@@ -80,7 +83,7 @@ def test_per_call_options(core: S3Retriever) -> None:
 
 def test_constructor_filters_apply(core: S3Retriever) -> None:
     docs = S3AttentionRetriever(retriever=core, filters={"year": [2021, 2024]}).invoke(QUERY)
-    assert docs and {doc.metadata["doc_id"] for doc in docs} <= {"rivers", "ocean"}
+    assert docs and {doc.metadata["s3"]["doc_id"] for doc in docs} <= {"rivers", "ocean"}
 
 
 def test_bad_arguments_are_refused(core: S3Retriever) -> None:
@@ -109,7 +112,63 @@ def test_from_texts_and_add_documents(make_core: Callable[[], S3Retriever]) -> N
     ids = retriever.add_documents([Document(page_content="Snow closes the line.", id="c")])
     assert ids == ["c"]
     docs = retriever.invoke("apples", k=3, mode="bm25")
-    assert docs[0].metadata["doc_id"] == "a" and docs[0].metadata["kind"] == "fruit"
+    assert docs[0].metadata["s3"]["doc_id"] == "a" and docs[0].metadata["kind"] == "fruit"
+
+
+def test_each_given_id_is_kept_when_some_documents_have_none(
+    make_core: Callable[[], S3Retriever],
+) -> None:
+    retriever = S3AttentionRetriever(retriever=make_core())
+    ids = retriever.add_documents(
+        [
+            Document(page_content="Red apples grow in the orchard.", id="apples"),
+            Document(page_content="The train leaves at seven."),
+            Document(page_content="Snow closes the line.", id="snow"),
+        ]
+    )
+    assert ids[0] == "apples" and ids[2] == "snow"
+    assert ids[1] and ids[1] not in ("apples", "snow")
+    assert retriever.retriever.doc_ids == ids
+    explicit = retriever.add_documents([Document(page_content="Bees.", id="x")], ids=["bees"])
+    assert explicit == ["bees"]  # ids= wins over Document.id
+
+
+def test_user_metadata_is_never_overwritten(make_core: Callable[[], S3Retriever]) -> None:
+    own = {"score": "five stars", "doc_id": "isbn-1", "start_index": 900, "source": "shelf"}
+    retriever = S3AttentionRetriever.from_texts(
+        ["Red apples grow in the orchard."], metadatas=[own], ids=["a"], retriever=make_core()
+    )
+    doc = retriever.invoke("apples", mode="bm25")[0]
+    assert {key: doc.metadata[key] for key in own} == own
+    assert doc.metadata["s3"]["doc_id"] == "a" and doc.metadata["s3"]["start_index"] == 0
+    with pytest.raises(ValueError, match="metadata key 's3'"):
+        retriever.add_documents([Document(page_content="x", metadata={"s3": 1})])
+
+
+def test_from_documents_upsert_and_delete(make_core: Callable[[], S3Retriever]) -> None:
+    retriever = S3AttentionRetriever.from_documents(
+        [
+            Document(page_content="Red apples grow in the orchard.", id="fruit"),
+            Document(page_content="The train leaves at seven.", id="train"),
+        ],
+        retriever=make_core(),
+        mode="bm25",
+        k=4,
+    )
+    assert retriever.mode == "bm25" and retriever.retriever.doc_ids == ["fruit", "train"]
+    # An id already indexed is replaced, as LangChain vector stores do.
+    new = Document(page_content="Yellow pears ripen in autumn.", id="fruit", metadata={"v": 2})
+    assert retriever.add_documents([new]) == ["fruit"]
+    assert retriever.retriever.doc_ids == ["train", "fruit"]
+    assert retriever.invoke("apples orchard") == []
+    pears = retriever.invoke("pears autumn")
+    assert [d.metadata["s3"]["doc_id"] for d in pears] == ["fruit"]
+    assert pears[0].metadata["v"] == 2
+    assert retriever.delete(["fruit", "unknown"]) is True
+    assert retriever.delete(["fruit"]) is False
+    assert retriever.retriever.doc_ids == ["train"]
+    with pytest.raises(TypeError, match="list of ids"):
+        retriever.delete("train")  # type: ignore[arg-type]
 
 
 def test_from_index_round_trip(core: S3Retriever, tiny_model_dir: Path, tmp_path: Path) -> None:

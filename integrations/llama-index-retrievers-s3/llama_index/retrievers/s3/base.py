@@ -8,9 +8,11 @@ relationship, with the span id ``"{doc_id}:{start}:{end}"`` as node id.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,13 +28,10 @@ from llama_index.core.schema import (
     RelatedNodeInfo,
     TextNode,
 )
-from llama_index.core.vector_stores import (
-    FilterCondition,
-    FilterOperator,
-    MetadataFilter,
-    MetadataFilters,
-)
+from llama_index.core.vector_stores import MetadataFilters
 from s3_retriever import Hit, S3Retriever
+
+from llama_index.retrievers.s3.filters import to_core_filters
 
 Mode = Literal["hybrid", "s3", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "s3", "bm25")
@@ -42,77 +41,58 @@ INDEX_DIR = "s3_index"
 SETTINGS_FILE = "s3_retriever_settings.json"
 """File of a persist dir that holds this retriever's settings."""
 
-_SUPPORTED_OPERATORS = (FilterOperator.EQ, FilterOperator.IN)
-
-
-def to_core_filters(filters: MetadataFilters | None) -> dict[str, list[Any]] | None:
-    """Translate LlamaIndex metadata filters into the core's ``{key: [allowed values]}`` form.
-
-    Supported: ``MetadataFilter``/``ExactMatchFilter`` with the ``EQ`` or ``IN`` operator,
-    combined with ``AND`` (nested ``AND`` groups too). The key ``doc_id`` matches document ids.
-    A key given twice keeps only the values both allow.
-
-    Raises:
-        NotImplementedError: for any other operator or condition.
-    """
-    if filters is None or not filters.filters:
-        return None
-    allowed: dict[str, list[Any]] = {}
-    _collect(filters, allowed)
-    return allowed
-
-
-def _collect(filters: MetadataFilters, allowed: dict[str, list[Any]]) -> None:
-    condition = filters.condition or FilterCondition.AND
-    if condition != FilterCondition.AND:
-        raise NotImplementedError(
-            f"S3AttentionRetriever supports only the AND filter condition, got "
-            f"{condition.value!r}; combine filters with AND or use FilterOperator.IN for "
-            f"alternatives of one key."
-        )
-    for item in filters.filters:
-        if isinstance(item, MetadataFilters):
-            _collect(item, allowed)
-            continue
-        values = _allowed_values(item)
-        if item.key in allowed:
-            values = [v for v in allowed[item.key] if v in values]
-        allowed[item.key] = values
-
-
-def _allowed_values(item: MetadataFilter) -> list[Any]:
-    operator = item.operator
-    if operator not in _SUPPORTED_OPERATORS:
-        supported = ", ".join(op.name for op in _SUPPORTED_OPERATORS)
-        raise NotImplementedError(
-            f"S3AttentionRetriever cannot apply the {operator.name} ({operator.value!r}) "
-            f"operator on {item.key!r}; supported operators: {supported}."
-        )
-    if operator == FilterOperator.EQ:
-        if isinstance(item.value, list):
-            raise NotImplementedError(
-                f"EQ with a list value on {item.key!r} is not supported; use FilterOperator.IN "
-                f"to match any of several values."
-            )
-        return [item.value]
-    if not isinstance(item.value, list):
-        raise ValueError(
-            f"FilterOperator.IN on {item.key!r} needs a list value, got {item.value!r}"
-        )
-    return list(item.value)
+RESERVED_KEY = "s3"
+"""Node metadata key that holds this retriever's fields; refused in indexed metadata."""
 
 
 def hit_to_node(hit: Hit) -> NodeWithScore:
-    """Translate one core :class:`~s3_retriever.Hit` into a scored ``TextNode``."""
+    """Translate one core :class:`~s3_retriever.Hit` into a scored ``TextNode``.
+
+    The node's metadata is the document's metadata plus, under the one key ``"s3"``, the span
+    id, the ranking score, the component scores (``scores``) and the normalised ``relevance`` in
+    [0, 1] (``s3_retriever/search/relevance.py``); that key is excluded from the
+    text LLMs and embedders see. The document's own metadata is never overwritten.
+    """
+    metadata: dict[str, Any] = dict(hit.metadata)
+    if RESERVED_KEY in metadata:
+        warnings.warn(
+            f"document {hit.doc_id!r} has its own metadata key {RESERVED_KEY!r}; the span's "
+            f"scores are left out of its node",
+            UserWarning,
+            stacklevel=2,
+        )
+    else:
+        metadata[RESERVED_KEY] = {
+            "span_id": hit.id,
+            "score": hit.score,
+            "scores": dict(hit.scores),
+            "relevance": hit.relevance,
+        }
     node = TextNode(
         id_=hit.id,
         text=hit.text,
         start_char_idx=hit.start_char,
         end_char_idx=hit.end_char,
-        metadata=dict(hit.metadata),
+        metadata=metadata,
+        excluded_embed_metadata_keys=[RESERVED_KEY],
+        excluded_llm_metadata_keys=[RESERVED_KEY],
         relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=hit.doc_id)},
     )
     return NodeWithScore(node=node, score=hit.score)
+
+
+def link_neighbours(results: Sequence[NodeWithScore]) -> None:
+    """Set ``PREVIOUS`` / ``NEXT`` between the returned spans of each document, in text order."""
+    by_doc: dict[str, list[BaseNode]] = {}
+    for result in results:
+        by_doc.setdefault(result.node.ref_doc_id or "", []).append(result.node)
+    for nodes in by_doc.values():
+        nodes.sort(key=lambda node: node.start_char_idx or 0)
+        for before, after in itertools.pairwise(nodes):
+            before.relationships[NodeRelationship.NEXT] = RelatedNodeInfo(node_id=after.node_id)
+            after.relationships[NodeRelationship.PREVIOUS] = RelatedNodeInfo(
+                node_id=before.node_id
+            )
 
 
 class S3AttentionRetriever(BaseRetriever):
@@ -126,7 +106,8 @@ class S3AttentionRetriever(BaseRetriever):
         similarity_top_k: maximum number of spans per query.
         token_budget: total model tokens of the returned spans.
         mode: ``hybrid`` (attention + BM25), ``s3`` (attention only) or ``bm25``.
-        filters: metadata filters (EQ / IN operators, AND condition).
+        filters: metadata filters: every standard ``FilterOperator`` and the ``AND``, ``OR``
+            and ``NOT`` conditions, nested too (see :mod:`llama_index.retrievers.s3.filters`).
         callback_manager: LlamaIndex callback manager.
         verbose: print progress of recursive retrieval.
     """
@@ -179,29 +160,55 @@ class S3AttentionRetriever(BaseRetriever):
         instance.add_documents(documents)
         return instance
 
-    def add_documents(self, documents: Sequence[BaseNode]) -> list[str]:
+    def add_documents(
+        self, documents: Sequence[BaseNode], *, replace: bool = False
+    ) -> list[str]:
         """Index ``Document``s or ``TextNode``s; returns the document ids used.
 
         A node's document id is its ``ref_doc_id`` when it has a ``SOURCE`` relationship, else
-        its ``id_``. Its metadata is kept (it must be JSON-serialisable).
+        its ``id_``. Its metadata is kept (it must be JSON-serialisable and may not use the key
+        ``"s3"``, which results use for scores). With ``replace=True`` documents whose ids are
+        already indexed are replaced (an upsert); otherwise such ids are refused.
         """
         nodes = list(documents)
         ids = [node.ref_doc_id or node.id_ for node in nodes]
         seen: dict[str, int] = {}
-        for position, doc_id in enumerate(ids):
+        for position, (doc_id, node) in enumerate(zip(ids, nodes, strict=True)):
             if doc_id in seen:
                 raise ValueError(
                     f"nodes {seen[doc_id]} and {position} both map to document id {doc_id!r}. "
                     f"S3 indexes whole documents and finds spans itself: pass the source "
                     f"Documents instead of chunks of them."
                 )
+            if RESERVED_KEY in node.metadata:
+                raise ValueError(
+                    f"document {doc_id!r} uses the metadata key {RESERVED_KEY!r}, which results "
+                    f"use for the span's scores; rename that key"
+                )
             seen[doc_id] = position
         texts = [node.get_content(metadata_mode=MetadataMode.NONE) for node in nodes]
+        metadatas = [dict(node.metadata) for node in nodes]
         return self.retriever.add_documents(
-            texts, ids=ids, metadatas=[dict(node.metadata) for node in nodes]
+            texts, ids=ids, metadatas=metadatas, replace=replace
         )
 
     insert_nodes = add_documents
+
+    def insert(self, document: BaseNode) -> str:
+        """Index one ``Document`` (``BaseIndex.insert``); returns its document id."""
+        return self.add_documents([document])[0]
+
+    def delete_ref_doc(self, ref_doc_id: str, **delete_kwargs: Any) -> bool:
+        """Remove a document and all its spans; returns whether it was indexed.
+
+        ``delete_kwargs`` (``BaseIndex``'s ``delete_from_docstore``) are accepted and ignored:
+        the index keeps no separate docstore.
+        """
+        return self.retriever.delete([ref_doc_id]) > 0
+
+    def update_ref_doc(self, document: BaseNode, **update_kwargs: Any) -> None:
+        """Replace the indexed document with ``document``'s id by ``document`` (added if new)."""
+        self.add_documents([document], replace=True)
 
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_dir: str | os.PathLike[str]) -> None:
@@ -244,6 +251,11 @@ class S3AttentionRetriever(BaseRetriever):
             if settings.get("filters") is not None:
                 settings["filters"] = MetadataFilters.model_validate(settings["filters"])
         index_dir = root if (root / "manifest.json").is_file() else root / INDEX_DIR
+        if not index_dir.is_dir():
+            raise FileNotFoundError(
+                f"{root} holds no saved retriever: write one with "
+                f"S3AttentionRetriever.persist({str(root)!r}) (or S3Retriever.save) first"
+            )
         core = S3Retriever.load(index_dir, model_path=model_path, device=device)
         return cls(core, **{**settings, **kwargs})
 
@@ -262,12 +274,15 @@ class S3AttentionRetriever(BaseRetriever):
             "token_budget": self.token_budget,
             "mode": self.mode,
             "filters": to_core_filters(self.filters),
+            "order": "score",  # best first; ties keep document order
         }
 
     @staticmethod
     def _to_nodes(hits: Sequence[Hit]) -> list[NodeWithScore]:
-        """Nodes best score first; ties keep the core's document order."""
-        return [hit_to_node(hit) for hit in sorted(hits, key=lambda hit: -hit.score)]
+        """Nodes in the core's best-first order, neighbours linked."""
+        results = [hit_to_node(hit) for hit in hits]
+        link_neighbours(results)
+        return results
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         """Spans for ``query_bundle.query_str``."""

