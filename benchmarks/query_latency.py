@@ -21,6 +21,7 @@ embeds the base units once and its vectors are repeated the same way.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import math
 import tempfile
@@ -60,30 +61,69 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _s3_times(
-    retriever: S3Retriever, questions: list[str], scoring: ScoringConfig
-) -> dict[str, float]:
-    """Median forward, search and end-to-end (s3 mode, 1,024-token budget) times in ms.
+def _p99_ms(samples: list[float]) -> float:
+    return 1000.0 * float(np.percentile(samples, 99))
 
-    The first query is timed apart: it also builds what the search derives once per loaded
-    index (key clusters when the saved index has none, decoded postings).
+
+def _s3_times(
+    retriever: S3Retriever, questions: list[str], scoring: ScoringConfig, modes: tuple[str, ...]
+) -> dict[str, float]:
+    """Median forward and search times, and p50/p99 end-to-end ``retrieve`` (1,024-token
+    budget) in each of ``modes``, in ms.
+
+    The first query of each mode is timed apart: it also builds what the search derives once
+    per loaded index (key clusters when the saved index has none, decoded postings, BM25).
     """
-    retriever.config = retriever.config.replace(scoring=scoring)
-    first, _ = _timed(lambda: retriever.retrieve(questions[0], token_budget=1024, mode="s3"))
-    forward, search, total = [], [], []
+    settings = retriever.config.search_settings()
+    settings = dataclasses.replace(settings, scoring=scoring)
+    forward, search = [], []
+    out: dict[str, float] = {}
+    for mode in modes:
+        first, _ = _timed(
+            lambda m=mode: retriever.retrieve(
+                questions[0], token_budget=1024, mode=m, search=settings
+            )
+        )
+        out[f"first_query_{mode}_ms"] = 1000.0 * first
+    totals: dict[str, list[float]] = {mode: [] for mode in modes}
     for question in questions:
-        t_fwd, vectors = _timed(lambda q=question: retriever.question_vectors(q))
-        t_search, _ = _timed(lambda v=vectors: retriever.score_question_vectors(v))
-        t_all, _ = _timed(lambda q=question: retriever.retrieve(q, token_budget=1024, mode="s3"))
+        t_fwd, vectors = _timed(lambda q=question: retriever.question_vectors(q, settings))
+        t_search, _ = _timed(lambda v=vectors: retriever.score_question_vectors(v, search=settings))
         forward.append(t_fwd)
         search.append(t_search)
-        total.append(t_all)
-    return {
-        "first_query_ms": 1000.0 * first,
-        "forward_ms": _median_ms(forward),
-        "search_ms": _median_ms(search),
-        "end_to_end_ms": _median_ms(total),
-    }
+        for mode in modes:
+            # End to end includes the question's forward pass: forget the projections the
+            # retriever keeps for repeated questions (s3_retriever/search/question.py).
+            retriever._questions._cache.clear()
+            t_all, _ = _timed(
+                lambda q=question, m=mode: retriever.retrieve(
+                    q, token_budget=1024, mode=m, search=settings
+                )
+            )
+            totals[mode].append(t_all)
+    out["forward_ms"] = _median_ms(forward)
+    out["search_ms"] = _median_ms(search)
+    out["first_query_ms"] = out[f"first_query_{modes[0]}_ms"]
+    for mode in modes:
+        out[f"end_to_end_{mode}_ms"] = _median_ms(totals[mode])
+        out[f"end_to_end_{mode}_p99_ms"] = _p99_ms(totals[mode])
+    out["end_to_end_ms"] = out[f"end_to_end_{modes[0]}_ms"]
+    return out
+
+
+def _plain_path_times(
+    retriever: S3Retriever, questions: list[str], modes: tuple[str, ...]
+) -> dict[str, float]:
+    """End-to-end times with the dense plain path after the search (every position smoothed
+    and scanned for peaks), the reference the sparse fast path replaces."""
+    from s3_retriever.search import pipeline
+
+    fast = pipeline.score_index_sparse
+    pipeline.score_index_sparse = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        return _s3_times(retriever, questions, ScoringConfig(), modes)
+    finally:
+        pipeline.score_index_sparse = fast
 
 
 def _bm25_times(texts: list[str], questions: list[str]) -> dict[str, float]:
@@ -118,9 +158,10 @@ def _dense_times(
 def _write(
     args: argparse.Namespace, base: dict[str, Any], heads: Any, rows: list[dict[str, Any]]
 ) -> None:
+    modes = tuple(args.modes.split(","))
     """Write the result files; called after every size, so a long run leaves what it measured."""
     payload = {
-        "settings": {**vars(args), "token_budget": 1024, "mode": "s3"},
+        "settings": {**vars(args), "token_budget": 1024},
         "base": base,
         "heads": heads,
         "rows": rows,
@@ -128,46 +169,51 @@ def _write(
     table_rows = []
     for r in rows:
         exact, bm25, dense_t = r["exact"], r["bm25s"], r["dense"]
-        aligned, full = r.get("aligned"), r["exact_full"]
-        s3_query = exact["forward_ms"] + exact["search_ms"]
+        plain, full = r.get("plain_path"), r.get("exact_full")
+        minilm = dense_t["embed_ms"] + dense_t["search_ms"]
+        mode_cells = []
+        for mode in modes:
+            p50, p99 = exact[f"end_to_end_{mode}_ms"], exact[f"end_to_end_{mode}_p99_ms"]
+            mode_cells += [
+                f"{p50:.0f} / {p99:.0f}",
+                f"{p50 / minilm:.2f}",
+                f"{plain[f'end_to_end_{mode}_ms'] / p50:.1f}" if plain else "not run",
+            ]
         table_rows.append(
             [
                 f"{r['tokens']:,}",
-                f"{exact['search_ms']:.1f}",
-                f"{full['search_ms']:.1f}",
-                f"{full['search_ms'] / exact['search_ms']:.1f}",
+                f"{exact['forward_ms']:.0f}",
+                f"{exact['search_ms']:.0f}",
+                *mode_cells,
+                f"{minilm:.1f}",
+                f"{bm25['query_ms']:.1f}",
+                f"{full['search_ms'] / exact['search_ms']:.1f}" if full else "not run",
                 f"{exact['first_query_ms'] / 1000:.1f}",
-                f"{exact['search_ms'] / bm25['query_ms']:.2f}",
-                f"{exact['search_ms'] / dense_t['search_ms']:.2f}",
-                f"{aligned['search_ms']:.0f}" if aligned else "not run",
-                f"{exact['forward_ms']:.1f}",
-                f"{exact['forward_ms'] / dense_t['embed_ms']:.2f}",
-                f"{s3_query / bm25['query_ms']:.1f}",
-                f"{s3_query / (dense_t['embed_ms'] + dense_t['search_ms']):.2f}",
-                f"{r['load_s']:.1f}",
                 f"{r['rss_mib_after_queries']:.0f}",
             ]
         )
+    mode_headers = []
+    for mode in modes:
+        mode_headers += [
+            f"{mode} retrieve p50 / p99 ms",
+            f"{mode} p50 / MiniLM query",
+            f"{mode} plain path / fast path (p50)",
+        ]
     table = markdown_table(
         [
             "indexed tokens",
-            "S3 search ms (exact, default)",
-            "every key read, ms",
-            "every key / default",
-            "first query s",
-            "search / bm25s query",
-            "search / MiniLM flat search",
-            "aligned search ms",
             "question forward ms",
-            "forward / MiniLM query embed",
-            "S3 query / bm25s query",
-            "S3 query / MiniLM query",
-            "load s (mmap, checksums)",
+            "S3 search ms",
+            *mode_headers,
+            "MiniLM query ms (embed + flat search)",
+            "bm25s query ms",
+            "every key read / clustered (search)",
+            "first query s (after load)",
             "RSS MiB",
         ],
         table_rows,
     )
-    write_result("query_latency", payload, table)
+    write_result(args.name, payload, table)
 
 
 def main() -> None:
@@ -178,10 +224,26 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=20, help="questions timed per size")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--index", default=None, help="reuse (or write) the scanned base index")
+    parser.add_argument(
+        "--modes", default="s3,hybrid", help="retrieve modes timed end to end (first one leads)"
+    )
+    parser.add_argument(
+        "--skip-reference",
+        action="store_true",
+        help="skip reading every key and the aligned scorer (the search references)",
+    )
+    parser.add_argument(
+        "--plain-path-max",
+        type=int,
+        default=10_000_000,
+        help="also time the dense plain path after the search up to this many tokens",
+    )
+    parser.add_argument("--name", default="query_latency", help="result file name")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
+    modes = tuple(args.modes.split(","))
 
     examples = haystacks(data_dir(args.data), n=max(1, args.tokens // 4000))
     if args.index and Path(args.index).exists():
@@ -239,13 +301,18 @@ def main() -> None:
                 "index_mib_on_disk": sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
                 / 2**20,
                 # The default: clustered search past 65,536 positions.
-                "exact": _s3_times(loaded, questions, ScoringConfig()),
-                "exact_full": _s3_times(
-                    loaded, questions, ScoringConfig(cluster_search_above=None)
-                ),
+                "exact": _s3_times(loaded, questions, ScoringConfig(), modes),
             }
-            if n_postings <= MAX_DECODED_POSTINGS:
-                row["aligned"] = _s3_times(loaded, questions, ScoringConfig(scorer="aligned"))
+            if loaded.index.corpus.n_positions <= args.plain_path_max:
+                row["plain_path"] = _plain_path_times(loaded, questions, modes)
+            if not args.skip_reference:
+                row["exact_full"] = _s3_times(
+                    loaded, questions, ScoringConfig(cluster_search_above=None), modes[:1]
+                )
+                if n_postings <= MAX_DECODED_POSTINGS:
+                    row["aligned"] = _s3_times(
+                        loaded, questions, ScoringConfig(scorer="aligned"), modes[:1]
+                    )
             row["rss_mib_after_queries"] = _rss_mib()
             del loaded
             gc.collect()

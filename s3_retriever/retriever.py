@@ -27,11 +27,12 @@ from s3_retriever.header import build_header, check_heads_match, open_saved
 from s3_retriever.heads import check_heads, check_saes, fallback_heads, fields_of
 from s3_retriever.index.index import Index
 from s3_retriever.index.key_encoding import KeyEncoder
-from s3_retriever.index.scanned import ScannedTexts, commit_scanned, scan_and_commit, scan_texts
+from s3_retriever.index.scanned import ScannedTexts, commit_scanned, scan_texts
 from s3_retriever.index.storage import fill_index, save_index
 from s3_retriever.inputs import check_id_type, check_ids_free, new_documents, search_arguments
 from s3_retriever.model.loading import LoadedModel, attention_shape, load_model
-from s3_retriever.model.scan import Scanner, tokenize
+from s3_retriever.model.scan import Scanner
+from s3_retriever.rwlock import ReadWriteLock
 from s3_retriever.sae.bundle import COMPACT_VARIANT, SAEBundle, shipped_bundle_dir
 from s3_retriever.search.filters import Filters
 from s3_retriever.search.hits import Hit
@@ -56,8 +57,9 @@ class S3Retriever(PositionScoring):
     """Retrieve evidence spans from long documents with a language model's own attention.
 
     Build one with :meth:`from_pretrained`, add texts with :meth:`add_documents`, then call
-    :meth:`retrieve`. Reads and writes are serialised by a lock, so one instance may be shared
-    between threads.
+    :meth:`retrieve`. One instance may be shared between threads: queries run in parallel
+    with each other (a readers-writer lock, :mod:`s3_retriever.rwlock`), and an add scans
+    without the lock, blocking queries only while it commits.
     """
 
     def __init__(
@@ -114,7 +116,8 @@ class S3Retriever(PositionScoring):
         )
         """Everything a search reads: corpus, key stores, postings, clusters and BM25."""
         self._questions = QuestionEncoder(self.scanner, loaded.tokenizer, self.heads)
-        self._lock = threading.RLock()
+        self._lock = ReadWriteLock()
+        self._save_lock = threading.Lock()
 
     @property
     def loaded(self) -> LoadedModel:
@@ -185,32 +188,29 @@ class S3Retriever(PositionScoring):
         texts, ids_list, metas = new_documents(texts, ids, metadatas, existing)
         if not texts:
             return []
-        tokenized = [tokenize(self.model.tokenizer, text) for text in texts]
-        with self._lock:
-            if not replace:
+        scanned = scan_texts(
+            self.scanner, self._encoder, self.model.tokenizer, self.fields, texts, progress
+        )
+        # Scanned without the lock (queries keep running), at positions counted from this
+        # call's first document; the commit moves them after what the index holds.
+        with self._lock.write():
+            if replace:
+                rows_by_id = self.index.corpus.row_of()
+                replaced = [i for i in ids_list if i in rows_by_id]
+                if replaced:
+                    self.index.delete(replaced)
+            else:
                 # Checked again under the lock: another thread may have added these ids.
                 check_ids_free(ids_list, self.index.corpus.doc_ids)
-            scan_and_commit(
-                self.index,
-                self.scanner,
-                self._encoder,
-                self.fields,
-                texts,
-                tokenized,
-                ids_list,
-                metas,
-                replace=replace,
-                progress=progress,
-            )
+            commit_scanned(self.index, scanned, ids_list, metas)
         return ids_list
 
     def scan_texts(self, texts: Sequence[str], *, progress: Progress = None) -> ScannedTexts:
         """Read ``texts`` without indexing them (a sharded build scans on workers);
         :meth:`add_scanned` commits them."""
-        with self._lock:
-            return scan_texts(
-                self.scanner, self._encoder, self.model.tokenizer, self.fields, texts, progress
-            )
+        return scan_texts(
+            self.scanner, self._encoder, self.model.tokenizer, self.fields, texts, progress
+        )
 
     def add_scanned(
         self,
@@ -220,7 +220,7 @@ class S3Retriever(PositionScoring):
     ) -> list[str]:
         """Index texts read by :meth:`scan_texts` of this model and SAEs; returns their ids."""
         texts, ids_list, metas = new_documents(scanned.texts, ids, metadatas, self.doc_ids)
-        with self._lock:
+        with self._lock.write():
             check_ids_free(ids_list, self.index.corpus.doc_ids)
             commit_scanned(self.index, scanned, ids_list, metas)
         return ids_list
@@ -232,7 +232,7 @@ class S3Retriever(PositionScoring):
         ids = list(ids)
         for i, doc_id in enumerate(ids):
             check_id_type(doc_id, f"ids[{i}]")
-        with self._lock:
+        with self._lock.write():
             return self.index.delete(ids)
 
     # ------------------------------------------------------------------ reading
@@ -280,7 +280,7 @@ class S3Retriever(PositionScoring):
         if not query.strip() or top_k == 0:
             return []
         settings = search or self.config.search_settings()
-        with self._lock:
+        with self._lock.read():
             hits = run_search(
                 self.index,
                 query,
@@ -299,7 +299,9 @@ class S3Retriever(PositionScoring):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to a versioned directory, atomically (see :mod:`.index.storage`)."""
         header = build_header(self.model, self.bundle, self.config, self.heads, self.fields)
-        with self._lock:
+        # Saving only reads the index, so queries go on meanwhile; commits wait. Saves take
+        # turns, since each records the version it wrote (index.versions).
+        with self._save_lock, self._lock.read():
             save_index(
                 self.index,
                 header,

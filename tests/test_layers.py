@@ -18,6 +18,7 @@ PACKAGE = Path(s3_retriever.__file__).resolve().parent
 
 LAYERS: dict[str, int] = {
     "errors": 0,
+    "rwlock": 0,
     "console": 0,
     "files": 1,
     "model": 2,

@@ -312,7 +312,7 @@ def test_concurrent_adds_of_one_id_keep_ids_unique(
     small: S3Retriever, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two threads adding the same id: one succeeds, the other is refused; ids stay unique."""
-    import s3_retriever.retriever as retriever_module
+    import s3_retriever.index.scanned as retriever_module  # where add_documents tokenizes
 
     real_tokenize = retriever_module.tokenize
     first_inside = threading.Event()

@@ -71,10 +71,14 @@ class Index:
         return self.corpus.n_positions
 
     def bm25_scores(self, query: str) -> np.ndarray:
-        """BM25 score of every unit for ``query``, building the BM25 index on first use."""
-        if not self.bm25.ready:
-            self.bm25.build([self.corpus.unit_text(u) for u in range(self.corpus.n_units)])
+        """BM25 score of every unit for ``query``. The BM25 index follows every commit and
+        deletion; only a loaded index builds it, on its first query."""
+        self.bm25.ensure(self._unit_texts)
         return self.bm25.scores(query)
+
+    def _unit_texts(self, first_unit: int = 0) -> list[str]:
+        corpus = self.corpus
+        return [corpus.unit_text(u) for u in range(first_unit, corpus.n_units)]
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held by each store: postings, keys and the token/unit tables."""
@@ -99,6 +103,7 @@ class Index:
     ) -> None:
         """Add scanned documents with their keys and codes, whose global positions follow the
         :attr:`n_positions` already indexed."""
+        first_unit = self.corpus.n_units
         for text, doc_id, meta, tokens in zip(texts, ids, metadatas, tokenized, strict=True):
             units = segment(text, tokens.starts, self.segment_config)
             self.corpus.append(doc_id, text, meta, tokens.ends, units)
@@ -111,7 +116,8 @@ class Index:
             for positions, latent_ids, acts in new_codes.get(f, []):
                 postings.append(positions, latent_ids, acts)
             postings.flush()
-        self.bm25.invalidate()
+        if self.bm25.ready:
+            self.bm25.add(self._unit_texts(first_unit))
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove documents by id; returns how many were removed (unknown ids are ignored)."""
@@ -119,12 +125,13 @@ class Index:
         rows = {rows_by_id[i] for i in ids if i in rows_by_id}
         if not rows:
             return 0
+        keep_units = ~np.isin(self.corpus.unit_doc, np.fromiter(rows, np.int64, len(rows)))
         keep = self.corpus.delete_rows(rows)
         for store in self.key_stores.values():
             store.keep(keep)
         for postings in self.postings.values():
             postings.keep(keep)
-        self.bm25.invalidate()
+        self.bm25.keep(keep_units)
         return len(rows)
 
     # ------------------------------------------------------------------ files

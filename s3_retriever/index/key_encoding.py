@@ -183,3 +183,15 @@ class KeyEncoder:
                         )
                     if layer in keys:
                         new_keys[(layer, kv)].append((positions, keys[layer][row, span, slot]))
+
+
+def shift_positions(new_keys: NewKeys, new_codes: NewCodes, offset: int) -> None:
+    """Move staged keys and codes by ``offset`` positions, in place: a call scans its documents
+    at positions counted from its own first token and commits them after the indexed ones."""
+    if offset == 0:
+        return
+    # New arrays, not in place: one positions array is staged for several fields.
+    for f, chunks in new_keys.items():
+        new_keys[f] = [(positions + offset, vectors) for positions, vectors in chunks]
+    for f, code_chunks in new_codes.items():
+        new_codes[f] = [(positions + offset, ids, acts) for positions, ids, acts in code_chunks]

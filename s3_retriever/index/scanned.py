@@ -57,38 +57,3 @@ def commit_scanned(
     keys: NewKeys = {f: [(p + base, v) for p, v in c] for f, c in scanned.keys.items()}
     codes: NewCodes = {f: [(p + base, i, a) for p, i, a in c] for f, c in scanned.codes.items()}
     index.commit(scanned.texts, ids, metadatas, scanned.tokenized, keys, codes)
-
-
-def scan_and_commit(
-    index: Index,
-    scanner: Scanner,
-    encoder: KeyEncoder,
-    fields: Sequence[Field],
-    texts: list[str],
-    tokenized: list[TokenizedText],
-    ids: list[str],
-    metadatas: list[dict[str, Any]],
-    *,
-    replace: bool,
-    progress: Progress = None,
-) -> None:
-    """Scan ``tokenized`` and commit the texts after what ``index`` holds (ids already checked;
-    the caller holds the writer's lock). With ``replace``, indexed documents of the same ids
-    leave in the same step: the new ones are positioned after those that stay."""
-    corpus = index.corpus
-    replaced: list[str] = []
-    replaced_tokens = 0
-    if replace:
-        rows_by_id = corpus.row_of()
-        replaced = [i for i in ids if i in rows_by_id]
-        replaced_tokens = sum(int(corpus.doc_token_count[rows_by_id[i]]) for i in replaced)
-    base = index.n_positions - replaced_tokens
-    doc_base = base + np.concatenate([[0], np.cumsum([len(t) for t in tokenized])[:-1]]).astype(
-        np.int64
-    )
-    new_keys: NewKeys = {f: [] for f in fields}
-    new_codes: NewCodes = {f: [] for f in fields}
-    encoder.run(scanner.scan_batches(tokenized, progress=progress), doc_base, new_keys, new_codes)
-    if replaced:
-        index.delete(replaced)
-    index.commit(texts, ids, metadatas, tokenized, new_keys, new_codes)

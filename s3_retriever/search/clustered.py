@@ -39,10 +39,30 @@ def clustered_exact_scores(
     Same arguments and result as :func:`s3_retriever.search.exact.exact_scores` (``groups``
     splits the rows into query heads whose mean attentions are summed).
     """
-    n_rows = queries.shape[0]
     out = np.zeros(n_positions, np.float32)
+    positions, mass = clustered_exact_mass(
+        queries, keys, n_positions, allowed, temperature, groups, positions_per_row
+    )
+    out[positions] = mass
+    return out
+
+
+def clustered_exact_mass(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    allowed: np.ndarray | None = None,
+    temperature: float = 1.0,
+    groups: Sequence[int] | None = None,
+    positions_per_row: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`clustered_exact_scores` as (positions read, their scores): every other position
+    scores zero, so what follows the search can skip them (:mod:`.sparse`). Positions are
+    unique, in cluster order."""
+    nothing = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    n_rows = queries.shape[0]
     if n_rows == 0 or n_positions == 0:
-        return out
+        return nothing
     clusters = key_clusters(keys)
     counts = clusters.counts
     if allowed is not None:
@@ -51,7 +71,7 @@ def clustered_exact_scores(
         ).astype(np.int64)
     live = counts > 0
     if not live.any():
-        return out
+        return nothing
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32) * np.float32(scale))
     centre_logits = q @ torch.from_numpy(clusters.means).T  # (rows, clusters)
@@ -99,8 +119,7 @@ def clustered_exact_scores(
     weights = torch.exp(logits - log_norm[:, None]) * row_weight[:, None]
     mass = torch.zeros(len(positions), dtype=torch.float32)
     mass.index_add_(0, columns_t.ravel(), weights.ravel())
-    out[positions] = mass.numpy()
-    return out
+    return positions, mass.numpy()
 
 
 def _clusters_to_read(

@@ -9,6 +9,8 @@ the one before it returned, plus the index and the settings.
 
 from __future__ import annotations
 
+import numpy as np
+
 from s3_retriever.index.index import Index
 from s3_retriever.model.scan import tokenize
 from s3_retriever.sae.bundle import SAEBundle
@@ -17,9 +19,10 @@ from s3_retriever.search.hits import Hit, build_hits
 from s3_retriever.search.question import QuestionEncoder
 from s3_retriever.search.ranking import rank
 from s3_retriever.search.relevance import unit_relevance, warn_fewer_hits
-from s3_retriever.search.scoring import require_store, score_index
+from s3_retriever.search.scoring import require_store, score_index, score_index_sparse
 from s3_retriever.search.settings import Mode, SearchSettings
 from s3_retriever.search.spans import fit_standalone, merge_adjacent, pack
+from s3_retriever.search.sparse import SparseScores
 from s3_retriever.search.units import Components, bm25_components, s3_components
 
 
@@ -47,8 +50,15 @@ def search(
     if mode in ("s3", "hybrid"):
         require_store(settings.scoring, bool(index.key_stores), bool(index.postings))
         vectors = questions.vectors(query, settings)
-        raw = score_index(index, vectors, settings.scoring, kv_group, bundle, doc_mask)
-        components.update(s3_components(raw, index, settings.spans))
+        # The clustered search reads a few thousand keys per question row: its scores stay
+        # sparse, so smoothing and peaks cost what it read, not the corpus (.sparse).
+        sparse = score_index_sparse(index, vectors, settings.scoring, kv_group, bundle, doc_mask)
+        raw: np.ndarray | SparseScores = (
+            sparse
+            if sparse is not None
+            else score_index(index, vectors, settings.scoring, kv_group, bundle, doc_mask)
+        )
+        components.update(s3_components(raw, index, settings.spans, positions=mode == "s3"))
     if mode in ("bm25", "hybrid"):
         components.update(bm25_components(query, index))
     relevance = unit_relevance(components, unit_mask)

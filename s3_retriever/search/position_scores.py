@@ -40,7 +40,7 @@ class PositionScoring:
         self, query: str, doc_mask: np.ndarray | None = None, search: SearchSettings | None = None
     ) -> np.ndarray:
         """Raw S3 score of every indexed token position for ``query`` (before smoothing)."""
-        with self._lock:
+        with self._lock.read():
             vectors = self.question_vectors(query, search)
             return self.score_question_vectors(vectors, doc_mask, search)
 
@@ -54,7 +54,7 @@ class PositionScoring:
         """:meth:`score_positions` for question vectors already computed (the index search
         alone); ``row_lse``: see :func:`s3_retriever.search.scoring.score_positions`."""
         scoring = (search or self.config.search_settings()).scoring
-        with self._lock:
+        with self._lock.read():
             return score_index(
                 self.index, head_queries, scoring, self.kv_group, self.bundle, doc_mask, row_lse
             )
@@ -67,7 +67,7 @@ class PositionScoring:
     ) -> dict[tuple[int, int], np.ndarray]:
         """Each question row's softmax normaliser (:func:`.search.scoring.index_logsumexp`)."""
         scoring = (search or self.config.search_settings()).scoring
-        with self._lock:
+        with self._lock.read():
             return index_logsumexp(
                 self.index, head_queries, scoring, self.kv_group, self.bundle, doc_mask
             )

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from s3_retriever.index.corpus import Corpus
 from s3_retriever.search.fusion import HybridConfig, fuse, rank_order
+from s3_retriever.search.peaks import iter_peak_units
 from s3_retriever.search.settings import Mode, SearchSettings
-from s3_retriever.search.spans import Seed, grow, peak_units
+from s3_retriever.search.spans import Seed, grow, n_peak_candidates
 from s3_retriever.search.units import Components
 
 _MAX_SEEDS = 4096
@@ -38,10 +39,12 @@ def rank(
     min_tokens = min(settings.spans.min_span_tokens, max(token_budget // 4, 1))
     if mode == "s3":
         scores = components["s3"]
-        # Filtered-out positions already scored zero; peaks there are dropped below.
-        peaks = peak_units(components["s3_positions"], corpus, settings.spans, limit=_MAX_SEEDS)
-        peaks = [u for u in peaks if unit_mask[u]]
-        order = np.asarray(peaks, dtype=np.int64)
+        # Filtered-out positions already scored zero; peaks there are dropped below. Peaks are
+        # picked only as far as packing reads them.
+        smoothed = components["s3_positions"]
+        n_candidates = n_peak_candidates(corpus.n_positions, settings.spans, _MAX_SEEDS)
+        peaks = iter_peak_units(smoothed, corpus, settings.spans.nms_radius, n_candidates)
+        order: Iterable[int] = (u for u in itertools.islice(peaks, _MAX_SEEDS) if unit_mask[u])
     elif mode == "bm25":
         scores = components["bm25"]
         # Units sharing no term with the query are not evidence; they would only pad.
@@ -53,7 +56,7 @@ def rank(
     within = settings.spans.within_paragraph
     grown = (
         Seed(int(u), functools.partial(grow, int(u), corpus, scores, min_tokens, counts, within))
-        for u in order[:_MAX_SEEDS]
+        for u in itertools.islice(order, _MAX_SEEDS)
     )
     return itertools.chain(lead, grown), scores
 

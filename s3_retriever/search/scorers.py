@@ -19,7 +19,7 @@ import numpy as np
 from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.sae.bundle import SAEBundle
-from s3_retriever.search.clustered import clustered_exact_scores
+from s3_retriever.search.clustered import clustered_exact_mass, clustered_exact_scores
 from s3_retriever.search.exact import exact_row_logsumexp, exact_scores
 from s3_retriever.search.settings import ScorerName, ScoringConfig
 from s3_retriever.search.through_sae import (
@@ -93,25 +93,15 @@ class ExactScorer:
 
     def contributions(self, queries: HeadQueries, context: ScoringContext) -> Iterator[np.ndarray]:
         config = context.config
-        # Heads sharing a KV head (GQA) are scored together: their keys are read once.
-        by_field: dict[Field, list[tuple[tuple[int, int], np.ndarray]]] = {}
-        for (layer, head), vectors in queries.items():
-            q = context.centred(layer, head, vectors)
-            if len(q):
-                by_field.setdefault(context.field_of(layer, head), []).append(((layer, head), q))
-        allowed = context.allowed
-        n_candidates = context.n_positions if allowed is None else int(allowed.sum())
-        threshold = config.cluster_search_above
-        clustered = context.row_lse is None and threshold is not None and n_candidates > threshold
-        for field_key, group in by_field.items():
-            rows, sizes = np.concatenate([q for _, q in group]), [len(q) for _, q in group]
+        clustered = self._clustered(context)
+        for field_key, rows, sizes, heads in self._by_field(queries, context):
             keys = context.key_stores[field_key]
             if clustered:
                 yield clustered_exact_scores(
                     rows,
                     keys,
                     context.n_positions,
-                    allowed,
+                    context.allowed,
                     config.temperature,
                     sizes,
                     config.positions_per_row,
@@ -119,9 +109,9 @@ class ExactScorer:
             else:
                 lse = None
                 if context.row_lse is not None:
-                    lse = np.concatenate([context.row_lse[h] for h, _ in group])
+                    lse = np.concatenate([context.row_lse[h] for h in heads])
                 yield exact_scores(
-                    rows, keys, context.n_positions, allowed, config.temperature, sizes, lse
+                    rows, keys, context.n_positions, context.allowed, config.temperature, sizes, lse
                 )
 
     def row_logsumexp(
@@ -137,6 +127,51 @@ class ExactScorer:
             )
             for (layer, head), vectors in queries.items()
         }
+
+    def sparse_contributions(
+        self, queries: HeadQueries, context: ScoringContext
+    ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """With clustered search, each field's (positions read, scores); None when every key
+        is read (the scores are then dense)."""
+        if not self._clustered(context):
+            return None
+        config = context.config
+        return [
+            clustered_exact_mass(
+                rows,
+                context.key_stores[field_key],
+                context.n_positions,
+                context.allowed,
+                config.temperature,
+                sizes,
+                config.positions_per_row,
+            )
+            for field_key, rows, sizes, _ in self._by_field(queries, context)
+        ]
+
+    @staticmethod
+    def _clustered(context: ScoringContext) -> bool:
+        allowed = context.allowed
+        n_candidates = context.n_positions if allowed is None else int(allowed.sum())
+        threshold = context.config.cluster_search_above
+        # A shard scoring under a corpus-wide normaliser reads every key: clusters would make
+        # its part of the softmax differ from one index's.
+        return context.row_lse is None and threshold is not None and n_candidates > threshold
+
+    @staticmethod
+    def _by_field(
+        queries: HeadQueries, context: ScoringContext
+    ) -> Iterator[tuple[Field, np.ndarray, list[int], list[tuple[int, int]]]]:
+        """(field, stacked question rows, rows per head, heads): heads sharing a KV head (GQA)
+        are scored together, so their keys are read once."""
+        by_field: dict[Field, list[tuple[tuple[int, int], np.ndarray]]] = {}
+        for (layer, head), vectors in queries.items():
+            q = context.centred(layer, head, vectors)
+            if len(q):
+                by_field.setdefault(context.field_of(layer, head), []).append(((layer, head), q))
+        for field_key, group in by_field.items():
+            rows = np.concatenate([q for _, q in group])
+            yield field_key, rows, [len(q) for _, q in group], [h for h, _ in group]
 
 
 class AlignedScorer:

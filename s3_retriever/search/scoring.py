@@ -14,8 +14,15 @@ from s3_retriever.index.index import Index
 from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.sae.bundle import SAEBundle
-from s3_retriever.search.scorers import SCORER_REGISTRY, HeadQueries, RowLSE, ScoringContext
+from s3_retriever.search.scorers import (
+    SCORER_REGISTRY,
+    ExactScorer,
+    HeadQueries,
+    RowLSE,
+    ScoringContext,
+)
 from s3_retriever.search.settings import SCORERS, ScorerName, ScoringConfig
+from s3_retriever.search.sparse import SparseScores, head_mean
 
 __all__ = [
     "SCORERS",
@@ -24,6 +31,7 @@ __all__ = [
     "require_store",
     "index_logsumexp",
     "score_index",
+    "score_index_sparse",
     "score_positions",
 ]
 
@@ -116,6 +124,33 @@ def index_logsumexp(
         _allowed(index, doc_mask),
     )
     return SCORER_REGISTRY[config.scorer].row_logsumexp(head_queries, context)
+
+
+def score_index_sparse(
+    index: Index,
+    head_queries: HeadQueries,
+    config: ScoringConfig,
+    kv_group: int,
+    bundle: SAEBundle,
+    doc_mask: np.ndarray | None = None,
+) -> SparseScores | None:
+    """:func:`score_index` as the positions the search read with their scores, when the search
+    reads only some (the clustered exact search); None when the scores are dense."""
+    scorer = SCORER_REGISTRY[config.scorer]
+    n_positions = index.corpus.n_positions
+    if not isinstance(scorer, ExactScorer) or n_positions == 0 or not head_queries:
+        return None
+    context = ScoringContext(
+        config,
+        n_positions,
+        kv_group,
+        index.key_stores,
+        index.postings,
+        bundle,
+        _allowed(index, doc_mask),
+    )
+    parts = scorer.sparse_contributions(head_queries, context)
+    return None if parts is None else head_mean(parts, len(head_queries), n_positions)
 
 
 def _allowed(index: Index, doc_mask: np.ndarray | None) -> np.ndarray | None:

@@ -7,6 +7,7 @@ neighbours while the span is shorter than ``min_span_tokens``.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from s3_retriever.index.corpus import Corpus
+from s3_retriever.search.peaks import iter_peak_units
 
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
@@ -79,8 +81,22 @@ def unit_scores(position_scores: np.ndarray, corpus: Corpus) -> np.ndarray:
 
 
 def peak_units(smoothed: np.ndarray, corpus: Corpus, config: SpanConfig, limit: int) -> list[int]:
-    """Units holding the strongest peaks, best first, after non-maximum suppression."""
-    return [unit for unit, _ in peaks(smoothed, corpus, config, limit)]
+    """Units holding the strongest peaks, best first, after non-maximum suppression
+    (:func:`~s3_retriever.search.peaks.iter_peak_units` over every position)."""
+    return list(
+        itertools.islice(
+            iter_peak_units(
+                smoothed, corpus, config.nms_radius, n_peak_candidates(len(smoothed), config, limit)
+            ),
+            limit,
+        )
+    )
+
+
+def n_peak_candidates(n_positions: int, config: SpanConfig, limit: int) -> int:
+    """How many of the best positions may become peaks: a bounded set keeps peak picking
+    O(limit), whatever the corpus size."""
+    return min(n_positions, max(limit * (2 * config.nms_radius + 1), 1024))
 
 
 def peaks(
@@ -93,8 +109,7 @@ def peaks(
     """
     if len(smoothed) == 0:
         return []
-    # Only the best positions can become peaks; a bounded candidate set keeps this O(n).
-    n_candidates = min(len(smoothed), max(limit * (2 * config.nms_radius + 1), 1024))
+    n_candidates = n_peak_candidates(len(smoothed), config, limit)
     candidates = np.argpartition(-smoothed, n_candidates - 1)[:n_candidates]
     candidates = candidates[np.lexsort((candidates, -smoothed[candidates]))]
     owner = position_units(corpus)
