@@ -6,7 +6,7 @@ run as Ray actors) and answers over HTTP, so no call reloads the model::
     POST /retrieve  {"query": "...", "top_k": 4, "token_budget": 1024, "mode": "hybrid",
                      "filters": {"source": "a.txt"}}
                     -> {"hits": [{"doc_id", "start_char", "end_char", "text", "score",
-                                  "metadata", "scores"}, ...]}
+                                  "metadata", "scores", "relevance"}, ...]}
     GET  /health    -> {"status": "ok", "documents": N}
 
 Bad requests get status 400 with ``{"error": "..."}``. :class:`RemoteRetriever` calls the API
@@ -60,6 +60,7 @@ def hit_from_json(data: dict[str, Any]) -> Hit:
         score=float(data["score"]),
         metadata=dict(data.get("metadata") or {}),
         scores={k: float(v) for k, v in (data.get("scores") or {}).items()},
+        relevance=float(data.get("relevance", 0.0)),
     )
 
 
