@@ -114,15 +114,7 @@ def index_logsumexp(
     corpus's normaliser is ``np.logaddexp`` of theirs)."""
     if index.corpus.n_positions == 0 or not head_queries:
         return {h: np.full(len(q), -np.inf) for h, q in head_queries.items()}
-    context = ScoringContext(
-        config,
-        index.corpus.n_positions,
-        kv_group,
-        index.key_stores,
-        index.postings,
-        bundle,
-        _allowed(index, doc_mask),
-    )
+    context = _index_context(index, config, kv_group, bundle, doc_mask)
     return SCORER_REGISTRY[config.scorer].row_logsumexp(head_queries, context)
 
 
@@ -140,17 +132,28 @@ def score_index_sparse(
     n_positions = index.corpus.n_positions
     if not isinstance(scorer, ExactScorer) or n_positions == 0 or not head_queries:
         return None
-    context = ScoringContext(
+    context = _index_context(index, config, kv_group, bundle, doc_mask)
+    parts = scorer.sparse_contributions(head_queries, context)
+    return None if parts is None else head_mean(parts, len(head_queries), n_positions)
+
+
+def _index_context(
+    index: Index,
+    config: ScoringConfig,
+    kv_group: int,
+    bundle: SAEBundle,
+    doc_mask: np.ndarray | None,
+) -> ScoringContext:
+    """What a scorer reads of ``index``: its stores and the candidates ``doc_mask`` allows."""
+    return ScoringContext(
         config,
-        n_positions,
+        index.corpus.n_positions,
         kv_group,
         index.key_stores,
         index.postings,
         bundle,
         _allowed(index, doc_mask),
     )
-    parts = scorer.sparse_contributions(head_queries, context)
-    return None if parts is None else head_mean(parts, len(head_queries), n_positions)
 
 
 def _allowed(index: Index, doc_mask: np.ndarray | None) -> np.ndarray | None:
