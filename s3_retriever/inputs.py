@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from s3_retriever.index.corpus import check_metadata
-from s3_retriever.search.settings import MODES
+from s3_retriever.search.settings import MODES, ORDERS
 
 
 def check_encodable(text: str, what: str) -> None:
@@ -110,4 +110,18 @@ def search_arguments(
     token_budget = whole_number(token_budget, "token_budget")
     if token_budget < 1:
         raise ValueError(f"token_budget must be at least 1, got {token_budget}")
+    return top_k, token_budget
+
+
+def retrieve_arguments(
+    query: Any, top_k: Any, token_budget: Any, mode: str, order: str
+) -> tuple[int | None, int] | None:
+    """Checked ``top_k`` and ``token_budget`` of a ``retrieve`` call (query, mode and order
+    checked too); ``None`` when the answer is empty without a search (a blank query, or
+    ``top_k=0``)."""
+    top_k, token_budget = search_arguments(query, top_k, token_budget, mode)
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
+    if not query.strip() or top_k == 0:
+        return None
     return top_k, token_budget

@@ -29,13 +29,13 @@ from s3_retriever.index.index import Index
 from s3_retriever.index.key_encoding import KeyEncoder
 from s3_retriever.index.scanned import ScannedTexts, commit_scanned, scan_texts
 from s3_retriever.index.storage import fill_index, save_index
-from s3_retriever.inputs import check_id_type, check_ids_free, new_documents, search_arguments
+from s3_retriever.inputs import check_id_type, check_ids_free, new_documents, retrieve_arguments
 from s3_retriever.model.loading import LoadedModel, attention_shape, load_model
 from s3_retriever.model.scan import Scanner
 from s3_retriever.rwlock import ReadWriteLock
 from s3_retriever.sae.bundle import COMPACT_VARIANT, SAEBundle, shipped_bundle_dir
 from s3_retriever.search.filters import Filters
-from s3_retriever.search.hits import Hit
+from s3_retriever.search.hits import Hit, in_order
 from s3_retriever.search.pipeline import search as run_search
 from s3_retriever.search.position_scores import PositionScoring
 from s3_retriever.search.question import QuestionEncoder
@@ -274,11 +274,10 @@ class S3Retriever(PositionScoring):
                 :meth:`RetrieverConfig.search_settings` of :attr:`config`. The retriever is
                 not changed, so calls with different settings may share it.
         """
-        top_k, token_budget = search_arguments(query, top_k, token_budget, mode)
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
-        if not query.strip() or top_k == 0:
+        checked = retrieve_arguments(query, top_k, token_budget, mode, order)
+        if checked is None:
             return []
+        top_k, token_budget = checked
         settings = search or self.config.search_settings()
         with self._lock.read():
             hits = run_search(
@@ -293,7 +292,7 @@ class S3Retriever(PositionScoring):
                 top_k,
                 filters,
             )
-        return sorted(hits, key=lambda hit: -hit.score) if order == "score" else hits
+        return in_order(hits, order)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -8,6 +8,9 @@ Which steps of a search are global, and how each is made exact across shards:
 - **BM25's idf and average length**: shards add up unit counts, lengths and document
   frequencies (:mod:`s3_retriever.distributed.lexical_stats`).
 - **Smoothing, unit scores, peaks**: within a document, so within a shard.
+- **The relevance floor** divides each component by its best unit over the allowed units: the
+  shards score under the corpus-wide statistics, so :func:`combine_bests` takes the largest of
+  their bests, and every shard applies the floor with it.
 - **Rankings** (peaks, BM25 order, RRF's two input rankings): each shard sorts its units by
   ``(-score, document sequence number, place in document)``, the order one index sorts them in;
   :class:`MergedRanking` merges the shards' lists page by page.
@@ -45,6 +48,11 @@ def combine_lse(parts: Sequence[dict[Any, np.ndarray] | None]) -> dict[Any, np.n
             head: np.logaddexp.reduce(np.stack([p[head] for p in present]), axis=0)
             for head in present[0]
         }
+
+
+def combine_bests(parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each component's best unit score over every shard, from the shards' own bests."""
+    return {name: max(p[name] for p in parts) for name in parts[0]} if parts else {}
 
 
 Page = list[tuple[tuple[float, int, int, int], Any]]
@@ -117,7 +125,7 @@ class ReciprocalRankFusion:
         self,
         weights: tuple[float, float],
         rrf_k: int,
-        keys_of: Callable[[list[tuple[int, int]]], dict[tuple[int, int], tuple[Key, Key]]],
+        keys_of: Callable[[list[tuple[int, int]]], dict[tuple[int, int], tuple[Key, Key] | None]],
         global_ranks: Callable[[dict[str, list[Key]]], dict[str, np.ndarray]],
     ) -> None:
         if weights[0] < 0 or weights[1] < 0:
@@ -126,7 +134,7 @@ class ReciprocalRankFusion:
         self.rrf_k = rrf_k
         self._keys_of = keys_of
         self._global_ranks = global_ranks
-        self.keys: dict[tuple[int, int], tuple[Key, Key]] = {}
+        self.keys: dict[tuple[int, int], tuple[Key, Key] | None] = {}
         self.rank: dict[str, dict[tuple[int, int], int]] = {"s3": {}, "bm25": {}}
 
     def score_of(self, s3_rank: int, bm25_rank: int) -> float:
@@ -135,14 +143,16 @@ class ReciprocalRankFusion:
         return (0.0 + w_s3 / (self.rrf_k + 1 + s3_rank)) + w_bm25 / (self.rrf_k + 1 + bm25_rank)
 
     def fused(self, units: Iterable[tuple[int, int]]) -> dict[tuple[int, int], float]:
-        """Fused score of each ``(shard, local unit)``."""
+        """Fused score of each ``(shard, local unit)``; 0 for a unit in neither ranking
+        (filtered out or below the relevance floor), as in one index."""
         units = list(dict.fromkeys(units))
         unknown = [u for u in units if u not in self.keys]
         if unknown:
             self.keys.update(self._keys_of(unknown))
-        missing = {name: [u for u in units if u not in self.rank[name]] for name in ("s3", "bm25")}
+        ranked = [u for u in units if self.keys[u] is not None]
+        missing = {name: [u for u in ranked if u not in self.rank[name]] for name in ("s3", "bm25")}
         wanted = {
-            name: [self.keys[u][slot] for u in missing[name]]
+            name: [self._key(u)[slot] for u in missing[name]]
             for slot, name in enumerate(("s3", "bm25"))
             if missing[name]
         }
@@ -150,7 +160,14 @@ class ReciprocalRankFusion:
             counts = self._global_ranks(wanted)
             for name in wanted:
                 self.rank[name].update(zip(missing[name], counts[name].tolist(), strict=True))
-        return {u: self.score_of(self.rank["s3"][u], self.rank["bm25"][u]) for u in units}
+        fused = dict.fromkeys(units, 0.0)
+        fused.update({u: self.score_of(self.rank["s3"][u], self.rank["bm25"][u]) for u in ranked})
+        return fused
+
+    def _key(self, unit: tuple[int, int]) -> tuple[Key, Key]:
+        keys = self.keys[unit]
+        assert keys is not None
+        return keys
 
     def ranking(
         self, s3: MergedRanking, bm25: MergedRanking, limit: int
@@ -175,7 +192,7 @@ class ReciprocalRankFusion:
             # A unit not read yet ranks at depth or later in both lists: it scores at most this.
             bound = self.score_of(depth, depth) if depth < total else -np.inf
             # Ties of the fused score break by corpus order, as np.lexsort does in one index.
-            ordered = sorted(pending, key=lambda u: (-fused[u], *self.keys[u][0][1:]))
+            ordered = sorted(pending, key=lambda u: (-fused[u], *self._key(u)[0][1:]))
             for unit in ordered:
                 if fused[unit] <= bound:
                     break

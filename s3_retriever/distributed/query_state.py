@@ -59,6 +59,10 @@ class QueryState:
     """Each unit's place within its document."""
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     """Each unit's tokens."""
+    relevance: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    """Each unit's relevance under the corpus-wide component bests."""
+    evidence: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    """Units the filters allow whose relevance reaches the floor: the only ones ranked."""
 
 
 @dataclass(frozen=True)
@@ -70,13 +74,22 @@ class Prepared:
     smallest_unit: int | None
     row_lse: dict[tuple[int, int], np.ndarray] | None
     bm25: BM25Stats | None
+    documents: tuple[int, int]
+    """Documents the filters pass, documents held."""
 
 
 def unit_refs(state: QueryState, units: Sequence[int]) -> list[UnitRef]:
     return [(int(state.seq[u]), int(state.in_doc[u]), int(u), int(state.counts[u])) for u in units]
 
 
-def both_keys(state: QueryState, unit: int) -> tuple[tuple[float, int, int], ...]:
-    """The unit's key in the S3 ranking, then in the BM25 ranking."""
+Keys = tuple[tuple[float, int, int], ...]
+"""A unit's key in the S3 ranking, then in the BM25 ranking."""
+
+
+def both_keys(state: QueryState, unit: int) -> Keys | None:
+    """The unit's key in the S3 ranking, then in the BM25 ranking; ``None`` for a unit that is
+    in neither (filtered out or below the relevance floor: its fused score is 0)."""
+    if not state.evidence[unit]:
+        return None
     seq, place = int(state.seq[unit]), int(state.in_doc[unit])
     return tuple((-float(state.components[n][unit]), seq, place) for n in ("s3", "bm25"))

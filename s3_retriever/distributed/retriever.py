@@ -12,7 +12,6 @@ import itertools
 import os
 import threading
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from s3_retriever.distributed.merge import (
     GlobalUnit,
     MergedRanking,
     ReciprocalRankFusion,
+    combine_bests,
     combine_lse,
     pack,
     runs,
@@ -35,11 +35,14 @@ from s3_retriever.distributed.query_state import PEAK_LIMIT
 from s3_retriever.distributed.routing import shard_of
 from s3_retriever.distributed.shard import ShardWorker
 from s3_retriever.errors import IndexLoadError
-from s3_retriever.inputs import new_documents, search_arguments
+from s3_retriever.inputs import new_documents, retrieve_arguments
+from s3_retriever.model.scan import tokenize
 from s3_retriever.retriever import S3Retriever
 from s3_retriever.search.filters import Filters
-from s3_retriever.search.hits import Hit
-from s3_retriever.search.settings import ORDERS, Mode, Order
+from s3_retriever.search.hits import Hit, in_order
+from s3_retriever.search.relevance import warn_fewer_hits
+from s3_retriever.search.settings import Mode, Order
+from s3_retriever.search.spans import standalone_fit
 
 _FIRST_PAGE = 64
 """Entries of each ranking a shard sends with its scores; most questions need no more."""
@@ -65,7 +68,6 @@ class ShardedRetriever:
         self._shards = shards
         self._ids = set(doc_ids)
         self._lock = threading.RLock()
-        self._warned_floor = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -228,23 +230,13 @@ class ShardedRetriever:
         *,
         order: Order = "document",
     ) -> list[Hit]:
-        """:meth:`S3Retriever.retrieve` over every shard: the same spans and scores as one
-        index with ``spans.min_relevance = 0``. The relevance floor is not applied across
-        shards yet (it needs each component's best unit over all shards): with a floor set,
-        a warning says so and every unit may start a span, and ``Hit.relevance`` stays 0."""
-        top_k, token_budget = search_arguments(query, top_k, token_budget, mode)
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
-        if not query.strip() or top_k == 0:
+        """:meth:`S3Retriever.retrieve` over every shard: the same spans, scores and
+        relevance as one index over the same documents, relevance floor
+        (``spans.min_relevance``) included."""
+        checked = retrieve_arguments(query, top_k, token_budget, mode, order)
+        if checked is None:
             return []
-        if self.config.spans.min_relevance > 0 and not self._warned_floor:
-            self._warned_floor = True
-            warnings.warn(
-                f"sharded search does not apply the relevance floor "
-                f"(spans.min_relevance={self.config.spans.min_relevance:g}): spans are those of "
-                f"one index with the floor at 0",
-                stacklevel=2,
-            )
+        top_k, token_budget = checked
         if mode == "hybrid" and self.config.hybrid.fusion != "rrf":
             raise ValueError(
                 "a sharded search fuses S3 and BM25 by reciprocal-rank fusion only (the default "
@@ -257,7 +249,7 @@ class ShardedRetriever:
                 hits = self._retrieve(qid, query, vectors, top_k, token_budget, mode, filters)
             finally:
                 self._shards.tell("finish", qid)
-        return sorted(hits, key=lambda hit: -hit.score) if order == "score" else hits
+        return in_order(hits, order)
 
     def bm25_statistics(self, query: str, filters: Filters | None = None) -> BM25Stats:
         """The corpus-wide BM25 statistics the shards combine for ``query``: units, total
@@ -285,9 +277,11 @@ class ShardedRetriever:
             return []
         row_lse = combine_lse([p.row_lse for p in prepared]) if mode != "bm25" else None
         bm25 = BM25Stats.combine([p.bm25 for p in prepared]) if mode != "s3" else None
+        bests = combine_bests(self._shards.all("score", qid, vectors, row_lse, bm25))
+        floor = self.config.spans.min_relevance
         # As s3_retriever.search.ranking.rank: growth stops at a quarter of the budget.
         min_tokens = min(self.config.spans.min_span_tokens, max(token_budget // 4, 1))
-        scored = self._shards.all("score", qid, vectors, row_lse, bm25, min_tokens, _FIRST_PAGE)
+        scored = self._shards.all("rank", qid, bests, floor, min_tokens, _FIRST_PAGE)
         smallest = min(p.smallest_unit for p in prepared if p.smallest_unit is not None)
         rankings = {
             name: MergedRanking(
@@ -313,8 +307,20 @@ class ShardedRetriever:
             ),
             key=lambda group: group[0][0],
         )
-        chosen = pack(itertools.chain(lead, seeds), token_budget, smallest, top_k)
-        return self._hits(qid, runs(chosen), fusion)
+        chosen = runs(pack(itertools.chain(lead, seeds), token_budget, smallest, top_k))
+        hits = self._hits(qid, chosen, fusion)
+        # As s3_retriever.search.spans.fit_standalone: each span's text tokenised alone fits too.
+        tokenizer = self.encoder.model.tokenizer
+        kept = standalone_fit(
+            [len(tokenize(tokenizer, h.text)) for h in hits], [h.score for h in hits], token_budget
+        )
+        hits = [hits[i] for i in kept]
+        if top_k is not None and len(hits) < top_k:
+            passing = sum(p.documents[0] for p in prepared)
+            documents = (passing, sum(p.documents[1] for p in prepared)) if filters else None
+            used = sum(unit[4] for i in kept for unit in chosen[i])
+            warn_fewer_hits(len(hits), top_k, used, token_budget, documents, floor)
+        return hits
 
     def _pager(self, qid: str, name: str) -> Callable[[dict[int, tuple[int, int]]], dict[int, Any]]:
         def fetch(wanted: dict[int, tuple[int, int]]) -> dict[int, Any]:

@@ -7,9 +7,10 @@ the corpus-wide statistics the driver sends (see :mod:`s3_retriever.distributed.
 1. :meth:`prepare`: apply the filters; return each question row's log-sum-exp over the shard's
    candidate positions and the shard's BM25 statistics for the query's terms.
 2. :meth:`score`: score with the corpus-wide normalisers and BM25 statistics (so every score is
-   the one a single index over the whole corpus gives), rank the shard's units, and return the
-   first entries of each ranking.
-3. :meth:`page`, :meth:`count_before`, :meth:`neighbourhoods`, :meth:`grow`, :meth:`hits`: more
+   the one a single index over the whole corpus gives); return each component's best unit.
+3. :meth:`rank`: apply the relevance floor under the corpus-wide bests, rank the shard's units,
+   and return the first entries of each ranking.
+4. :meth:`page`, :meth:`count_before`, :meth:`neighbourhoods`, :meth:`grow`, :meth:`hits`: more
    ranked entries, global ranks, span growth and the final spans, as the driver's packing asks.
 
 Ties between shards break by the documents' sequence numbers (``order``), as ties in one index
@@ -31,6 +32,7 @@ from s3_retriever.distributed.lexical_stats import BM25Stats, UnitTerms, query_t
 from s3_retriever.distributed.query_state import (
     PEAK_LIMIT,
     Entry,
+    Keys,
     Prepared,
     QueryState,
     RankedUnits,
@@ -42,6 +44,7 @@ from s3_retriever.retriever import S3Retriever, ScannedTexts
 from s3_retriever.search.filters import Filters, document_mask
 from s3_retriever.search.fusion import rank_order
 from s3_retriever.search.ranking import lead_tail_groups
+from s3_retriever.search.relevance import component_bests, relevance_under
 from s3_retriever.search.scoring import require_store
 from s3_retriever.search.spans import grow, peaks, smooth, unit_scores
 
@@ -172,6 +175,7 @@ class ShardWorker:
             int(counts.min()) if len(counts) else None,
             row_lse,
             bm25,
+            (int(doc_mask.sum()), len(doc_mask)),
         )
 
     def _unit_terms(self) -> UnitTerms:
@@ -188,14 +192,11 @@ class ShardWorker:
         head_queries: Mapping[tuple[int, int], np.ndarray] | None,
         row_lse: Mapping[tuple[int, int], np.ndarray] | None,
         bm25: BM25Stats | None,
-        min_tokens: int,
-        first: int,
-    ) -> dict[str, Any]:
-        """Score with corpus-wide statistics and rank; returns the first ``first`` entries of
-        each ranking (with grown spans where growth needs no other shard), the number of
-        candidates, and the lead/tail groups."""
+    ) -> dict[str, float]:
+        """Score with corpus-wide statistics (so every score is the one a single index over the
+        whole corpus gives); returns each component's best unit score over the units the
+        filters allow, which the relevance floor divides by (search/relevance.py)."""
         state = self._queries[qid]
-        state.min_tokens = min_tokens
         retriever = self.retriever
         corpus = retriever.index.corpus
         components = state.components
@@ -208,10 +209,31 @@ class ShardWorker:
             components["s3"] = unit_scores(smoothed, corpus)
         if state.mode in ("bm25", "hybrid") and bm25 is not None:
             components["bm25"] = self._unit_terms().scores(state.terms, bm25)
+        return component_bests(components, state.unit_mask)
+
+    # ------------------------------------------------------------------ search, round 3
+    def rank(
+        self,
+        qid: str,
+        bests: Mapping[str, float],
+        min_relevance: float,
+        min_tokens: int,
+        first: int,
+    ) -> dict[str, Any]:
+        """Apply the relevance floor under the corpus-wide ``bests`` and rank; returns the first
+        ``first`` entries of each ranking (with grown spans where growth needs no other shard),
+        the number of candidates, and the lead/tail groups."""
+        state = self._queries[qid]
+        state.min_tokens = min_tokens
+        components = state.components
+        state.relevance = relevance_under(components, state.unit_mask, bests)
+        # As in one index (s3_retriever/search/pipeline.py): units below the floor start no span.
+        state.evidence = state.unit_mask & (state.relevance >= min_relevance)
         seq, in_doc = state.seq, state.in_doc
         if state.mode == "s3":
             smoothed = components["s3_positions"]
-            found = peaks(smoothed, corpus, retriever.config.spans, limit=PEAK_LIMIT)
+            corpus = self.retriever.index.corpus
+            found = peaks(smoothed, corpus, self.retriever.config.spans, limit=PEAK_LIMIT)
             pos_seq, pos_in_doc = self._position_keys([p for _, p in found])
             # An entry of a filtered-out unit still counts towards the limit, as in one index.
             state.lists["s3"] = [
@@ -220,12 +242,12 @@ class ShardWorker:
             ]
         elif state.mode == "bm25":
             scores = components["bm25"]
-            ranked = rank_order(scores, state.unit_mask & (scores > 0))[:PEAK_LIMIT]
+            ranked = rank_order(scores, state.evidence & (scores > 0))[:PEAK_LIMIT]
             state.lists["bm25"] = RankedUnits(scores, ranked, seq, in_doc)
         else:
             for name in ("s3", "bm25"):
                 scores = components[name]
-                ranked = rank_order(scores, state.unit_mask)
+                ranked = rank_order(scores, state.evidence)
                 state.lists[name] = RankedUnits(scores, ranked, seq, in_doc)
                 state.sorted_keys[name] = (
                     -scores[ranked].astype(np.float64),
@@ -259,7 +281,7 @@ class ShardWorker:
     def _lead_tail(self, state: QueryState) -> list[list[UnitRef]]:
         retriever = self.retriever
         groups = lead_tail_groups(
-            retriever.index.corpus, retriever.config.hybrid, state.unit_mask, state.counts
+            retriever.index.corpus, retriever.config.hybrid, state.evidence, state.counts
         )
         return [unit_refs(state, g) for g in groups]
 
@@ -276,8 +298,9 @@ class ShardWorker:
         return [(e, self._grown(state, e[3], scores)) for e in entries]
 
     def _grown(self, state: QueryState, unit: int, scores: np.ndarray) -> list[UnitRef] | None:
-        """The span grown from ``unit``; ``None`` if the unit is filtered out."""
-        if not state.unit_mask[unit]:
+        """The span grown from ``unit``; ``None`` if the unit is filtered out or below the
+        relevance floor."""
+        if not state.evidence[unit]:
             return None
         corpus = self.retriever.index.corpus
         within = self.retriever.config.spans.within_paragraph
@@ -301,14 +324,14 @@ class ShardWorker:
             out[name] = counts
         return out
 
-    def rank_keys(self, qid: str, units: Sequence[int]) -> list[tuple[tuple[float, int, int], ...]]:
+    def rank_keys(self, qid: str, units: Sequence[int]) -> list[Keys | None]:
         """Each unit's key in every ranking of the question (S3 first, then BM25)."""
         state = self._queries[qid]
         return [both_keys(state, u) for u in units]
 
     def neighbourhoods(
         self, qid: str, units: Sequence[int]
-    ) -> tuple[list[list[int]], dict[int, tuple[tuple[float, int, int], ...]]]:
+    ) -> tuple[list[list[int]], dict[int, Keys | None]]:
         """Units that growing each of ``units`` may look at (its document's units within
         ``min_tokens`` tokens of it), and their keys in both rankings. The driver computes
         their fused scores for :meth:`grow`."""
@@ -332,7 +355,8 @@ class ShardWorker:
     def grow(
         self, qid: str, units: Sequence[int], scores: Mapping[int, float]
     ) -> list[list[UnitRef]]:
-        """Spans grown from ``units`` by the given (fused) scores of their neighbourhoods."""
+        """Spans grown from ``units`` by the given (fused) scores of their neighbourhoods
+        (units below the relevance floor fuse to 0, as in one index)."""
         state = self._queries[qid]
         dense = np.full(self.retriever.index.corpus.n_units, -np.inf, np.float64)
         for unit, value in scores.items():
@@ -368,6 +392,7 @@ class ShardWorker:
                     "score": float(score),
                     "metadata": dict(corpus.metadatas[row]),
                     "scores": parts,
+                    "relevance": float(state.relevance[list(run)].max()),
                 }
             )
         return out

@@ -73,3 +73,9 @@ def build_hits(
             )
         )
     return hits
+
+
+def in_order(hits: list[Hit], order: str) -> list[Hit]:
+    """``hits`` (in document order) as ``order`` asks: ``document`` keeps them, ``score`` sorts
+    best first (ties keep document order)."""
+    return sorted(hits, key=lambda hit: -hit.score) if order == "score" else hits

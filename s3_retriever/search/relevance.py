@@ -30,15 +30,35 @@ def unit_relevance(components: Mapping[str, np.ndarray], allowed: np.ndarray) ->
     boolean unit mask of the filters. Negative scores count as no evidence. Units outside the mask
     get 0.
     """
+    return relevance_under(components, allowed, component_bests(components, allowed))
+
+
+def component_bests(components: Mapping[str, np.ndarray], allowed: np.ndarray) -> dict[str, float]:
+    """Each component's best unit score over the allowed units (0 when none is positive).
+
+    A sharded index takes the largest of its shards' bests (each shard scores under the
+    corpus-wide statistics, so its unit scores are those of one index).
+    """
+    return {
+        name: float(_evidence(components[name], allowed).max(initial=0.0))
+        for name in COMPONENT_NAMES
+        if name in components
+    }
+
+
+def relevance_under(
+    components: Mapping[str, np.ndarray], allowed: np.ndarray, bests: Mapping[str, float]
+) -> np.ndarray:
+    """:func:`unit_relevance` with each component's best given (``bests``, corpus-wide)."""
     relevance = np.zeros(len(allowed), dtype=np.float64)
-    for name in COMPONENT_NAMES:
-        if name not in components:
-            continue
-        scores = np.where(allowed, np.maximum(components[name].astype(np.float64), 0.0), 0.0)
-        best = float(scores.max()) if scores.size else 0.0
+    for name, best in bests.items():
         if best > 0.0:
-            np.maximum(relevance, scores / best, out=relevance)
+            np.maximum(relevance, _evidence(components[name], allowed) / best, out=relevance)
     return relevance
+
+
+def _evidence(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    return np.where(allowed, np.maximum(scores.astype(np.float64), 0.0), 0.0)
 
 
 class FewerHitsWarning(UserWarning):

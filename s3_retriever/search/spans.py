@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -267,15 +267,23 @@ def fit_standalone(
     dropped, so the budget holds under both counts.
     """
     standalone = [count_tokens(run_text(run, corpus)) for run in runs]
-    if sum(standalone) <= token_budget:
-        return runs
+    scores = [float(ranked_score[run].max()) for run in runs]
+    return [runs[i] for i in standalone_fit(standalone, scores, token_budget)]
+
+
+def standalone_fit(standalone: Sequence[int], scores: Sequence[float], budget: int) -> list[int]:
+    """Which spans :func:`fit_standalone` keeps, given each span's own token count and score:
+    all when they fit, else best first while they fit (ties in the given order). Returns their
+    indices in the given order."""
+    if sum(standalone) <= budget:
+        return list(range(len(standalone)))
     keep: set[int] = set()
     used = 0
-    for i in sorted(range(len(runs)), key=lambda i: -float(ranked_score[runs[i]].max())):
-        if used + standalone[i] <= token_budget:
+    for i in sorted(range(len(standalone)), key=lambda i: -scores[i]):
+        if used + standalone[i] <= budget:
             keep.add(i)
             used += standalone[i]
-    return [run for i, run in enumerate(runs) if i in keep]
+    return sorted(keep)
 
 
 def merge_adjacent(units: list[int], corpus: Corpus) -> list[list[int]]:

@@ -14,6 +14,7 @@ from s3_retriever.distributed.testing import sharded_corpus
 from s3_retriever.model.scan import ScanConfig
 from s3_retriever.models import LoadedModel
 from s3_retriever.search.hits import Hit
+from s3_retriever.search.spans import SpanConfig
 from s3_retriever.testing import one_thread, tiny_config
 
 QUESTIONS = (
@@ -34,9 +35,15 @@ def _one_thread() -> Iterator[None]:
 def shard_config() -> RetrieverConfig:
     """One chunk per forward pass: a chunk's keys then do not depend on which other documents
     shared its batch, so a sharded build stores the very keys one index stores. The relevance
-    floor is off: a sharded search does not apply it yet (ShardedRetriever.retrieve)."""
+    floor keeps its default (spans.min_relevance = 0.05)."""
     config = tiny_config(scan=ScanConfig(chunk_size=32, batch_size=1, show_progress=False))
-    return dataclasses.replace(config, spans=dataclasses.replace(config.spans, min_relevance=0.0))
+    assert config.spans.min_relevance == SpanConfig().min_relevance > 0
+    return config
+
+
+def with_floor(config: RetrieverConfig, floor: float) -> RetrieverConfig:
+    """``config`` with the relevance floor at ``floor`` (0: every unit may start a span)."""
+    return dataclasses.replace(config, spans=dataclasses.replace(config.spans, min_relevance=floor))
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +63,8 @@ def reference(
 
 
 def assert_same_hits(got: Sequence[Hit], want: Sequence[Hit]) -> float:
-    """Same spans (ids, offsets, text, metadata) in the same order, scores within 1e-5;
-    returns the largest score difference."""
+    """Same spans (ids, offsets, text, metadata) in the same order, scores and relevance within
+    1e-5; returns the largest difference."""
     assert [(h.doc_id, h.start_char, h.end_char) for h in got] == [
         (h.doc_id, h.start_char, h.end_char) for h in want
     ]
@@ -67,7 +74,7 @@ def assert_same_hits(got: Sequence[Hit], want: Sequence[Hit]) -> float:
         assert set(g.scores) == set(w.scores)
         for name in w.scores:
             worst = max(worst, abs(g.scores[name] - w.scores[name]))
-        worst = max(worst, abs(g.score - w.score))
+        worst = max(worst, abs(g.score - w.score), abs(g.relevance - w.relevance))
     assert worst <= 1e-5
     return worst
 

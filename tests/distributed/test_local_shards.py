@@ -11,8 +11,15 @@ from s3_retriever.distributed.routing import shard_of
 from s3_retriever.distributed.testing import local_sharded
 from s3_retriever.models import LoadedModel
 from s3_retriever.search.fusion import HybridConfig
+from s3_retriever.search.relevance import FewerHitsWarning
 from s3_retriever.search.settings import ScoringConfig
-from tests.distributed.conftest import QUESTIONS, assert_same_hits, reference, search_cases
+from tests.distributed.conftest import (
+    QUESTIONS,
+    assert_same_hits,
+    reference,
+    search_cases,
+    with_floor,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +38,61 @@ def test_four_shards_return_what_one_index_returns(pair: Any, case: dict[str, An
         want = single.retrieve(question, **case)
         assert want or case.get("filters"), "a case that finds nothing tests nothing"
         assert_same_hits(sharded.retrieve(question, **case), want)
+
+
+def _answers(target: Any, question: str) -> list[list[Any]]:
+    return [target.retrieve(question, **case) for case in search_cases()]
+
+
+def test_a_high_floor_drops_spans_and_the_shards_drop_the_same_after_changes(
+    loaded: LoadedModel, bundle: SAEBundle, shard_config: Any, rows: list[dict[str, Any]]
+) -> None:
+    """The default floor seldom bites on this corpus (the tiny model's S3 relevance is flat,
+    0.98-1), so a floor of 0.99 shows that the shards apply it: it changes many answers, and
+    the shards' answers equal one index's with it and without it, before and after deletes and
+    re-adds."""
+    pairs = {}
+    for floor in (0.0, 0.99):
+        config = with_floor(shard_config, floor)
+        pairs[floor] = (
+            reference(loaded, bundle, config, rows),
+            local_sharded(reference(loaded, bundle, config, []), rows, 4),
+        )
+    for step in ("built", "changed"):
+        answers = {}
+        for floor, (single, sharded) in pairs.items():
+            answers[floor] = [a for q in QUESTIONS for a in _answers(single, q)]
+            got = [a for q in QUESTIONS for a in _answers(sharded, q)]
+            for g, w in zip(got, answers[floor], strict=True):
+                assert_same_hits(g, w)
+            assert all(h.relevance >= floor for hits in answers[floor] for h in hits)
+        changed = sum(
+            [h.id for h in a] != [h.id for h in b]
+            for a, b in zip(answers[0.0], answers[0.99], strict=True)
+        )
+        assert changed >= 10, step
+        for single, sharded in pairs.values():
+            gone = [r["id"] for r in rows[1::3]]
+            assert sharded.delete(gone) == single.delete(gone)
+            again = rows[1::6]
+            for target in (single, sharded):
+                target.add_documents(
+                    [r["text"] for r in again],
+                    [r["id"] for r in again],
+                    [r["metadata"] for r in again],
+                )
+
+
+def test_fewer_hits_than_top_k_warn_as_in_one_index(pair: Any) -> None:
+    single, sharded = pair
+    with pytest.warns(FewerHitsWarning) as want:
+        expected = single.retrieve(QUESTIONS[0], top_k=50, token_budget=3000, mode="bm25")
+    with pytest.warns(FewerHitsWarning) as got:
+        assert_same_hits(
+            sharded.retrieve(QUESTIONS[0], top_k=50, token_budget=3000, mode="bm25"), expected
+        )
+    assert str(got[0].message) == str(want[0].message)
+    assert got[0].filename == __file__
 
 
 def test_every_shard_holds_documents_and_routing_is_by_id(pair: Any) -> None:

@@ -306,3 +306,31 @@ def test_the_cli_builds_and_queries_a_sharded_index(
     hits = answer["hits"]
     assert answer["question"] == QUESTIONS[0]
     assert hits and {h["doc_id"] for h in hits} <= {r["id"] for r in rows[:8]}
+
+
+def test_reshard_of_a_single_index_equals_a_sharded_build(
+    built: tuple[Path, Any],
+    tmp_path: Path,
+    loaded: LoadedModel,
+    bundle: SAEBundle,
+    shard_config: Any,
+    rows: list[dict[str, Any]],
+    model_dir: Path,
+) -> None:
+    from s3_retriever.distributed import reshard
+
+    single = reference(loaded, bundle, shard_config, rows)
+    single.save(tmp_path / "single")
+    out = tmp_path / "resharded"
+    counts = reshard(tmp_path / "single", out, NUM_SHARDS, model_path=model_dir)
+    assert counts == [e.n_documents for e in layout.read_manifest(built[0]).shards]
+    manifest = layout.read_manifest(out)
+    assert manifest.complete and manifest.next_seq == len(rows)
+    _assert_same_shards(out, built[0], loaded)
+    with pytest.raises(ValueError, match="already holds a sharded index"):
+        reshard(tmp_path / "single", out, NUM_SHARDS, model_path=model_dir)
+    opened = ShardedRetriever.load(out, model_dir, dtype="float32", use_ray=False)
+    for case in search_cases()[::2]:
+        assert_same_hits(
+            opened.retrieve(QUESTIONS[1], **case), single.retrieve(QUESTIONS[1], **case)
+        )
