@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from s3_retriever.distributed.query_state import PEAK_LIMIT
+
 Key = tuple[float, int, int]
 """A ranking key: (-score, document sequence number, place in document)."""
 GlobalUnit = tuple[int, int, int, int, int]
@@ -242,3 +244,16 @@ def runs(units: Sequence[GlobalUnit]) -> list[list[GlobalUnit]]:
         else:
             out.append([unit])
     return out
+
+
+def global_units(shard: int, group: Sequence[Sequence[int]]) -> list[GlobalUnit]:
+    """A shard's unit references as units of the whole corpus."""
+    return [(u[0], u[1], shard, u[2], u[3]) for u in group]
+
+
+def grown_groups(ranking: MergedRanking) -> Iterator[list[GlobalUnit]]:
+    """Spans grown by their shards (S3-Pure, BM25), in global rank order; the first
+    :data:`PEAK_LIMIT` entries count, filtered-out ones included, as in one index."""
+    for _, (shard, _, grown) in zip(range(PEAK_LIMIT), ranking, strict=False):
+        if grown is not None:
+            yield global_units(shard, grown)

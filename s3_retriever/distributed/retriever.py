@@ -28,6 +28,8 @@ from s3_retriever.distributed.merge import (
     ReciprocalRankFusion,
     combine_bests,
     combine_lse,
+    global_units,
+    grown_groups,
     pack,
     runs,
 )
@@ -297,11 +299,11 @@ class ShardedRetriever:
             ranked = fusion.ranking(rankings["s3"], rankings["bm25"], PEAK_LIMIT)
             seeds = self._hybrid_groups(qid, fusion, ranked)
         else:
-            seeds = _grown_groups(rankings[mode])
+            seeds = grown_groups(rankings[mode])
         # Lead and tail groups come first, document by document in corpus order.
         lead = sorted(
             (
-                _global(shard, group)
+                global_units(shard, group)
                 for shard, answer in enumerate(scored)
                 for group in answer["lead_tail"]
             ),
@@ -381,7 +383,7 @@ class ShardedRetriever:
             )
             place = {s: iter(groups) for s, groups in grown.items()}
             for shard, _, _ in batch:
-                yield _global(shard, next(place[shard]))
+                yield global_units(shard, next(place[shard]))
 
     def _hits(
         self, qid: str, spans: list[list[GlobalUnit]], fusion: ReciprocalRankFusion | None
@@ -409,16 +411,3 @@ class ShardedRetriever:
         for shard, places in by_shard.items():
             fields.update(zip(places, answers[shard], strict=True))
         return [Hit(**fields[p]) for p in range(len(spans))]
-
-
-def _global(shard: int, group: Sequence[Sequence[int]]) -> list[GlobalUnit]:
-    """A shard's unit references as units of the whole corpus."""
-    return [(u[0], u[1], shard, u[2], u[3]) for u in group]
-
-
-def _grown_groups(ranking: MergedRanking) -> Iterator[list[GlobalUnit]]:
-    """Spans grown by their shards (S3-Pure, BM25), in global rank order; the first
-    :data:`PEAK_LIMIT` entries count, filtered-out ones included, as in one index."""
-    for _, (shard, _, grown) in zip(range(PEAK_LIMIT), ranking, strict=False):
-        if grown is not None:
-            yield _global(shard, grown)
