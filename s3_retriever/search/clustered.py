@@ -60,7 +60,9 @@ def clustered_exact_mass(
     """:func:`clustered_exact_scores` as (positions read, their scores): every other position
     scores zero, so what follows the search can skip them (:mod:`.sparse`). Positions are
     unique, in cluster order."""
-    read = clustered_row_attention(queries, keys, n_positions, allowed, temperature, positions_per_row)
+    read = clustered_row_attention(
+        queries, keys, n_positions, allowed, temperature, positions_per_row
+    )
     if read is None:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     positions, columns, attention = read
@@ -85,7 +87,9 @@ def clustered_row_unit_max(
 ) -> torch.Tensor:
     """(rows, n_units): each row's highest attention inside each unit over the keys it read
     (coverage pooling, :mod:`.coverage`); ``units_of`` maps positions to their units."""
-    read = clustered_row_attention(queries, keys, n_positions, allowed, temperature, positions_per_row)
+    read = clustered_row_attention(
+        queries, keys, n_positions, allowed, temperature, positions_per_row
+    )
     if read is None:
         return torch.zeros((queries.shape[0], n_units), dtype=torch.float32)
     positions, columns, attention = read

@@ -87,10 +87,7 @@ def coverage_scores(
     n_units = corpus.n_units
     if unit_max.shape[0] == 0 or n_units == 0:
         return np.zeros(n_units, np.float32)
-    if transform == "log":
-        values = torch.log1p(unit_max * float(max(n_candidates, 1)))
-    else:
-        values = unit_max
+    values = torch.log1p(unit_max * float(max(n_candidates, 1))) if transform == "log" else unit_max
     pooled = values.clone()
     if window > 0:
         for shift, valid in _neighbour_shifts(corpus, window, within_paragraph):

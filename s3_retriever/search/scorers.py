@@ -16,10 +16,10 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from s3_retriever.index.corpus import Corpus
 from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.sae.bundle import SAEBundle
-from s3_retriever.index.corpus import Corpus
 from s3_retriever.search.clustered import (
     clustered_exact_mass,
     clustered_exact_scores,
@@ -28,8 +28,8 @@ from s3_retriever.search.clustered import (
 from s3_retriever.search.coverage import RowUnitMax
 from s3_retriever.search.exact import exact_row_logsumexp, exact_row_unit_max, exact_scores
 from s3_retriever.search.settings import ScorerName, ScoringConfig
-from s3_retriever.search.sparse import unit_of_positions
 from s3_retriever.search.spans import position_units
+from s3_retriever.search.sparse import unit_of_positions
 from s3_retriever.search.through_sae import (
     aligned_row_logsumexp,
     aligned_scores,

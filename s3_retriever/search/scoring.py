@@ -14,6 +14,7 @@ from s3_retriever.index.index import Index
 from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.sae.bundle import SAEBundle
+from s3_retriever.search.coverage import coverage_scores
 from s3_retriever.search.scorers import (
     SCORER_REGISTRY,
     ExactScorer,
@@ -21,7 +22,6 @@ from s3_retriever.search.scorers import (
     RowLSE,
     ScoringContext,
 )
-from s3_retriever.search.coverage import coverage_scores
 from s3_retriever.search.settings import SCORERS, ScorerName, ScoringConfig
 from s3_retriever.search.spans import SpanConfig
 from s3_retriever.search.sparse import SparseScores, head_mean

@@ -73,7 +73,13 @@ def test_coverage_scores_match_brute_force(
     gathered.add(torch.from_numpy(unit_max[:2]), weights[:2])
     gathered.add(torch.from_numpy(unit_max[2:]), weights[2:])
     got = coverage_scores(
-        gathered, corpus, 1000, window, transform, True, document_weight  # type: ignore[arg-type]
+        gathered,
+        corpus,
+        1000,
+        window,
+        transform,
+        True,
+        document_weight,  # type: ignore[arg-type]
     )
     want = _brute_coverage(unit_max, weights, indexed, 1000, window, transform, document_weight)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
