@@ -19,6 +19,7 @@ until the postings change. New postings are buffered and merged on the next read
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +41,23 @@ _STEPS_PER_OCTAVE = 254 / (_LOG2_HIGH - _LOG2_LOW)
 
 def quantize_activations(acts: np.ndarray) -> np.ndarray:
     """uint8 codes of non-negative activations on the fixed log grid (0 codes zero)."""
+    if isinstance(acts, np.ndarray) and acts.dtype == np.float16:
+        # The scan hands over float16 activations: 65,536 possible values, so one table lookup
+        # gives exactly the code the float64 arithmetic below gives, at a fraction of its cost.
+        return _float16_codes()[acts.view(np.uint16)]
     acts = np.asarray(acts, np.float64)
     with np.errstate(divide="ignore"):
         steps = np.rint((np.log2(np.maximum(acts, 0)) - _LOG2_LOW) * _STEPS_PER_OCTAVE)
     # Values below the grid's first step become its first code, not zero: they still posted.
     codes = np.clip(steps, 0, 254) + 1
     return np.where(acts > 0, codes, 0).astype(np.uint8)
+
+
+@functools.cache
+def _float16_codes() -> np.ndarray:
+    """The code of every float16 bit pattern, by :func:`quantize_activations`'s arithmetic."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    return quantize_activations(every.astype(np.float64))
 
 
 def dequantize_activations(codes: np.ndarray) -> np.ndarray:
@@ -61,7 +73,14 @@ def encode_varints(values: np.ndarray) -> np.ndarray:
     if len(values) and int(values.min()) < 0:
         raise ValueError("varints encode non-negative integers only")
     n_bytes = _varint_sizes(values)
-    starts = np.cumsum(n_bytes) - n_bytes
+    return _encode_varints_sized(values, n_bytes, np.cumsum(n_bytes) - n_bytes)
+
+
+def _encode_varints_sized(
+    values: np.ndarray, n_bytes: np.ndarray, starts: np.ndarray
+) -> np.ndarray:
+    """:func:`encode_varints` of non-negative int64 ``values`` whose byte counts and first
+    byte offsets are already known."""
     out = np.zeros(int(n_bytes.sum()), np.uint8)
     # Most gaps fit one byte, so the first byte is written unmasked and only longer values loop.
     out[starts] = ((values & 0x7F) | ((n_bytes > 1).astype(np.int64) << 7)).astype(np.uint8)
@@ -79,7 +98,10 @@ def encode_varints(values: np.ndarray) -> np.ndarray:
 def _varint_sizes(values: np.ndarray) -> np.ndarray:
     n_bytes = np.ones(len(values), np.int8)
     for b in range(1, _MAX_VARINT_BYTES):
-        n_bytes += values >= (1 << (7 * b))
+        longer = values >= (1 << (7 * b))
+        n_bytes += longer
+        if not longer.any():  # sizes only grow with b; the rest of the passes would add zeros
+            break
     return n_bytes.astype(np.int64)
 
 
@@ -151,14 +173,10 @@ class Postings:
 
     def append(self, positions: np.ndarray, ids: np.ndarray, acts: np.ndarray) -> None:
         """Buffer postings of ``len(positions)`` tokens, each with ``k`` (id, activation) pairs."""
+        # Kept as given (int16 ids and float16 activations from the scan): the flush widens
+        # them once, for all buffered chunks together.
         k = ids.shape[1]
-        self._pending.append(
-            (
-                np.repeat(positions.astype(np.int64), k),
-                ids.reshape(-1).astype(np.int32),
-                acts.reshape(-1).astype(np.float32),
-            )
-        )
+        self._pending.append((np.repeat(positions.astype(np.int64, copy=False), k), ids, acts))
 
     def flush(self) -> None:
         """Merge buffered postings into the compact arrays.
@@ -170,8 +188,8 @@ class Postings:
         if not self._pending:
             return
         new_pos = np.concatenate([p for p, _, _ in self._pending])
-        new_ids = np.concatenate([i for _, i, _ in self._pending])
-        new_act = np.concatenate([a for _, _, a in self._pending])
+        new_ids = np.concatenate([i.reshape(-1) for _, i, _ in self._pending])
+        new_act = np.concatenate([a.reshape(-1) for _, _, a in self._pending])
         self._pending = []
         if int(self.indptr[-1]) == 0:
             self._sort_and_store(new_ids, new_pos, new_act)
@@ -194,16 +212,23 @@ class Postings:
 
         Sorted lists make results independent of the order documents arrived and gaps
         non-negative. A stable sort of position-ordered postings by latent (a radix sort for
-        16-bit ids) does it in most cases; interleaved positions fall back to a full lexsort.
+        16-bit ids) does it. The postings of one call mostly arrive in position order already
+        (one document, or documents whose chunks are all full), and then the sort by position
+        is skipped: a stable sort of sorted keys is the identity.
         """
-        by_position = np.argsort(positions, kind="stable")
-        ids, positions, acts = ids[by_position], positions[by_position], acts[by_position]
+        # Codes are per posting, so coding before the sorts gives the same bytes, and the sorts
+        # then move one byte a posting instead of four.
+        codes = self._activation_codes(acts)
+        if len(positions) > 1 and not bool(np.all(positions[1:] >= positions[:-1])):
+            by_position = np.argsort(positions, kind="stable")
+            ids, positions, codes = ids[by_position], positions[by_position], codes[by_position]
         order = np.argsort(
-            ids.astype(np.int16 if self.n_latents <= 1 << 15 else np.int32), kind="stable"
+            ids.astype(np.int16 if self.n_latents <= 1 << 15 else np.int32, copy=False),
+            kind="stable",
         )
         counts = np.bincount(ids, minlength=self.n_latents)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._store(indptr, positions[order], acts[order])
+        self._store_coded(indptr, positions[order], codes[order])
 
     def _last_positions(self) -> np.ndarray:
         """Last position of every list (-1 when empty), cached until the lists change."""
@@ -250,17 +275,24 @@ class Postings:
         self._by_position = None
         self._last = new_last
 
+    def _activation_codes(self, acts: np.ndarray) -> np.ndarray:
+        if self.exact_activations:
+            return acts.astype(np.float16)
+        return quantize_activations(acts)
+
     def _store(self, indptr: np.ndarray, positions: np.ndarray, acts: np.ndarray) -> None:
         """Encode sorted postings: varint gaps and activation codes."""
+        self._store_coded(indptr, positions, self._activation_codes(acts))
+
+    def _store_coded(self, indptr: np.ndarray, positions: np.ndarray, codes: np.ndarray) -> None:
+        """Encode sorted postings whose activations are already coded."""
         gaps = _gaps(positions, indptr)
-        byte_sums = np.concatenate([[0], np.cumsum(_varint_sizes(gaps))])
+        sizes = _varint_sizes(gaps)
+        byte_sums = np.concatenate([[0], np.cumsum(sizes)])
         self.byteptr = byte_sums[indptr].astype(np.int64)
-        self.position_bytes = encode_varints(gaps)
+        self.position_bytes = _encode_varints_sized(gaps, sizes, byte_sums[:-1])
         self.indptr = indptr
-        if self.exact_activations:
-            self.activation_codes = acts.astype(np.float16)
-        else:
-            self.activation_codes = quantize_activations(acts)
+        self.activation_codes = codes
         self._decoded = None
         self._by_position = None
         self._last = None
