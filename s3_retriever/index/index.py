@@ -10,6 +10,7 @@ arrays.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from s3_retriever.index.key_encoding import NewCodes, NewKeys
 from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.index.segment import SegmentConfig, segment
+from s3_retriever.index.threads import run_in_threads
 from s3_retriever.model.scan import TokenizedText
 
 
@@ -108,14 +110,22 @@ class Index:
             units = segment(text, tokens.starts, self.segment_config)
             self.corpus.append(doc_id, text, meta, tokens.ends, units)
         n_positions = self.corpus.n_positions
-        for f, store in self.key_stores.items():
+
+        def commit_keys(f: Field) -> None:
+            store = self.key_stores[f]
             for positions, vectors in new_keys.get(f, []):
                 store.append(positions, vectors)
             store.flush(n_positions)
-        for f, postings in self.postings.items():
+
+        def commit_postings(f: Field) -> None:
+            postings = self.postings[f]
             for positions, latent_ids, acts in new_codes.get(f, []):
                 postings.append(positions, latent_ids, acts)
             postings.flush()
+
+        tasks = [partial(commit_keys, f) for f in self.key_stores]
+        tasks += [partial(commit_postings, f) for f in self.postings]
+        run_in_threads(tasks)
         if self.bm25.ready:
             self.bm25.add(self._unit_texts(first_unit))
 

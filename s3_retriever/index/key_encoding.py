@@ -16,13 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from s3_retriever.index.key_store import QuantizedKeys
 from s3_retriever.index.postings import Field
 from s3_retriever.model.scan import BatchCapture
 from s3_retriever.sae.bundle import SAEBundle, TopKSAE
 from s3_retriever.sae.pursuit import code_vectors
 
-NewKeys = dict[Field, list[tuple[np.ndarray, np.ndarray]]]
-"""field -> (global positions, float32 keys) per chunk, waiting to be committed."""
+NewKeys = dict[Field, list[tuple[np.ndarray, QuantizedKeys | np.ndarray]]]
+"""field -> (global positions, quantised keys, or float32 keys) per chunk, waiting to be
+committed."""
 NewCodes = dict[Field, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 """field -> (global positions, latent ids, activations) per chunk, waiting to be committed."""
 
@@ -40,8 +42,9 @@ class _HostBatch:
     offset: int
     codes: dict[int, tuple[torch.Tensor, torch.Tensor]]
     """layer -> (latent ids (rows, width, heads, k), activations float16, same shape)."""
-    keys: dict[int, torch.Tensor]
-    """layer -> raw keys (rows, width, heads, head_dim) in the model's dtype."""
+    keys: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    """layer -> int8 key codes (rows, width, heads, head_dim) and float32 scales (rows, width,
+    heads)."""
     ready: torch.cuda.Event | None
     """Recorded after the copies; None when everything already lives on the CPU."""
 
@@ -100,7 +103,7 @@ class KeyEncoder:
     def encode(self, captured: BatchCapture) -> _HostBatch:
         """Queue the SAE encoding of one batch and the copy of its results to the CPU."""
         codes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        keys: dict[int, torch.Tensor] = {}
+        keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for layer, kv_heads in self.layer_heads.items():
             flat = captured.keys[layer]
             rows, width = flat.shape[0], flat.shape[1]
@@ -108,7 +111,7 @@ class KeyEncoder:
             if self.store_postings:
                 codes[layer] = self._encode_layer(layer, layer_keys)
             if self.store_keys:
-                keys[layer] = layer_keys
+                keys[layer] = quantize_keys_on_device(layer_keys)
         if self.device.type != "cuda":
             return _HostBatch(captured.items, captured.offset, codes, keys, None)
         return self._to_host(captured, codes, keys)
@@ -143,7 +146,7 @@ class KeyEncoder:
         self,
         captured: BatchCapture,
         codes: dict[int, tuple[torch.Tensor, torch.Tensor]],
-        keys: dict[int, torch.Tensor],
+        keys: dict[int, tuple[torch.Tensor, torch.Tensor]],
     ) -> _HostBatch:
         # The copies are queued on the compute stream, behind the encoding: they are a few hundred
         # kB per batch, and a side stream for them measured no faster on an H200 (slower in one
@@ -154,7 +157,7 @@ class KeyEncoder:
             return host
 
         host_codes = {layer: (copy_out(i), copy_out(a)) for layer, (i, a) in codes.items()}
-        host_keys = {layer: copy_out(k.contiguous()) for layer, k in keys.items()}
+        host_keys = {layer: (copy_out(c), copy_out(s)) for layer, (c, s) in keys.items()}
         ready = torch.cuda.Event()
         ready.record(torch.cuda.current_stream(self.device))
         return _HostBatch(captured.items, captured.offset, host_codes, host_keys, ready)
@@ -170,7 +173,7 @@ class KeyEncoder:
         if batch.ready is not None:
             batch.ready.synchronize()
         codes = {layer: (i.numpy(), a.numpy()) for layer, (i, a) in batch.codes.items()}
-        keys = {layer: k.float().numpy() for layer, k in batch.keys.items()}
+        keys = {layer: (c.numpy(), s.numpy()) for layer, (c, s) in batch.keys.items()}
         for row, (doc_index, start, end) in enumerate(batch.items):
             span = slice(batch.offset, batch.offset + end - start)
             positions = doc_base[doc_index] + start + np.arange(end - start, dtype=np.int64)
@@ -182,7 +185,28 @@ class KeyEncoder:
                             (positions, ids[row, span, slot], acts[row, span, slot])
                         )
                     if layer in keys:
-                        new_keys[(layer, kv)].append((positions, keys[layer][row, span, slot]))
+                        codes_of, scales_of = keys[layer]
+                        quantized = QuantizedKeys(
+                            codes_of[row, span, slot], scales_of[row, span, slot]
+                        )
+                        new_keys[(layer, kv)].append((positions, quantized))
+
+
+def quantize_keys_on_device(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes and float32 scales of keys (..., head_dim), where they were computed.
+
+    The same arithmetic as :func:`s3_retriever.index.key_store.quantize_keys`, in float32 with
+    correctly rounded divisions (both divisors are full tensors: PyTorch's CUDA division by a
+    CPU scalar multiplies by its reciprocal instead, which can differ in the last bit), so the
+    stored bytes do not depend on the device. Quantising here moves 1 byte a key element to the
+    CPU instead of 2 and takes the quantisation off the commit.
+    """
+    keys = keys.float()
+    scales = keys.abs().amax(dim=-1)
+    scales = scales / torch.full_like(scales, 127.0)
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    codes = torch.round(keys / scales.unsqueeze(-1)).clamp_(-127, 127).to(torch.int8)
+    return codes, scales
 
 
 def shift_positions(new_keys: NewKeys, new_codes: NewCodes, offset: int) -> None:

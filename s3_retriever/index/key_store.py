@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
@@ -13,6 +13,24 @@ from s3_retriever.errors import IndexLoadError
 from s3_retriever.index.arrays import typed, write_npy
 
 T = TypeVar("T")
+
+
+class QuantizedKeys(NamedTuple):
+    """Keys already quantised as :meth:`KeyStore.append` would (the scan does it on the model's
+    device: :func:`s3_retriever.index.key_encoding.quantize_keys_on_device`)."""
+
+    codes: np.ndarray
+    """int8, shape (n, head_dim)."""
+    scales: np.ndarray
+    """float32 absmax / 127 of each key (1.0 for an all-zero key), shape (n,)."""
+
+
+def quantize_keys(keys: np.ndarray) -> QuantizedKeys:
+    """int8 codes with one float32 scale per key (absmax / 127) of float32 keys (n, head_dim)."""
+    scale = np.abs(keys).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(keys / scale[:, None]), -127, 127).astype(np.int8)
+    return QuantizedKeys(codes, scale)
 
 
 @dataclass
@@ -34,12 +52,11 @@ class KeyStore:
         if self.codes.shape[1:] != (self.head_dim,):
             self.codes = np.zeros((0, self.head_dim), np.int8)
 
-    def append(self, positions: np.ndarray, keys: np.ndarray) -> None:
-        """Quantise and buffer keys (float32, shape (n, head_dim)) at global ``positions``."""
-        scale = np.abs(keys).max(axis=1) / 127.0
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        codes = np.clip(np.rint(keys / scale[:, None]), -127, 127).astype(np.int8)
-        self._pending.append((positions.astype(np.int64), codes, scale))
+    def append(self, positions: np.ndarray, keys: np.ndarray | QuantizedKeys) -> None:
+        """Buffer keys at global ``positions``: float32 keys (n, head_dim) are quantised here,
+        :class:`QuantizedKeys` are taken as they are."""
+        quantized = keys if isinstance(keys, QuantizedKeys) else quantize_keys(keys)
+        self._pending.append((positions.astype(np.int64), quantized.codes, quantized.scales))
 
     def flush(self, n_positions: int) -> None:
         """Place buffered keys at their positions; the store then covers ``n_positions``."""

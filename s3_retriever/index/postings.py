@@ -27,73 +27,20 @@ import numpy as np
 
 from s3_retriever.errors import IndexLoadError
 from s3_retriever.index.arrays import typed, write_npy
+from s3_retriever.index.posting_codes import (
+    _encode_varints_sized,
+    _varint_sizes,
+    decode_varints,
+    dequantize_activations,
+    encode_varints,
+    quantize_activations,
+)
+
+__all__ = ["Field", "Postings", "decode_varints", "dequantize_activations", "encode_varints"]
+__all__ += ["quantize_activations"]
 
 Field = tuple[int, int]
 """(layer, kv_head): one stream of keys."""
-
-_MAX_VARINT_BYTES = 5
-"""Gaps below 2**35 positions: far beyond any int64-addressable corpus this store will hold."""
-
-_LOG2_LOW, _LOG2_HIGH = -8.0, 8.0
-_STEPS_PER_OCTAVE = 254 / (_LOG2_HIGH - _LOG2_LOW)
-
-
-def quantize_activations(acts: np.ndarray) -> np.ndarray:
-    """uint8 codes of non-negative activations on the fixed log grid (0 codes zero)."""
-    acts = np.asarray(acts, np.float64)
-    with np.errstate(divide="ignore"):
-        steps = np.rint((np.log2(np.maximum(acts, 0)) - _LOG2_LOW) * _STEPS_PER_OCTAVE)
-    # Values below the grid's first step become its first code, not zero: they still posted.
-    codes = np.clip(steps, 0, 254) + 1
-    return np.where(acts > 0, codes, 0).astype(np.uint8)
-
-
-def dequantize_activations(codes: np.ndarray) -> np.ndarray:
-    """float32 activations of :func:`quantize_activations` codes."""
-    codes = np.asarray(codes)
-    values = np.exp2(_LOG2_LOW + (codes.astype(np.float32) - 1) / _STEPS_PER_OCTAVE)
-    return np.where(codes > 0, values, 0).astype(np.float32)
-
-
-def encode_varints(values: np.ndarray) -> np.ndarray:
-    """LEB128 bytes of non-negative integers: 7 bits a byte, high bit set on all but the last."""
-    values = values.astype(np.int64)
-    if len(values) and int(values.min()) < 0:
-        raise ValueError("varints encode non-negative integers only")
-    n_bytes = _varint_sizes(values)
-    starts = np.cumsum(n_bytes) - n_bytes
-    out = np.zeros(int(n_bytes.sum()), np.uint8)
-    # Most gaps fit one byte, so the first byte is written unmasked and only longer values loop.
-    out[starts] = ((values & 0x7F) | ((n_bytes > 1).astype(np.int64) << 7)).astype(np.uint8)
-    long = np.flatnonzero(n_bytes > 1)
-    for b in range(1, _MAX_VARINT_BYTES):
-        long = long[n_bytes[long] > b]
-        if not len(long):
-            break
-        chunk = (values[long] >> (7 * b)) & 0x7F
-        more = (n_bytes[long] > b + 1).astype(np.int64) << 7
-        out[starts[long] + b] = (chunk | more).astype(np.uint8)
-    return out
-
-
-def _varint_sizes(values: np.ndarray) -> np.ndarray:
-    n_bytes = np.ones(len(values), np.int8)
-    for b in range(1, _MAX_VARINT_BYTES):
-        n_bytes += values >= (1 << (7 * b))
-    return n_bytes.astype(np.int64)
-
-
-def decode_varints(data: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`encode_varints` (int64)."""
-    if len(data) == 0:
-        return np.zeros(0, np.int64)
-    data = np.asarray(data, np.uint8)
-    last = (data & 0x80) == 0
-    first = np.flatnonzero(np.concatenate([[True], last[:-1]]))
-    owner = np.cumsum(np.concatenate([[0], last[:-1]]))
-    shift = (np.arange(len(data)) - first[owner]) * 7
-    parts = (data & 0x7F).astype(np.int64) << shift
-    return np.add.reduceat(parts, first)
 
 
 def _list_ids(indptr: np.ndarray) -> np.ndarray:
@@ -151,14 +98,10 @@ class Postings:
 
     def append(self, positions: np.ndarray, ids: np.ndarray, acts: np.ndarray) -> None:
         """Buffer postings of ``len(positions)`` tokens, each with ``k`` (id, activation) pairs."""
+        # Kept as given (int16 ids and float16 activations from the scan): the flush widens
+        # them once, for all buffered chunks together.
         k = ids.shape[1]
-        self._pending.append(
-            (
-                np.repeat(positions.astype(np.int64), k),
-                ids.reshape(-1).astype(np.int32),
-                acts.reshape(-1).astype(np.float32),
-            )
-        )
+        self._pending.append((np.repeat(positions.astype(np.int64, copy=False), k), ids, acts))
 
     def flush(self) -> None:
         """Merge buffered postings into the compact arrays.
@@ -170,8 +113,8 @@ class Postings:
         if not self._pending:
             return
         new_pos = np.concatenate([p for p, _, _ in self._pending])
-        new_ids = np.concatenate([i for _, i, _ in self._pending])
-        new_act = np.concatenate([a for _, _, a in self._pending])
+        new_ids = np.concatenate([i.reshape(-1) for _, i, _ in self._pending])
+        new_act = np.concatenate([a.reshape(-1) for _, _, a in self._pending])
         self._pending = []
         if int(self.indptr[-1]) == 0:
             self._sort_and_store(new_ids, new_pos, new_act)
@@ -194,16 +137,23 @@ class Postings:
 
         Sorted lists make results independent of the order documents arrived and gaps
         non-negative. A stable sort of position-ordered postings by latent (a radix sort for
-        16-bit ids) does it in most cases; interleaved positions fall back to a full lexsort.
+        16-bit ids) does it. The postings of one call mostly arrive in position order already
+        (one document, or documents whose chunks are all full), and then the sort by position
+        is skipped: a stable sort of sorted keys is the identity.
         """
-        by_position = np.argsort(positions, kind="stable")
-        ids, positions, acts = ids[by_position], positions[by_position], acts[by_position]
+        # Codes are per posting, so coding before the sorts gives the same bytes, and the sorts
+        # then move one byte a posting instead of four.
+        codes = self._activation_codes(acts)
+        if len(positions) > 1 and not bool(np.all(positions[1:] >= positions[:-1])):
+            by_position = np.argsort(positions, kind="stable")
+            ids, positions, codes = ids[by_position], positions[by_position], codes[by_position]
         order = np.argsort(
-            ids.astype(np.int16 if self.n_latents <= 1 << 15 else np.int32), kind="stable"
+            ids.astype(np.int16 if self.n_latents <= 1 << 15 else np.int32, copy=False),
+            kind="stable",
         )
         counts = np.bincount(ids, minlength=self.n_latents)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._store(indptr, positions[order], acts[order])
+        self._store_coded(indptr, positions[order], codes[order])
 
     def _last_positions(self) -> np.ndarray:
         """Last position of every list (-1 when empty), cached until the lists change."""
@@ -250,17 +200,24 @@ class Postings:
         self._by_position = None
         self._last = new_last
 
+    def _activation_codes(self, acts: np.ndarray) -> np.ndarray:
+        if self.exact_activations:
+            return acts.astype(np.float16)
+        return quantize_activations(acts)
+
     def _store(self, indptr: np.ndarray, positions: np.ndarray, acts: np.ndarray) -> None:
         """Encode sorted postings: varint gaps and activation codes."""
+        self._store_coded(indptr, positions, self._activation_codes(acts))
+
+    def _store_coded(self, indptr: np.ndarray, positions: np.ndarray, codes: np.ndarray) -> None:
+        """Encode sorted postings whose activations are already coded."""
         gaps = _gaps(positions, indptr)
-        byte_sums = np.concatenate([[0], np.cumsum(_varint_sizes(gaps))])
+        sizes = _varint_sizes(gaps)
+        byte_sums = np.concatenate([[0], np.cumsum(sizes)])
         self.byteptr = byte_sums[indptr].astype(np.int64)
-        self.position_bytes = encode_varints(gaps)
+        self.position_bytes = _encode_varints_sized(gaps, sizes, byte_sums[:-1])
         self.indptr = indptr
-        if self.exact_activations:
-            self.activation_codes = acts.astype(np.float16)
-        else:
-            self.activation_codes = quantize_activations(acts)
+        self.activation_codes = codes
         self._decoded = None
         self._by_position = None
         self._last = None

@@ -23,6 +23,9 @@ from s3_retriever.model.loading import attention_shape, decoder_layers
 # Tokenising a multi-megabyte string in one call builds millions of Python offset tuples at once;
 # pieces of this many characters keep that transient memory flat.
 _TOKENIZE_PIECE_CHARS = 200_000
+# Pieces given to the tokenizer in one call (a fast tokenizer encodes them in parallel); the
+# transient memory is that of this many pieces.
+_TOKENIZE_PIECES_PER_CALL = 16
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,20 @@ def tokenize(tokenizer: Any, text: str) -> TokenizedText:
     ids: list[np.ndarray] = []
     starts: list[np.ndarray] = []
     ends: list[np.ndarray] = []
-    for piece_start, piece_end in _pieces(text, _TOKENIZE_PIECE_CHARS):
+    pieces = list(_pieces(text, _TOKENIZE_PIECE_CHARS))
+    for group_start in range(0, len(pieces), _TOKENIZE_PIECES_PER_CALL):
+        group = pieces[group_start : group_start + _TOKENIZE_PIECES_PER_CALL]
+        # One call for several pieces: a fast tokenizer encodes a batch on all cores.
         enc = tokenizer(
-            text[piece_start:piece_end], add_special_tokens=False, return_offsets_mapping=True
+            [text[start:end] for start, end in group],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
         )
-        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-        ids.append(np.asarray(enc["input_ids"], dtype=np.int64))
-        starts.append(offsets[:, 0] + piece_start)
-        ends.append(offsets[:, 1] + piece_start)
+        for row, (piece_start, _) in enumerate(group):
+            offsets = np.asarray(enc["offset_mapping"][row], dtype=np.int64).reshape(-1, 2)
+            ids.append(np.asarray(enc["input_ids"][row], dtype=np.int64))
+            starts.append(offsets[:, 0] + piece_start)
+            ends.append(offsets[:, 1] + piece_start)
     if not ids:
         empty = np.zeros(0, dtype=np.int64)
         return TokenizedText(empty, empty, empty)
