@@ -102,8 +102,10 @@ def s3_flops_per_token(retriever: S3Retriever) -> float:
     )
     last = 2.0 * hidden * (hidden + kv_width)
     # One SAE encoder matmul per indexed KV head.
-    sae = sum(2.0 * head_dim * retriever.bundle.saes[layer].config.n_latents
-              for layer, _ in retriever.fields)
+    sae = sum(
+        2.0 * head_dim * retriever.bundle.saes[layer].config.n_latents
+        for layer, _ in retriever.fields
+    )
     return full + last + sae
 
 
@@ -212,7 +214,9 @@ def main() -> None:
             "median_cpu_s": median(side, "cpu_s"),
             "tokens": tokens.get(side, s3_tokens),
             "tok_s": tokens.get(side, s3_tokens) / median(side),
-            "gflop_per_s": flops[side] * tokens[side] / median(side) / 1e9 if side in flops else None,
+            "gflop_per_s": flops[side] * tokens[side] / median(side) / 1e9
+            if side in flops
+            else None,
             "mflop_per_token": flops[side] / 1e6 if side in flops else None,
         }
         for side in sides

@@ -244,6 +244,3 @@ def index_corpus(
         if bar is not None:
             bar.close()
     return report
-
-
-

@@ -97,7 +97,9 @@ class FusedDecoder:
         layers = decoder_layers(model)
         attn = layers[0].self_attn
         cfg = model.config
-        self.head_dim = int(getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.head_dim = int(
+            getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        )
         self.n_heads = int(cfg.num_attention_heads)
         self.n_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
         self.scaling = float(getattr(attn, "scaling", self.head_dim**-0.5))

@@ -24,35 +24,35 @@ def passing(filters: Any) -> list[str]:
 
 
 CASES: list[tuple[dict[str, Any], list[str]]] = [
-        ({"topic": "city"}, ["a", "c"]),
-        ({"topic": ["city", "sport"]}, ["a", "c", "d"]),
-        ({"year": {"$eq": 2022}}, ["b"]),
-        ({"year": {"$ne": 2022}}, ["a", "c", "d"]),  # a missing key passes $ne
-        ({"year": {"$gt": 2020}}, ["b", "c"]),
-        ({"year": {"$gte": 2020}}, ["a", "b", "c"]),
-        ({"year": {"$lt": 2024}}, ["a", "b"]),
-        ({"year": {"$lte": 2024}}, ["a", "b", "c"]),
-        ({"year": {"$gte": 2021, "$lt": 2024}}, ["b"]),
-        ({"topic": {"$in": ["nature", "sport"]}}, ["b", "d"]),
-        ({"year": {"$nin": [2020, 2024]}}, ["b", "d"]),
-        ({"tags": {"$contains": "y"}}, ["a", "b"]),
-        ({"tags": {"$any": ["x", "z"]}}, ["a"]),
-        ({"tags": {"$all": ["x", "y"]}}, ["a"]),
-        ({"title": {"$text_match": "City"}}, ["a"]),
-        ({"title": {"$text_match": "city"}}, []),
-        ({"title": {"$text_match_insensitive": "city"}}, ["a"]),
-        ({"tags": {"$empty": True}}, ["c", "d"]),
-        ({"tags": {"$empty": False}}, ["a", "b"]),
-        ({"topic": {"$gt": 3}}, []),  # a string never compares with a number
-        ({"doc_id": {"$in": ["b", "d"]}}, ["b", "d"]),
-        ({"$or": [{"topic": "sport"}, {"year": {"$gte": 2024}}]}, ["c", "d"]),
-        ({"$and": [{"topic": "city"}, {"year": {"$lt": 2021}}]}, ["a"]),
-        ({"$not": {"topic": "city"}}, ["b", "d"]),
-        (
-            {"topic": "city", "$or": [{"year": 2020}, {"$not": {"tags": {"$empty": True}}}]},
-            ["a"],
-        ),
-        ({}, ["a", "b", "c", "d"]),
+    ({"topic": "city"}, ["a", "c"]),
+    ({"topic": ["city", "sport"]}, ["a", "c", "d"]),
+    ({"year": {"$eq": 2022}}, ["b"]),
+    ({"year": {"$ne": 2022}}, ["a", "c", "d"]),  # a missing key passes $ne
+    ({"year": {"$gt": 2020}}, ["b", "c"]),
+    ({"year": {"$gte": 2020}}, ["a", "b", "c"]),
+    ({"year": {"$lt": 2024}}, ["a", "b"]),
+    ({"year": {"$lte": 2024}}, ["a", "b", "c"]),
+    ({"year": {"$gte": 2021, "$lt": 2024}}, ["b"]),
+    ({"topic": {"$in": ["nature", "sport"]}}, ["b", "d"]),
+    ({"year": {"$nin": [2020, 2024]}}, ["b", "d"]),
+    ({"tags": {"$contains": "y"}}, ["a", "b"]),
+    ({"tags": {"$any": ["x", "z"]}}, ["a"]),
+    ({"tags": {"$all": ["x", "y"]}}, ["a"]),
+    ({"title": {"$text_match": "City"}}, ["a"]),
+    ({"title": {"$text_match": "city"}}, []),
+    ({"title": {"$text_match_insensitive": "city"}}, ["a"]),
+    ({"tags": {"$empty": True}}, ["c", "d"]),
+    ({"tags": {"$empty": False}}, ["a", "b"]),
+    ({"topic": {"$gt": 3}}, []),  # a string never compares with a number
+    ({"doc_id": {"$in": ["b", "d"]}}, ["b", "d"]),
+    ({"$or": [{"topic": "sport"}, {"year": {"$gte": 2024}}]}, ["c", "d"]),
+    ({"$and": [{"topic": "city"}, {"year": {"$lt": 2021}}]}, ["a"]),
+    ({"$not": {"topic": "city"}}, ["b", "d"]),
+    (
+        {"topic": "city", "$or": [{"year": 2020}, {"$not": {"tags": {"$empty": True}}}]},
+        ["a"],
+    ),
+    ({}, ["a", "b", "c", "d"]),
 ]
 """Filters and the documents of :data:`DOCS` they must select."""
 
