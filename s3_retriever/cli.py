@@ -287,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--qa-budgets", default="", help="budgets for end-to-end QA, e.g. 2048 (none: no QA)"
     )
     evaluate.add_argument("--generator", default=None, help="QA model (default: scan model)")
+    evaluate.add_argument(
+        "--index-cache",
+        default=None,
+        metavar="DIR",
+        help="save built indexes here and reuse them in later runs (same documents, model, "
+        "SAEs and index-time settings)",
+    )
     evaluate.add_argument("--out", required=True, help="output path stem (.json, .md, .png)")
     evaluate.set_defaults(run=cmd_eval)
 

@@ -141,6 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sweep=args.sweep,
         qa_budgets=_int_list(args.qa_budgets, "--qa-budgets"),
         generator=args.generator,
+        index_cache=Path(args.index_cache) if args.index_cache else None,
     )
     report = run_eval(settings)
     for path in write_report(report, Path(args.out), _eval_command(args)):

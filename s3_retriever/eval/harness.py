@@ -100,6 +100,9 @@ class EvalSettings:
     generator: str | None = None
     """Bundled model name or folder for QA; None is the default scan model."""
     show_progress: bool = True
+    index_cache: Path | None = None
+    """Folder where engine indexes are saved and found again (``--index-cache``), so a run that
+    varies only query-time settings scans nothing; None indexes every time."""
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -283,7 +286,13 @@ def run_eval(
                 if engine_methods and _index_key(config) != built_key:
                     started = time.perf_counter()
                     engine = EngineIndex(
-                        retriever, config, docs, group[0].doc_ids, group[0].metadatas
+                        retriever,
+                        config,
+                        docs,
+                        group[0].doc_ids,
+                        group[0].metadatas,
+                        cache=settings.index_cache,
+                        index_settings=_index_key(config),
                     )
                     tally.add(
                         (task, "index_seconds_per_doc", "s3"),

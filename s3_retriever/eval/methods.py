@@ -21,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from s3_retriever.config import RetrieverConfig
 from s3_retriever.eval.baselines import BM25Baseline, DenseBaseline, RRFBaseline, Splitter
 from s3_retriever.eval.chunking import token_splitter
+from s3_retriever.eval.index_cache import cache_key, cached_retriever
 from s3_retriever.eval.rerank import DEFAULT_CANDIDATES, AttentionReranker
 from s3_retriever.model.loading import LoadedModel, attention_shape
 from s3_retriever.retriever import Mode, S3Retriever
@@ -103,7 +105,9 @@ class EngineIndex:
     """One S3 index over an example's documents, shared by every ``s3:*``/``hybrid:*`` method.
 
     A fresh retriever over ``template``'s loaded model and SAEs is built with ``config``, so
-    settings fixed at construction (heads, scan, BM25 parameters) take effect.
+    settings fixed at construction (heads, scan, BM25 parameters) take effect. With ``cache``
+    the index is loaded from, or saved to, that folder under a key of ``index_settings`` and
+    the documents (:mod:`s3_retriever.eval.index_cache`).
     """
 
     def __init__(
@@ -113,10 +117,18 @@ class EngineIndex:
         documents: Sequence[str],
         doc_ids: Sequence[str] | None = None,
         metadatas: Sequence[dict[str, Any]] | None = None,
+        cache: Path | None = None,
+        index_settings: str = "",
     ) -> None:
-        self.retriever = S3Retriever(template.model, template.bundle, config)
         self.doc_ids = list(doc_ids) if doc_ids else [f"d{i}" for i in range(len(documents))]
-        self.retriever.add_documents(list(documents), ids=self.doc_ids, metadatas=metadatas)
+        if cache is None:
+            self.retriever = S3Retriever(template.model, template.bundle, config)
+            self.retriever.add_documents(list(documents), ids=self.doc_ids, metadatas=metadatas)
+        else:
+            key = cache_key(template, index_settings, documents, self.doc_ids, metadatas)
+            self.retriever = cached_retriever(
+                cache, key, template, config, documents, self.doc_ids, metadatas
+            )
         self._rows = {doc_id: row for row, doc_id in enumerate(self.doc_ids)}
 
     def forget_questions(self) -> None:

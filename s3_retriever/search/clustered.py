@@ -8,13 +8,14 @@ share of the softmax normaliser is estimated. This module is the search over the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from s3_retriever.index.clusters import KeyClusters, key_clusters, keys_at
 from s3_retriever.index.key_store import KeyStore
+from s3_retriever.search.coverage import scatter_unit_max
 from s3_retriever.search.int8_dot import QuestionCodes, int8_logits
 
 # Standard deviations of a cluster's logits added to its mean logit when clusters are ranked.
@@ -59,10 +60,57 @@ def clustered_exact_mass(
     """:func:`clustered_exact_scores` as (positions read, their scores): every other position
     scores zero, so what follows the search can skip them (:mod:`.sparse`). Positions are
     unique, in cluster order."""
-    nothing = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    read = clustered_row_attention(
+        queries, keys, n_positions, allowed, temperature, positions_per_row
+    )
+    if read is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    positions, columns, attention = read
+    group_sizes = list(groups) if groups is not None else [queries.shape[0]]
+    row_weight = torch.from_numpy(
+        np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
+    )
+    mass = torch.zeros(len(positions), dtype=torch.float32)
+    mass.index_add_(0, columns.ravel(), (attention * row_weight[:, None]).ravel())
+    return positions, mass.numpy()
+
+
+def clustered_row_unit_max(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    units_of: Callable[[np.ndarray], np.ndarray],
+    n_units: int,
+    allowed: np.ndarray | None = None,
+    temperature: float = 1.0,
+    positions_per_row: int = 4096,
+) -> torch.Tensor:
+    """(rows, n_units): each row's highest attention inside each unit over the keys it read
+    (coverage pooling, :mod:`.coverage`); ``units_of`` maps positions to their units."""
+    read = clustered_row_attention(
+        queries, keys, n_positions, allowed, temperature, positions_per_row
+    )
+    if read is None:
+        return torch.zeros((queries.shape[0], n_units), dtype=torch.float32)
+    positions, columns, attention = read
+    units = torch.from_numpy(units_of(positions))[columns]
+    return scatter_unit_max(attention, units, n_units)
+
+
+def clustered_row_attention(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    allowed: np.ndarray | None,
+    temperature: float,
+    positions_per_row: int,
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor] | None:
+    """Each row's attention over the keys of its nearest clusters: (positions read, (rows,
+    width) columns into them, (rows, width) attention, 0 on padding); None when nothing is read.
+    """
     n_rows = queries.shape[0]
     if n_rows == 0 or n_positions == 0:
-        return nothing
+        return None
     clusters = key_clusters(keys)
     counts = clusters.counts
     if allowed is not None:
@@ -71,7 +119,7 @@ def clustered_exact_mass(
         ).astype(np.int64)
     live = counts > 0
     if not live.any():
-        return nothing
+        return None
     scale = 1.0 / (math.sqrt(queries.shape[1]) * temperature)
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32) * np.float32(scale))
     centre_logits = q @ torch.from_numpy(clusters.means).T  # (rows, clusters)
@@ -112,14 +160,7 @@ def clustered_exact_mass(
     log_norm = torch.logaddexp(
         torch.logsumexp(logits, dim=1), torch.logsumexp(unread, dim=1) + curvature
     )
-    group_sizes = list(groups) if groups is not None else [n_rows]
-    row_weight = torch.from_numpy(
-        np.concatenate([np.full(g, 1.0 / g, np.float32) for g in group_sizes])
-    )
-    weights = torch.exp(logits - log_norm[:, None]) * row_weight[:, None]
-    mass = torch.zeros(len(positions), dtype=torch.float32)
-    mass.index_add_(0, columns_t.ravel(), weights.ravel())
-    return positions, mass.numpy()
+    return positions, columns_t, torch.exp(logits - log_norm[:, None])
 
 
 def _clusters_to_read(

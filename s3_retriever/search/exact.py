@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from s3_retriever.index.key_store import KeyStore
+from s3_retriever.search.coverage import scatter_unit_max
 from s3_retriever.search.int8_dot import QuestionCodes, int8_logits
 
 # Positions per block when streaming the exact scorer's softmax: bounds memory at
@@ -111,6 +112,31 @@ def exact_scores(
         out[:] = mass
     else:
         out[candidates] = mass
+    return out
+
+
+def exact_row_unit_max(
+    queries: np.ndarray,
+    keys: KeyStore,
+    n_positions: int,
+    candidate_units: np.ndarray,
+    n_units: int,
+    allowed: np.ndarray | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """(rows, n_units): each question row's highest attention inside each unit, the softmax
+    running over every candidate position (coverage pooling, :mod:`.coverage`).
+
+    ``candidate_units`` is the unit of each candidate position (-1: none).
+    """
+    out = torch.zeros((queries.shape[0], n_units), dtype=torch.float32)
+    candidates = None if allowed is None else np.flatnonzero(allowed)
+    n_candidates = n_positions if candidates is None else len(candidates)
+    if n_candidates == 0 or queries.shape[0] == 0:
+        return out
+    units = torch.from_numpy(np.ascontiguousarray(candidate_units, dtype=np.int64))
+    for lo, hi, logits in _exact_logits(queries, keys, n_positions, candidates, temperature):
+        out[lo:hi] = scatter_unit_max(torch.softmax(logits, dim=1), units, n_units)
     return out
 
 

@@ -19,7 +19,12 @@ from s3_retriever.search.hits import Hit, build_hits
 from s3_retriever.search.question import QuestionEncoder
 from s3_retriever.search.ranking import rank
 from s3_retriever.search.relevance import unit_relevance, warn_fewer_hits
-from s3_retriever.search.scoring import require_store, score_index, score_index_sparse
+from s3_retriever.search.scoring import (
+    require_store,
+    score_index,
+    score_index_coverage,
+    score_index_sparse,
+)
 from s3_retriever.search.settings import Mode, SearchSettings
 from s3_retriever.search.spans import fit_standalone, merge_adjacent, pack
 from s3_retriever.search.sparse import SparseScores
@@ -50,15 +55,23 @@ def search(
     if mode in ("s3", "hybrid"):
         require_store(settings.scoring, bool(index.key_stores), bool(index.postings))
         vectors = questions.vectors(query, settings)
-        # The clustered search reads a few thousand keys per question row: its scores stay
-        # sparse, so smoothing and peaks cost what it read, not the corpus (.sparse).
-        sparse = score_index_sparse(index, vectors, settings.scoring, kv_group, bundle, doc_mask)
-        raw: np.ndarray | SparseScores = (
-            sparse
-            if sparse is not None
-            else score_index(index, vectors, settings.scoring, kv_group, bundle, doc_mask)
-        )
-        components.update(s3_components(raw, index, settings.spans, positions=mode == "s3"))
+        if settings.scoring.pooling == "coverage":
+            # Units score directly (.coverage); S3-Pure then ranks units, not position peaks.
+            components["s3"] = score_index_coverage(
+                index, vectors, settings.scoring, kv_group, bundle, settings.spans, doc_mask
+            )
+        else:
+            # The clustered search reads a few thousand keys per question row: its scores stay
+            # sparse, so smoothing and peaks cost what it read, not the corpus (.sparse).
+            sparse = score_index_sparse(
+                index, vectors, settings.scoring, kv_group, bundle, doc_mask
+            )
+            raw: np.ndarray | SparseScores = (
+                sparse
+                if sparse is not None
+                else score_index(index, vectors, settings.scoring, kv_group, bundle, doc_mask)
+            )
+            components.update(s3_components(raw, index, settings.spans, positions=mode == "s3"))
     if mode in ("bm25", "hybrid"):
         components.update(bm25_components(query, index))
     relevance = unit_relevance(components, unit_mask)

@@ -37,7 +37,11 @@ def rank(
     # Growth stops at a quarter of the budget, so about four spans always fit: the needle test
     # found the right peak ranked third, which 128-token spans in a 256 budget would drop.
     min_tokens = min(settings.spans.min_span_tokens, max(token_budget // 4, 1))
-    if mode == "s3":
+    if mode == "s3" and "s3_positions" not in components:
+        # Coverage pooling scored units directly (.coverage): they rank like BM25's.
+        scores = components["s3"]
+        order = rank_order(scores, unit_mask & (scores > 0))
+    elif mode == "s3":
         scores = components["s3"]
         # Filtered-out positions already scored zero; peaks there are dropped below. Peaks are
         # picked only as far as packing reads them.

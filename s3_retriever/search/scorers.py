@@ -16,12 +16,20 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from s3_retriever.index.corpus import Corpus
 from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.sae.bundle import SAEBundle
-from s3_retriever.search.clustered import clustered_exact_mass, clustered_exact_scores
-from s3_retriever.search.exact import exact_row_logsumexp, exact_scores
+from s3_retriever.search.clustered import (
+    clustered_exact_mass,
+    clustered_exact_scores,
+    clustered_row_unit_max,
+)
+from s3_retriever.search.coverage import RowUnitMax
+from s3_retriever.search.exact import exact_row_logsumexp, exact_row_unit_max, exact_scores
 from s3_retriever.search.settings import ScorerName, ScoringConfig
+from s3_retriever.search.spans import position_units
+from s3_retriever.search.sparse import unit_of_positions
 from s3_retriever.search.through_sae import (
     aligned_row_logsumexp,
     aligned_scores,
@@ -148,6 +156,48 @@ class ExactScorer:
             )
             for field_key, rows, sizes, _ in self._by_field(queries, context)
         ]
+
+    def row_unit_max(
+        self, queries: HeadQueries, context: ScoringContext, corpus: Corpus
+    ) -> RowUnitMax:
+        """Each question row's best attention per unit (coverage pooling, :mod:`.coverage`),
+        from the clustered search past ``cluster_search_above`` candidates, else every key."""
+        config = context.config
+        gathered = RowUnitMax(corpus)
+        if context.n_positions == 0 or not queries:
+            return gathered
+        clustered = self._clustered(context)
+        candidate_units = None
+        if not clustered:
+            owner = position_units(corpus)
+            candidate_units = owner if context.allowed is None else owner[context.allowed]
+        for field_key, rows, sizes, _ in self._by_field(queries, context):
+            keys = context.key_stores[field_key]
+            if clustered:
+                unit_max = clustered_row_unit_max(
+                    rows,
+                    keys,
+                    context.n_positions,
+                    lambda positions: unit_of_positions(corpus, positions),
+                    corpus.n_units,
+                    context.allowed,
+                    config.temperature,
+                    config.positions_per_row,
+                )
+            else:
+                assert candidate_units is not None
+                unit_max = exact_row_unit_max(
+                    rows,
+                    keys,
+                    context.n_positions,
+                    candidate_units,
+                    corpus.n_units,
+                    context.allowed,
+                    config.temperature,
+                )
+            weight = np.concatenate([np.full(g, 1.0 / (g * len(queries))) for g in sizes])
+            gathered.add(unit_max, weight)
+        return gathered
 
     @staticmethod
     def _clustered(context: ScoringContext) -> bool:

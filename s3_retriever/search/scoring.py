@@ -14,6 +14,7 @@ from s3_retriever.index.index import Index
 from s3_retriever.index.key_store import KeyStore
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.sae.bundle import SAEBundle
+from s3_retriever.search.coverage import coverage_scores
 from s3_retriever.search.scorers import (
     SCORER_REGISTRY,
     ExactScorer,
@@ -22,6 +23,7 @@ from s3_retriever.search.scorers import (
     ScoringContext,
 )
 from s3_retriever.search.settings import SCORERS, ScorerName, ScoringConfig
+from s3_retriever.search.spans import SpanConfig
 from s3_retriever.search.sparse import SparseScores, head_mean
 
 __all__ = [
@@ -31,9 +33,13 @@ __all__ = [
     "require_store",
     "index_logsumexp",
     "score_index",
+    "score_index_coverage",
     "score_index_sparse",
     "score_positions",
 ]
+
+
+EXACT = ExactScorer()
 
 
 def require_store(config: ScoringConfig, has_keys: bool, has_postings: bool) -> None:
@@ -135,6 +141,34 @@ def score_index_sparse(
     context = _index_context(index, config, kv_group, bundle, doc_mask)
     parts = scorer.sparse_contributions(head_queries, context)
     return None if parts is None else head_mean(parts, len(head_queries), n_positions)
+
+
+def score_index_coverage(
+    index: Index,
+    head_queries: HeadQueries,
+    config: ScoringConfig,
+    kv_group: int,
+    bundle: SAEBundle,
+    spans: SpanConfig,
+    doc_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Unit scores by coverage pooling (``config.pooling == "coverage"``, :mod:`.coverage`)."""
+    corpus = index.corpus
+    if corpus.n_positions == 0 or not head_queries:
+        return np.zeros(corpus.n_units, np.float32)
+    context = _index_context(index, config, kv_group, bundle, doc_mask)
+    row_max = EXACT.row_unit_max(head_queries, context, corpus)
+    allowed = context.allowed
+    n_candidates = corpus.n_positions if allowed is None else int(allowed.sum())
+    return coverage_scores(
+        row_max,
+        corpus,
+        n_candidates,
+        config.coverage_window,
+        config.coverage_transform,
+        spans.within_paragraph,
+        config.coverage_document,
+    )
 
 
 def _index_context(

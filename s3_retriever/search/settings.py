@@ -11,12 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from s3_retriever.search.coverage import COVERAGE_TRANSFORMS
 from s3_retriever.search.fusion import HybridConfig
 from s3_retriever.search.spans import SpanConfig
 
 ScorerName = Literal["exact", "aligned", "coactivation"]
 SCORERS: tuple[str, ...] = ("exact", "aligned", "coactivation")
 """The position scorers (:mod:`s3_retriever.search.scorers` implements each)."""
+
+POOLINGS: tuple[str, ...] = ("peak", "coverage")
+"""How position attention becomes unit scores (:class:`ScoringConfig.pooling`)."""
 
 Mode = Literal["hybrid", "s3", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "s3", "bm25")
@@ -58,7 +62,33 @@ class ScoringConfig:
     10/10 depths against 9/10, with HotpotQA recall equal within noise
     (docs/results/tune_query_tokens.json)."""
 
+    pooling: Literal["peak", "coverage"] = "peak"
+    """How position attention becomes unit scores: ``peak`` (the mean over question rows,
+    smoothed, each unit's best position) or ``coverage`` (each row's best position near the
+    unit, summed over rows: :mod:`s3_retriever.search.coverage`; ``exact`` scorer only)."""
+    coverage_window: int = 128
+    """``coverage``: tokens around a unit whose units lend it their per-row best (0: the unit
+    alone)."""
+    coverage_transform: Literal["log", "mass"] = "log"
+    """``coverage``: what a row adds, ``log(1 + N a)`` (``log``) or its attention ``a``."""
+    coverage_document: float = 0.0
+    """``coverage``: weight of the unit's whole document's coverage added to its own (a
+    document prior; 0: none)."""
+
     def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+        if self.pooling == "coverage" and self.scorer != "exact":
+            raise ValueError("pooling='coverage' needs the exact scorer (stored keys)")
+        if self.coverage_window < 0:
+            raise ValueError("coverage_window must not be negative")
+        if not 0 <= self.coverage_document < float("inf"):
+            raise ValueError("coverage_document must be a finite weight of at least 0")
+        if self.coverage_transform not in COVERAGE_TRANSFORMS:
+            raise ValueError(
+                f"coverage_transform must be one of {', '.join(COVERAGE_TRANSFORMS)}; "
+                f"got {self.coverage_transform!r}"
+            )
         if self.scorer not in SCORERS:
             raise ValueError(f"scorer must be one of {', '.join(SCORERS)}; got {self.scorer!r}")
         if self.atoms_per_query < 1:

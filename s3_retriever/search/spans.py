@@ -188,6 +188,17 @@ def grow(
     return sorted(chosen)
 
 
+def paragraph_starts(corpus: Corpus) -> np.ndarray:
+    """Whether each unit opens a paragraph: the first unit of its document, or one after a
+    blank line (the breaks that growth with ``within_paragraph`` never crosses)."""
+    starts = np.ones(corpus.n_units, dtype=bool)
+    doc = corpus.unit_doc
+    same_doc = np.flatnonzero(doc[1:] == doc[:-1]) + 1
+    for unit in same_doc.tolist():
+        starts[unit] = _paragraph_break_before(corpus, unit)
+    return starts
+
+
 def _paragraph_break_before(corpus: Corpus, unit: int) -> bool:
     """Whether a blank line separates ``unit`` from the unit before it (same document)."""
     text = corpus.texts[int(corpus.unit_doc[unit])]
