@@ -288,11 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--generator", default=None, help="QA model (default: scan model)")
     evaluate.add_argument(
-        "--index-cache",
-        default=None,
-        metavar="DIR",
-        help="save built indexes here and reuse them in later runs (same documents, model, "
-        "SAEs and index-time settings)",
+        "--index-cache", default=None, metavar="DIR", help="save built indexes here for reuse"
     )
     evaluate.add_argument("--out", required=True, help="output path stem (.json, .md, .png)")
     evaluate.set_defaults(run=cmd_eval)

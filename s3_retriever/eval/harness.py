@@ -39,6 +39,7 @@ from s3_retriever.eval.methods import BaselineIndex, EngineIndex, Retrieved, eng
 from s3_retriever.eval.metrics import answer_recall, evidence_recall, full_support, qa_f1
 from s3_retriever.eval.paraphrase_needles import FOUND_THRESHOLD, load_needles
 from s3_retriever.eval.qa import Generator, render_context
+from s3_retriever.eval.tally import Tally
 from s3_retriever.model.scan import tokenize
 from s3_retriever.retriever import S3Retriever
 
@@ -195,22 +196,6 @@ def _index_key(config: RetrieverConfig) -> str:
 # --------------------------------------------------------------------------------- running
 
 
-class _Tally:
-    """Lists of per-question numbers, keyed like the report."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, ...], list[float]] = defaultdict(list)
-
-    def add(self, key: tuple[str, ...], value: float) -> None:
-        # NaN marks a question the metric does not apply to (a yes/no answer, no gold): skipped.
-        if not np.isnan(value):
-            self.values[key].append(float(value))
-
-    def mean(self, key: tuple[str, ...]) -> float | None:
-        vals = self.values.get(key)
-        return float(np.mean(vals)) if vals else None
-
-
 def _groups(examples: Iterable[EvalExample]) -> list[list[EvalExample]]:
     """Examples that share their documents (QMSum, L-Eval), so each set is indexed once."""
     by_docs: dict[tuple[str, ...], list[EvalExample]] = {}
@@ -254,7 +239,7 @@ def run_eval(
     dense = DenseBaseline() if {"dense", "bm25+dense"} & set(baseline_methods) else None
     if generator is None and settings.qa_budgets:
         generator = Generator(settings.generator)
-    tally = _Tally()
+    tally = Tally()
     n_questions: dict[str, int] = {}
     tokens_per_doc_set: dict[str, list[int]] = defaultdict(list)
     for task in settings.tasks:
@@ -354,7 +339,7 @@ def _retrieve(
 
 
 def _score(
-    tally: _Tally, key: tuple[str, ...], pieces: Sequence[Retrieved], example: EvalExample
+    tally: Tally, key: tuple[str, ...], pieces: Sequence[Retrieved], example: EvalExample
 ) -> None:
     ranges = [(p.doc, p.start, p.end) for p in pieces]
     if example.gold:
@@ -374,7 +359,7 @@ def _report(
     retriever: S3Retriever,
     generator: Any,
     configs: list[tuple[str, RetrieverConfig]],
-    tally: _Tally,
+    tally: Tally,
     n_questions: dict[str, int],
     tokens: dict[str, list[int]],
 ) -> dict[str, Any]:

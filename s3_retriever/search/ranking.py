@@ -37,6 +37,7 @@ def rank(
     # Growth stops at a quarter of the budget, so about four spans always fit: the needle test
     # found the right peak ranked third, which 128-token spans in a 256 budget would drop.
     min_tokens = min(settings.spans.min_span_tokens, max(token_budget // 4, 1))
+    order: Iterable[int]
     if mode == "s3" and "s3_positions" not in components:
         # Coverage pooling scored units directly (.coverage): they rank like BM25's.
         scores = components["s3"]
@@ -48,7 +49,7 @@ def rank(
         smoothed = components["s3_positions"]
         n_candidates = n_peak_candidates(corpus.n_positions, settings.spans, _MAX_SEEDS)
         peaks = iter_peak_units(smoothed, corpus, settings.spans.nms_radius, n_candidates)
-        order: Iterable[int] = (u for u in itertools.islice(peaks, _MAX_SEEDS) if unit_mask[u])
+        order = (u for u in itertools.islice(peaks, _MAX_SEEDS) if unit_mask[u])
     elif mode == "bm25":
         scores = components["bm25"]
         # Units sharing no term with the query are not evidence; they would only pad.

@@ -174,9 +174,9 @@ def test_cli_eval_on_real_data(shared_data: Path, tmp_path: Path) -> None:
 
 
 def test_questions_a_metric_does_not_apply_to_are_left_out_of_its_mean() -> None:
-    from s3_retriever.eval.harness import _Tally
+    from s3_retriever.eval.tally import Tally
 
-    tally = _Tally()
+    tally = Tally()
     for value in (1.0, float("nan"), 0.0):
         tally.add(("task", "answer_recall"), value)
     assert tally.mean(("task", "answer_recall")) == 0.5
