@@ -648,7 +648,8 @@ def _forbid(module: torch.nn.Module) -> Any:
 def test_scan_stops_after_deepest_projection(
     make_retriever: RetrieverFactory, loaded: LoadedModel, corpus: dict[str, str]
 ) -> None:
-    """Layers after the deepest retrieval layer, and the rest of that layer, never run."""
+    """Layers after the deepest retrieval layer, and the rest of that layer, never run (the
+    model's own hooked forward; the lean CPU pass copies weights only up to those projections)."""
     layers = decoder_layers(loaded.model)
     deepest = layers[2]
     handles = [
@@ -659,7 +660,8 @@ def test_scan_stops_after_deepest_projection(
         _forbid(loaded.model.lm_head),
     ]
     try:
-        retriever = make_retriever()
+        hooked = ScanConfig(chunk_size=32, batch_size=2, show_progress=False, fused_forward=False)
+        retriever = make_retriever(scan=hooked)
         _add(retriever, corpus, ["trains", "unicode"])
         assert retriever.retrieve(QUESTIONS[0], token_budget=60, mode="s3")
         handles.append(_forbid(deepest.self_attn.k_proj))
@@ -676,7 +678,9 @@ def test_scan_stops_after_deepest_projection(
 def test_forbidden_hook_does_fire(loaded: LoadedModel, tokenizer: Any) -> None:
     """The guard used above really fires when a forbidden layer runs."""
     layers = decoder_layers(loaded.model)
-    scanner = Scanner(loaded.model, [3], [], ScanConfig(chunk_size=16, show_progress=False))
+    scanner = Scanner(
+        loaded.model, [3], [], ScanConfig(chunk_size=16, show_progress=False, fused_forward=False)
+    )
     handle = _forbid(layers[2])
     try:
         with pytest.raises(_Forbidden):

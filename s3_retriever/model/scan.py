@@ -18,6 +18,11 @@ import numpy as np
 import torch
 
 from s3_retriever.console import Progress, progress_bar
+from s3_retriever.model.fused_forward import (
+    FusedDecoder,
+    fused_decoder,
+    fused_unsupported_reason,
+)
 from s3_retriever.model.loading import attention_shape, decoder_layers
 
 # Tokenising a multi-megabyte string in one call builds millions of Python offset tuples at once;
@@ -42,6 +47,12 @@ class ScanConfig:
     show_progress: bool | None = None
     """Progress bar for scans of more than one batch: ``None`` only when stderr is a terminal,
     ``True`` always, ``False`` never (see :mod:`s3_retriever.console`)."""
+    fused_forward: bool = True
+    """On a CPU, run Llama, Mistral and Qwen2 models through the leaner forward pass of
+    :mod:`s3_retriever.model.fused_forward` (same projections, fewer passes over memory; keys
+    agree with the model's own forward to bf16 rounding). ``False``, other architectures and
+    other devices use the model's own forward with hooks. It never changes what is indexed
+    beyond rounding, so indexes built either way search alike."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 8:
@@ -159,6 +170,16 @@ class Scanner:
         self.bos_token_id = bos_token_id if self.config.add_bos else None
         self._layers = decoder_layers(model)
         self.device: torch.device = next(model.parameters()).device
+        self.fused: FusedDecoder | None = None
+        """The lean CPU forward pass when ``config.fused_forward`` applies, else None."""
+        width = self.config.chunk_size + 1
+        if (
+            self.config.fused_forward
+            and (self.key_layers or self.query_layers)
+            and self.device.type == "cpu"
+            and fused_unsupported_reason(model, width) is None
+        ):
+            self.fused = fused_decoder(model, self.deepest_layer)
 
     @property
     def deepest_layer(self) -> int:
@@ -172,6 +193,9 @@ class Scanner:
         queries: dict[int, torch.Tensor] = {}
         key_layers = self.key_layers if want_keys else ()
         query_layers = self.query_layers if want_queries else ()
+        if self.fused is not None:
+            # No hooks: the lean pass returns the projections itself (and pads need no mask).
+            return self.fused.forward(batch, key_layers, query_layers)
         last = max((*key_layers, *query_layers))
         # q_proj runs before k_proj in every supported attention block, so the last needed
         # projection is k_proj of the last layer if it wants keys, else its q_proj.

@@ -58,8 +58,11 @@ class TopKSAE(nn.Module):
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """``ReLU(W_enc (x - b_dec) + b_enc)`` for a (..., d_in) batch."""
-        centred = x.to(self.W_enc.dtype) - self.b_dec
-        return torch.relu(centred @ self.W_enc.T + self.b_enc)
+        centred = (x.to(self.W_enc.dtype) - self.b_dec).reshape(-1, x.shape[-1])
+        # addmm adds the bias inside the matmul and relu_ works in place: two fewer passes over
+        # the (vectors x latents) matrix, the largest tensor of key encoding.
+        pre = torch.addmm(self.b_enc, centred, self.W_enc.T).relu_()
+        return pre.reshape(*x.shape[:-1], self.W_enc.shape[0])
 
     def encode(self, x: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k latent ids (int64) and their activations, each of shape (..., k)."""

@@ -104,7 +104,8 @@ def collect_vectors(
         if total >= max_tokens:
             break
     if want_values:
-        scan_config = replace(scan_config or ScanConfig(), batch_size=1)
+        # The value tap is a hook on k_proj: only the model's own (hooked) forward fires it.
+        scan_config = replace(scan_config or ScanConfig(), batch_size=1, fused_forward=False)
     scanner = Scanner(model, layers, layers, scan_config, bos_token_id=tokenizer.bos_token_id)
     keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     queries: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
