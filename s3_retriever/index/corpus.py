@@ -8,6 +8,7 @@ position-keyed arrays (postings, stored keys) are remapped with one vectorised p
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 from s3_retriever.errors import IndexLoadError
 from s3_retriever.files.untrusted import UntrustedFileError, documents_fit, read_json_file
 from s3_retriever.index.arrays import typed, write_npy
+
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 TABLES = ("doc_token_start", "doc_token_count", "unit_doc", "unit_chars", "unit_tokens")
 """The corpus's arrays, saved as ``corpus/{name}.npy``."""
@@ -39,6 +42,12 @@ class Corpus:
     """[start, end) character offsets of each unit in its document."""
     unit_tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     """[first, last + 1) global token positions of each unit (empty when no token ends in it)."""
+    _breaks: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """:meth:`paragraph_breaks` of the first units, kept across appends (a commit adds units
+    after them); deletions filter it, a load drops it."""
+    _derived: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Per-unit tables a search reads (token counts, non-empty units, regions), built on
+    first use and dropped by any change to the units."""
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -65,6 +74,7 @@ class Corpus:
         """Add one document whose tokens end at ``token_ends`` and whose units are ``units``."""
         row = len(self.doc_ids)
         first = self.n_positions
+        self._derived = {}
         self.doc_ids.append(doc_id)
         self.texts.append(text)
         self.metadatas.append(metadata)
@@ -92,6 +102,10 @@ class Corpus:
         keep_rows = np.array([r not in rows for r in range(len(self.doc_ids))], dtype=bool)
         new_row = np.cumsum(keep_rows) - 1
         keep_units = keep_rows[self.unit_doc] if self.n_units else np.zeros(0, bool)
+        # Documents go whole, so a kept unit keeps the unit before it (or starts its document).
+        if self._breaks is not None:
+            self._breaks = self._breaks[keep_units[: len(self._breaks)]]
+        self._derived = {}
         old_starts = self.doc_token_start[keep_rows]
         self.doc_ids = [d for r, d in enumerate(self.doc_ids) if keep_rows[r]]
         self.texts = [t for r, t in enumerate(self.texts) if keep_rows[r]]
@@ -118,7 +132,64 @@ class Corpus:
         return self.texts[int(self.unit_doc[unit])][start:end]
 
     def unit_token_counts(self) -> np.ndarray:
-        return (self.unit_tokens[:, 1] - self.unit_tokens[:, 0]).astype(np.int64)
+        """Tokens of every unit (a shared array: do not change it)."""
+        return self._cached(
+            "counts", lambda: (self.unit_tokens[:, 1] - self.unit_tokens[:, 0]).astype(np.int64)
+        )
+
+    def nonempty_units(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of the units that own tokens, their first positions), both ascending."""
+
+        def build() -> tuple[np.ndarray, np.ndarray]:
+            ids = np.flatnonzero(self.unit_tokens[:, 1] > self.unit_tokens[:, 0])
+            return ids, np.ascontiguousarray(self.unit_tokens[ids, 0])
+
+        return self._cached("nonempty", build)
+
+    def _cached(self, key: Any, build: Any) -> Any:
+        found = self._derived.get(key)
+        if found is None:
+            found = build()
+            self._derived[key] = found
+        return found
+
+    def paragraph_breaks(self) -> np.ndarray:
+        """For every unit: whether a blank line separates it from the unit before it in its
+        document (False for a document's first unit). Computed once per unit: a commit pays
+        for its own units only."""
+        done = self._breaks if self._breaks is not None else np.zeros(0, bool)
+        first = len(done)
+        if first < self.n_units:
+            # The unit before the first new one (if any) closes the first gap.
+            lo = max(first - 1, 0)
+            docs = self.unit_doc[lo:].tolist()
+            ends = self.unit_chars[lo:, 1].tolist()
+            starts = self.unit_chars[lo:, 0].tolist()
+            texts = self.texts
+            fresh = [False] * (self.n_units - first)
+            for i in range(first - lo, len(docs)):
+                doc = docs[i]
+                if i > 0 and docs[i - 1] == doc:
+                    gap = texts[doc][ends[i - 1] : starts[i]]
+                    fresh[i - (first - lo)] = _BLANK_LINE.search(gap) is not None
+            done = np.concatenate([done, np.asarray(fresh, bool)])
+            self._breaks = done
+        return done
+
+    def unit_regions(self, within_paragraph: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(region of every unit, tokens of every region): the runs of units a span may grow
+        over, one document each, cut at blank lines when ``within_paragraph``."""
+        def build() -> tuple[np.ndarray, np.ndarray]:
+            starts = np.ones(self.n_units, bool)
+            starts[1:] = self.unit_doc[1:] != self.unit_doc[:-1]
+            if within_paragraph:
+                starts |= self.paragraph_breaks()
+            region = np.cumsum(starts) - 1
+            tokens = np.bincount(region, self.unit_token_counts(), minlength=int(starts.sum()))
+            return region, tokens.astype(np.int64)
+
+        regions: tuple[np.ndarray, np.ndarray] = self._cached(("regions", within_paragraph), build)
+        return regions
 
     def save(self, folder: Path) -> None:
         """Write ``documents.json`` (ids, texts, metadata) and ``corpus/*.npy`` into ``folder``."""
@@ -155,6 +226,7 @@ class Corpus:
         consistency and against the ``n_documents`` and ``n_positions`` of the manifest."""
         for name in TABLES:
             setattr(self, name, typed(arrays, f"corpus/{name}.npy", "i", "signed integers", folder))
+        self._breaks, self._derived = None, {}
         if self.n_positions != n_positions or len(self) != n_documents:
             raise IndexLoadError(f"{folder}: document tables disagree with the manifest; rebuild.")
         problem = corpus_problem(self)

@@ -80,7 +80,8 @@ def search(
     evidence = unit_mask & (relevance >= floor)
     groups, ranked_score = rank(components, mode, evidence, token_budget, corpus, settings)
     counts = corpus.unit_token_counts()
-    chosen = pack(groups, counts, token_budget, corpus, max_spans=top_k)
+    regions = corpus.unit_regions(settings.spans.within_paragraph)[0]
+    chosen = pack(groups, counts, token_budget, corpus, max_spans=top_k, regions=regions)
     runs = fit_standalone(
         merge_adjacent(chosen, corpus),
         corpus,

@@ -18,7 +18,7 @@ from s3_retriever.index.corpus import Corpus
 from s3_retriever.search.fusion import HybridConfig, fuse, rank_order
 from s3_retriever.search.peaks import iter_peak_units
 from s3_retriever.search.settings import Mode, SearchSettings
-from s3_retriever.search.spans import Seed, grow, n_peak_candidates
+from s3_retriever.search.spans import Seed, grow, n_peak_candidates, seed_bound
 from s3_retriever.search.units import Components
 
 _MAX_SEEDS = 4096
@@ -59,8 +59,13 @@ def rank(
     counts = corpus.unit_token_counts()
     lead = lead_tail_groups(corpus, settings.hybrid, unit_mask, counts)
     within = settings.spans.within_paragraph
+    regions = corpus.unit_regions(within)
     grown = (
-        Seed(int(u), functools.partial(grow, int(u), corpus, scores, min_tokens, counts, within))
+        Seed(
+            int(u),
+            functools.partial(grow, int(u), corpus, scores, min_tokens, counts, within),
+            seed_bound(int(u), regions, min_tokens),
+        )
         for u in itertools.islice(order, _MAX_SEEDS)
     )
     return itertools.chain(lead, grown), scores

@@ -8,7 +8,6 @@ neighbours while the span is shorter than ``min_span_tokens``.
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -16,8 +15,6 @@ import numpy as np
 
 from s3_retriever.index.corpus import Corpus
 from s3_retriever.search.peaks import iter_peak_units
-
-_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
 @dataclass(frozen=True)
@@ -161,24 +158,26 @@ def grow(
     ``counts`` are the units' token counts, computed once per query by the caller. With
     ``within_paragraph``, a neighbour across a blank line is never taken.
     """
-    doc = corpus.unit_doc[unit]
+    # A span grows only inside its region (Corpus.unit_regions): one document, cut at blank
+    # lines when within_paragraph.
+    region = corpus.unit_regions(within_paragraph)[0]
+    own = region[unit]
     chosen = [unit]
     size = int(counts[unit])
     left, right = unit - 1, unit + 1
+    n_units = corpus.n_units
     while size < min_tokens:
-        options = [
-            u
-            for u in (left, right)
-            if 0 <= u < corpus.n_units
-            and corpus.unit_doc[u] == doc
-            # The gap crossed is the one between u and the span edge it would join.
-            and not (
-                within_paragraph and _paragraph_break_before(corpus, u if u == right else u + 1)
-            )
-        ]
-        if not options:
+        can_left = left >= 0 and region[left] == own
+        can_right = right < n_units and region[right] == own
+        if can_left and can_right:
+            # The better score wins; a tie goes to the left (lower) unit.
+            best = left if scores[left] >= scores[right] else right
+        elif can_left:
+            best = left
+        elif can_right:
+            best = right
+        else:
             break
-        best = max(options, key=lambda u: (scores[u], -u))
         chosen.append(best)
         size += int(counts[best])
         if best == left:
@@ -191,19 +190,10 @@ def grow(
 def paragraph_starts(corpus: Corpus) -> np.ndarray:
     """Whether each unit opens a paragraph: the first unit of its document, or one after a
     blank line (the breaks that growth with ``within_paragraph`` never crosses)."""
-    starts = np.ones(corpus.n_units, dtype=bool)
     doc = corpus.unit_doc
-    same_doc = np.flatnonzero(doc[1:] == doc[:-1]) + 1
-    for unit in same_doc.tolist():
-        starts[unit] = _paragraph_break_before(corpus, unit)
-    return starts
-
-
-def _paragraph_break_before(corpus: Corpus, unit: int) -> bool:
-    """Whether a blank line separates ``unit`` from the unit before it (same document)."""
-    text = corpus.texts[int(corpus.unit_doc[unit])]
-    gap = text[int(corpus.unit_chars[unit - 1, 1]) : int(corpus.unit_chars[unit, 0])]
-    return _BLANK_LINE.search(gap) is not None
+    first = np.ones(corpus.n_units, dtype=bool)
+    first[1:] = doc[1:] != doc[:-1]
+    return first | corpus.paragraph_breaks()
 
 
 @dataclass(frozen=True)
@@ -212,6 +202,15 @@ class Seed:
 
     unit: int
     grow: Callable[[], list[int]]
+    min_size: int = 0
+    """Tokens its grown span has at least while no unit of its region is chosen:
+    ``min(min_tokens, tokens of the region)``, since growth stops only there."""
+
+
+def seed_bound(unit: int, regions: tuple[np.ndarray, np.ndarray], min_tokens: int) -> int:
+    """:attr:`Seed.min_size` of ``unit`` for regions of :meth:`Corpus.unit_regions`."""
+    region, region_tokens = regions
+    return min(min_tokens, int(region_tokens[region[unit]]))
 
 
 def pack(
@@ -220,21 +219,32 @@ def pack(
     budget: int,
     corpus: Corpus,
     max_spans: int | None = None,
+    regions: np.ndarray | None = None,
 ) -> list[int]:
     """Take groups of units in rank order while they fit ``budget`` tokens; skip those that don't.
 
     A group is all-or-nothing (a grown span is not cut in half). With ``max_spans``, a group that
     would open one span too many is skipped, while groups that extend a chosen span still join.
     A :class:`Seed` is grown only if its own unit could still fit: its span holds the seed, so it
-    costs at least the seed's tokens. Returns the chosen unit ids.
+    costs at least the seed's tokens. With ``regions`` (the region of every unit, as its seeds'
+    ``min_size`` was computed), a seed whose region holds no chosen unit is grown only if
+    ``min_size`` tokens still fit: its grown span would cost at least that. Returns the chosen
+    unit ids.
     """
     chosen: set[int] = set()
+    touched: set[int] = set()
     used = 0
     # Once less than the smallest unit is left, no group can add anything.
     smallest = int(counts.min()) if len(counts) else 0
     for item in ranked_groups:
         if isinstance(item, Seed):
             if item.unit not in chosen and used + int(counts[item.unit]) > budget:
+                continue
+            if (
+                regions is not None
+                and used + item.min_size > budget
+                and int(regions[item.unit]) not in touched
+            ):
                 continue
             group = item.grow()
         else:
@@ -248,6 +258,8 @@ def pack(
             if len(merge_adjacent(candidate, corpus)) > max_spans:
                 continue
         chosen.update(new)
+        if regions is not None:
+            touched.update(regions[new].tolist())
         used += cost
         if used >= budget or budget - used < smallest:
             break

@@ -69,11 +69,14 @@ def document_bounds(corpus: Corpus, positions: np.ndarray) -> tuple[np.ndarray, 
     return start, start + corpus.doc_token_count[row]
 
 
-def _windows(raw: SparseScores, corpus: Corpus, half: int) -> tuple[np.ndarray, ...]:
+def _windows(
+    raw: SparseScores, corpus: Corpus, half: int, bounds: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, ...]:
     """The union of the read positions' smoothing windows as runs [lo, hi), each inside one
-    document, with that document's bounds: (lo, hi, doc_start, doc_end)."""
+    document, with that document's bounds: (lo, hi, doc_start, doc_end). ``bounds``: the
+    read positions' :func:`document_bounds`, when the caller has them."""
     read = raw.positions
-    doc_start, doc_end = document_bounds(corpus, read)
+    doc_start, doc_end = bounds if bounds is not None else document_bounds(corpus, read)
     # Position q's window holds p when |q - p| <= half in one document, so the positions with a
     # non-zero mean are the union of these windows (each inside one document, in order).
     lo = np.maximum(read - half, doc_start)
@@ -123,20 +126,22 @@ def unit_scores_from_raw(raw: SparseScores, corpus: Corpus, width: int) -> np.nd
     Away from a document's edges the window sum is constant between breakpoints (where a read
     position enters or leaves the window) and the window length is ``width``, so a unit's best
     mean is at its first position or at a breakpoint inside it; within ``half`` of an edge the
-    length changes, so those positions are all evaluated. The values are computed exactly as
-    the dense ones, so the maxima are equal.
+    length changes, so those positions are all evaluated. Scores are never negative, so where
+    a read position only leaves the window the sum cannot rise (the running sums grow
+    monotonically, and float subtraction and division are monotone too): only the positions
+    where one enters are needed. The values are computed exactly as the dense ones, so the
+    maxima are equal.
     """
     if width <= 1 or len(raw.positions) == 0:
         return unit_scores_sparse(smooth_sparse(raw, corpus, width), corpus)
     half = width // 2
     read = raw.positions
-    run_lo, run_hi, run_start, run_end = _windows(raw, corpus, half)
-    # Breakpoints: where each read position enters and leaves a window.
     read_start, read_end = document_bounds(corpus, read)
-    points = [np.maximum(read - half, read_start), np.minimum(read + half + 1, read_end - 1)]
+    run_lo, run_hi, run_start, run_end = _windows(raw, corpus, half, (read_start, read_end))
+    # Breakpoints: where each read position enters a window.
+    points = [np.maximum(read - half, read_start)]
     # First positions of the units that begin inside a run.
-    tokens = corpus.unit_tokens
-    starts = tokens[tokens[:, 1] > tokens[:, 0], 0]  # ascending: units are in position order
+    starts = corpus.nonempty_units()[1]  # ascending: units are in position order
     first, last = np.searchsorted(starts, run_lo), np.searchsorted(starts, run_hi)
     points.append(starts[_expand(first, last)[0]])
     # Positions near a document edge, where the window is shorter.
@@ -150,13 +155,12 @@ def unit_scores_from_raw(raw: SparseScores, corpus: Corpus, width: int) -> np.nd
 
 def unit_of_positions(corpus: Corpus, positions: np.ndarray) -> np.ndarray:
     """Unit owning each position (-1 where none does), without a table over every position."""
-    tokens = corpus.unit_tokens
-    nonempty = np.flatnonzero(tokens[:, 1] > tokens[:, 0])
+    nonempty, starts = corpus.nonempty_units()
     if len(nonempty) == 0:
         return np.full(len(positions), -1, np.int64)
-    slot = np.searchsorted(tokens[nonempty, 0], positions, side="right") - 1
-    unit = nonempty[np.maximum(slot, 0)]
-    owned = (slot >= 0) & (positions < tokens[unit, 1])
+    slot = np.searchsorted(starts, positions, side="right") - 1
+    unit = np.take(nonempty, np.maximum(slot, 0))
+    owned = (slot >= 0) & (positions < np.take(corpus.unit_tokens[:, 1], unit))
     return np.where(owned, unit, -1).astype(np.int64)
 
 
