@@ -179,6 +179,7 @@ class Corpus:
     def unit_regions(self, within_paragraph: bool) -> tuple[np.ndarray, np.ndarray]:
         """(region of every unit, tokens of every region): the runs of units a span may grow
         over, one document each, cut at blank lines when ``within_paragraph``."""
+
         def build() -> tuple[np.ndarray, np.ndarray]:
             starts = np.ones(self.n_units, bool)
             starts[1:] = self.unit_doc[1:] != self.unit_doc[:-1]

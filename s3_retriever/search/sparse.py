@@ -70,7 +70,10 @@ def document_bounds(corpus: Corpus, positions: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _windows(
-    raw: SparseScores, corpus: Corpus, half: int, bounds: tuple[np.ndarray, np.ndarray] | None = None
+    raw: SparseScores,
+    corpus: Corpus,
+    half: int,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, ...]:
     """The union of the read positions' smoothing windows as runs [lo, hi), each inside one
     document, with that document's bounds: (lo, hi, doc_start, doc_end). ``bounds``: the
