@@ -39,9 +39,6 @@ __all__ = [
 ]
 
 
-EXACT = ExactScorer()
-
-
 def require_store(config: ScoringConfig, has_keys: bool, has_postings: bool) -> None:
     """Refuse a scorer whose store the index does not keep, saying which setting it needs."""
     reads = SCORER_REGISTRY[config.scorer].reads
@@ -156,8 +153,11 @@ def score_index_coverage(
     corpus = index.corpus
     if corpus.n_positions == 0 or not head_queries:
         return np.zeros(corpus.n_units, np.float32)
+    scorer = SCORER_REGISTRY[config.scorer]
+    if not isinstance(scorer, ExactScorer):  # ScoringConfig refuses this pairing already
+        raise ValueError("pooling='coverage' needs the exact scorer (stored keys)")
     context = _index_context(index, config, kv_group, bundle, doc_mask)
-    row_max = EXACT.row_unit_max(head_queries, context, corpus)
+    row_max = scorer.row_unit_max(head_queries, context, corpus)
     allowed = context.allowed
     n_candidates = corpus.n_positions if allowed is None else int(allowed.sum())
     return coverage_scores(

@@ -12,7 +12,8 @@ import torch
 from s3_retriever import S3Retriever, ScoringConfig, SearchSettings
 from s3_retriever.retriever import Mode
 from s3_retriever.search.coverage import RowUnitMax, coverage_scores, scatter_unit_max
-from s3_retriever.search.scoring import EXACT, _index_context, score_index_coverage
+from s3_retriever.search.scorers import SCORER_REGISTRY, ExactScorer
+from s3_retriever.search.scoring import _index_context, score_index_coverage
 from s3_retriever.search.spans import paragraph_starts
 
 QUESTION = "When does the train leave the station?"
@@ -95,7 +96,9 @@ def test_clustered_read_of_every_cluster_equals_every_key(indexed: S3Retriever) 
     results = []
     for config in (every_key, clustered):
         context = _index_context(indexed.index, config, indexed.kv_group, indexed.bundle, None)
-        unit_max, weights = EXACT.row_unit_max(vectors, context, corpus).stacked()
+        scorer = SCORER_REGISTRY["exact"]
+        assert isinstance(scorer, ExactScorer)
+        unit_max, weights = scorer.row_unit_max(vectors, context, corpus).stacked()
         results.append((unit_max.numpy(), weights))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4, atol=1e-7)
     assert np.array_equal(results[0][1], results[1][1])
