@@ -35,7 +35,7 @@ from benchmarks.gpu_models import sync
 from benchmarks.gpu_scan import ScanRunner
 from benchmarks.gpu_user_path import _TEXT, prepare_folders, synthetic_document
 from s3_retriever import RetrieverConfig, S3Retriever, ScanConfig
-from s3_retriever.model.scan import tokenize
+from s3_retriever.model.scan import tokenize, tokenize_many
 
 
 def _timed_scan(arrivals: list[float]) -> Any:
@@ -70,9 +70,9 @@ def measure_direct(
     device: torch.device,
     depth: int,
     repeats: int,
-) -> tuple[list[float], list[float], int]:
-    """Seconds of the direct scan and of ``scan_texts`` over ``texts``, and their tokens, on a
-    model loaded in this process (dropped on return)."""
+) -> tuple[list[float], list[float], dict[str, list[float]], int]:
+    """Seconds of the direct scan, of ``scan_texts`` and of tokenising alone over ``texts``, and
+    their tokens, on a model loaded in this process (dropped on return)."""
     retriever = S3Retriever.from_pretrained(model_dir, sae_dir, config, device=device.type)
     docs = [tokenize(retriever.model.tokenizer, t) for t in texts]
     print(f"{len(docs)} documents, {sum(len(d) for d in docs):,} tokens", flush=True)
@@ -87,7 +87,16 @@ def measure_direct(
     direct = direct_seconds(direct_all, device, repeats)
     retriever.scan_texts(texts[:1])
     public = direct_seconds(lambda: retriever.scan_texts(texts), device, repeats)
-    return direct, public, sum(len(d) for d in docs)
+    tokenizer = retriever.model.tokenizer
+    tokenising = {
+        "one text per call": direct_seconds(
+            lambda: [tokenize(tokenizer, t) for t in texts], device, repeats
+        ),
+        "shared calls (tokenize_many)": direct_seconds(
+            lambda: tokenize_many(tokenizer, texts), device, repeats
+        ),
+    }
+    return direct, public, tokenising, sum(len(d) for d in docs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -116,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     scan = ScanConfig(chunk_size=args.chunk, batch_size=args.batch, show_progress=False)
     config = RetrieverConfig(scan=scan)
 
-    direct, public, n_tokens = measure_direct(
+    direct, public, tokenising, n_tokens = measure_direct(
         texts, model_dir, sae_dir, config, device, depth, args.repeats
     )
     gc.collect()
@@ -170,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{1 - direct_s / ray_total:.1%}",
         ],
     ]
+    rows += [
+        [f"tokenising alone, {how}", f"{n_tokens / statistics.median(t):,.0f}", "-", "-"]
+        for how, t in tokenising.items()
+    ]
     table = markdown_table(["path", "tok/s", "of direct", "overhead"], rows)
     print(table, flush=True)
     write_result(
@@ -179,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "tokens": n_tokens,
             "direct_seconds": direct,
             "scan_texts_seconds": public,
+            "tokenising_seconds": tokenising,
             "ray_total_seconds": ray_total,
             "ray_first_document_seconds": arrivals[0] - started,
             "ray_arrival_seconds": [t - started for t in arrivals],

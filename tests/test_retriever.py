@@ -314,18 +314,18 @@ def test_concurrent_adds_of_one_id_keep_ids_unique(
     """Two threads adding the same id: one succeeds, the other is refused; ids stay unique."""
     import s3_retriever.index.scanned as retriever_module  # where add_documents tokenizes
 
-    real_tokenize = retriever_module.tokenize
+    real_tokenize = retriever_module.tokenize_many
     first_inside = threading.Event()
     second_done = threading.Event()
     first_thread: list[threading.Thread] = []
 
-    def slow_tokenize(tokenizer: Any, text: str) -> Any:
+    def slow_tokenize(tokenizer: Any, texts: Any) -> Any:
         if first_thread and threading.current_thread() is first_thread[0]:
             first_inside.set()
             second_done.wait(timeout=10)
-        return real_tokenize(tokenizer, text)
+        return real_tokenize(tokenizer, texts)
 
-    monkeypatch.setattr(retriever_module, "tokenize", slow_tokenize)
+    monkeypatch.setattr(retriever_module, "tokenize_many", slow_tokenize)
     errors: list[BaseException] = []
 
     def add_first() -> None:

@@ -273,7 +273,7 @@ def _scan(
             fn_constructor_kwargs={"spec": spec},
             batch_size=batch_size,
             batch_format="numpy",
-            compute=ActorPoolStrategy(size=actors[0]),
+            compute=ActorPoolStrategy(size=actors[0], **_calls_per_actor(gpus)),
             num_cpus=actors[1],
             # Ray Data restarts a killed actor and runs its batch again (its actor pools
             # default to max_restarts=-1 and max_task_retries=-1).
@@ -284,6 +284,16 @@ def _scan(
                 yield int(seq), pickle.loads(payload)  # noqa: S301 - produced by ScanActor above
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
+
+
+def _calls_per_actor(gpus: bool) -> dict[str, Any]:
+    """Two scan calls at once on a GPU actor: while one scans, the other tokenises its texts
+    and serialises its result (about 0.2 s per 32k-token document of Llama-3.1-8B), which would
+    otherwise leave the GPU idle between calls (benchmarks/gpu_ray_scan.py,
+    docs/results/bench_gpu_ray_scan.md). On CPU, two scans would only share the same cores."""
+    if not gpus:
+        return {}
+    return {"max_concurrent_calls_per_actor": 2, "enable_true_multi_threading": True}
 
 
 class _ShardWriters:

@@ -16,7 +16,7 @@ from s3_retriever.console import Progress
 from s3_retriever.index.index import Index
 from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys
 from s3_retriever.index.postings import Field
-from s3_retriever.model.scan import Scanner, TokenizedText, tokenize
+from s3_retriever.model.scan import Scanner, TokenizedText, tokenize_many
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def scan_texts(
     progress: Progress = None,
 ) -> ScannedTexts:
     """Tokenize, scan and code ``texts``; positions count from the first text's first token."""
-    tokenized = [tokenize(tokenizer, text) for text in texts]
+    tokenized = tokenize_many(tokenizer, texts)
     doc_base = np.concatenate([[0], np.cumsum([len(t) for t in tokenized])[:-1]]).astype(np.int64)
     new_keys: NewKeys = {f: [] for f in fields}
     new_codes: NewCodes = {f: [] for f in fields}

@@ -194,3 +194,28 @@ def test_batched_tokenising_equals_piece_by_piece(
     assert len(list(scan_module._pieces(text, 64))) > scan_module._TOKENIZE_PIECES_PER_CALL
     np.testing.assert_array_equal(fast.input_ids, ids)
     np.testing.assert_array_equal(fast.starts, starts)
+
+
+def test_shared_tokenizer_calls_give_each_texts_own_tokens(
+    tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small pieces, so calls hold pieces of several texts and some texts span several calls.
+    monkeypatch.setattr(scan_module, "_TOKENIZE_PIECE_CHARS", 64)
+    texts = [
+        "The train leaves at noon.\nRivers run to the sea; " * 9,
+        "",
+        "   ",
+        "Short one.",
+        "Ünïcode wörds and more words, " * 13,
+    ]
+    together = scan_module.tokenize_many(tokenizer, texts)
+    assert len(together) == len(texts)
+    for text, got in zip(texts, together, strict=True):
+        alone = tokenize(tokenizer, text)
+        np.testing.assert_array_equal(got.input_ids, alone.input_ids)
+        np.testing.assert_array_equal(got.starts, alone.starts)
+        np.testing.assert_array_equal(got.ends, alone.ends)
+    assert len(together[0]) > 0 and len(together[1]) == 0
+    assert sum(len(list(scan_module._pieces(t, 64))) for t in texts) > (
+        scan_module._TOKENIZE_PIECES_PER_CALL
+    )
