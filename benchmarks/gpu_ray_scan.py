@@ -14,6 +14,7 @@ One process, one GPU, one model folder (a random-weight real architecture, saved
   which is what a long build runs at.
 
     python -m benchmarks.gpu_ray_scan --model llama-3.1-8b --docs 16 --doc-tokens 32768
+    python -m benchmarks.gpu_ray_scan --model llama-3.1-8b --docs 32 --docs-per-call 4
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--doc-tokens", type=int, default=32768)
     parser.add_argument("--chunk", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=1, help="chunks per forward pass")
+    parser.add_argument(
+        "--docs-per-call",
+        type=int,
+        default=1,
+        help="documents per scan call (build_index batch_size)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="direct scan repeats")
     parser.add_argument("--cpus", type=int, default=8, help="CPUs of the local Ray cluster")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -148,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sae_path=sae_dir,
         config=config,
         num_actors=1,
-        batch_size=1,
+        batch_size=args.docs_per_call,
         commit_every=len(texts) + 1,
         progress=False,
     )
