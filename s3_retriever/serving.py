@@ -4,12 +4,14 @@
 run as Ray actors) and answers over HTTP, so no call reloads the model::
 
     POST /retrieve  {"query": "...", "top_k": 4, "token_budget": 1024, "mode": "hybrid",
-                     "filters": {"source": "a.txt"}}
+                     "filters": {"source": "a.txt"}, "order": "score"}
                     -> {"hits": [{"doc_id", "start_char", "end_char", "text", "score",
                                   "metadata", "scores", "relevance"}, ...]}
     GET  /health    -> {"status": "ok", "documents": N}
 
-Bad requests get status 400 with ``{"error": "..."}``. :class:`RemoteRetriever` calls the API
+Every field but ``query`` may be left out and takes ``S3Retriever.retrieve``'s default (``order``:
+``document``, by document then position; ``score``: best first, ties in document order). Bad
+requests get status 400 with ``{"error": "..."}``. :class:`RemoteRetriever` calls the API
 and returns :class:`~s3_retriever.Hit` objects, so code written against
 ``S3Retriever.retrieve`` works against the endpoint unchanged. Only the standard library is used;
 the server is threaded and the retrievers serialise their own reads.
@@ -23,28 +25,17 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 
+from s3_retriever.inputs import retrieve_arguments
+from s3_retriever.protocols import RETRIEVE_KEYWORDS, SupportsRetrieve, check_retriever
 from s3_retriever.search.filters import Filters
 from s3_retriever.search.hits import Hit
-from s3_retriever.search.settings import Mode
+from s3_retriever.search.settings import Mode, Order
+
+__all__ = ["RemoteRetriever", "SupportsRetrieve", "hit_from_json", "hit_to_json", "make_server"]
 
 _MAX_REQUEST_BYTES = 1 << 20
-
-
-class SupportsRetrieve(Protocol):
-    """What the server and the framework adapters need: ``S3Retriever.retrieve``'s signature."""
-
-    def retrieve(
-        self,
-        query: str,
-        top_k: int | None = None,
-        token_budget: int = 1024,
-        mode: Mode = "hybrid",
-        filters: Filters | None = None,
-    ) -> list[Hit]: ...
-
-    def __len__(self) -> int: ...
 
 
 def hit_to_json(hit: Hit) -> dict[str, Any]:
@@ -64,13 +55,14 @@ def hit_from_json(data: dict[str, Any]) -> Hit:
     )
 
 
-_FIELDS = ("query", "top_k", "token_budget", "mode", "filters")
+_FIELDS = ("query", *RETRIEVE_KEYWORDS)
 
 
 def make_server(
     retriever: SupportsRetrieve, host: str = "127.0.0.1", port: int = 8000
 ) -> ThreadingHTTPServer:
     """An HTTP server answering the API above from ``retriever`` (call ``serve_forever``)."""
+    check_retriever(retriever)
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: dict[str, Any]) -> None:
@@ -135,14 +127,22 @@ class RemoteRetriever:
         token_budget: int = 1024,
         mode: Mode = "hybrid",
         filters: Filters | None = None,
+        *,
+        order: Order = "document",
     ) -> list[Hit]:
-        """:meth:`S3Retriever.retrieve`, answered by the server; its errors are raised here as
-        ValueError with the server's message."""
+        """:meth:`S3Retriever.retrieve`, answered by the server. Arguments are checked here as
+        the retriever checks them; the server's errors are raised as ValueError with its
+        message."""
+        checked = retrieve_arguments(query, top_k, token_budget, mode, order)
+        if checked is None:
+            return []
+        top_k, token_budget = checked
         body: dict[str, Any] = {
             "query": query,
             "top_k": top_k,
             "token_budget": token_budget,
             "mode": mode,
+            "order": order,
         }
         if filters is not None:
             body["filters"] = dict(filters)
