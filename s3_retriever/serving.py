@@ -20,9 +20,11 @@ the server is threaded and the retrievers serialise their own reads.
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,7 +35,14 @@ from s3_retriever.search.filters import Filters
 from s3_retriever.search.hits import Hit
 from s3_retriever.search.settings import Mode, Order
 
-__all__ = ["RemoteRetriever", "SupportsRetrieve", "hit_from_json", "hit_to_json", "make_server"]
+__all__ = [
+    "RemoteRetriever",
+    "SupportsRetrieve",
+    "hit_from_json",
+    "hit_to_json",
+    "make_server",
+    "running",
+]
 
 _MAX_REQUEST_BYTES = 1 << 20
 
@@ -110,6 +119,21 @@ def make_server(
             pass  # one line per request on stderr would drown a busy server's logs
 
     return ThreadingHTTPServer((host, port), Handler)
+
+
+@contextmanager
+def running(retriever: SupportsRetrieve, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``retriever`` from a thread of this process while the block runs; yields the URL
+    (``port=0``: a free port). For tests and notebooks; ``s3-retriever serve`` is the server."""
+    server = make_server(retriever, host, port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 class RemoteRetriever:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -12,17 +11,13 @@ from typing import Any
 import pytest
 
 from s3_retriever import S3Retriever
-from s3_retriever.serving import RemoteRetriever, make_server
+from s3_retriever.serving import RemoteRetriever, make_server, running
 
 
 @pytest.fixture(scope="module")
 def endpoint(indexed: S3Retriever) -> Iterator[str]:
-    server = make_server(indexed, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with running(indexed) as url:
+        yield url
 
 
 @pytest.mark.parametrize(
