@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from llama_index.core.schema import (
 )
 from llama_index.core.vector_stores import MetadataFilters
 from s3_retriever import Hit, S3Retriever
+from s3_retriever.files.atomic import write_json_atomic
 from s3_retriever.protocols import SupportsRetrieve, check_retriever, check_writable
 
 from llama_index.retrievers.s3.filters import to_core_filters
@@ -230,10 +230,7 @@ class S3AttentionRetriever(BaseRetriever):
             "mode": self.mode,
             "filters": None if self.filters is None else self.filters.model_dump(mode="json"),
         }
-        handle, staging = tempfile.mkstemp(prefix=f".{SETTINGS_FILE}.", dir=root)
-        with os.fdopen(handle, "w") as out:
-            json.dump(settings, out, indent=1)
-        os.replace(staging, root / SETTINGS_FILE)
+        write_json_atomic(root / SETTINGS_FILE, settings)
 
     @classmethod
     def from_persist_dir(
