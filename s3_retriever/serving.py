@@ -4,12 +4,14 @@
 run as Ray actors) and answers over HTTP, so no call reloads the model::
 
     POST /retrieve  {"query": "...", "top_k": 4, "token_budget": 1024, "mode": "hybrid",
-                     "filters": {"source": "a.txt"}}
+                     "filters": {"source": "a.txt"}, "order": "score"}
                     -> {"hits": [{"doc_id", "start_char", "end_char", "text", "score",
                                   "metadata", "scores", "relevance"}, ...]}
     GET  /health    -> {"status": "ok", "documents": N}
 
-Bad requests get status 400 with ``{"error": "..."}``. :class:`RemoteRetriever` calls the API
+Every field but ``query`` may be left out and takes ``S3Retriever.retrieve``'s default (``order``:
+``document``, by document then position; ``score``: best first, ties in document order). Bad
+requests get status 400 with ``{"error": "..."}``. :class:`RemoteRetriever` calls the API
 and returns :class:`~s3_retriever.Hit` objects, so code written against
 ``S3Retriever.retrieve`` works against the endpoint unchanged. Only the standard library is used;
 the server is threaded and the retrievers serialise their own reads.
@@ -18,33 +20,31 @@ the server is threaded and the retrievers serialise their own reads.
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 
+from s3_retriever.inputs import retrieve_arguments
+from s3_retriever.protocols import RETRIEVE_KEYWORDS, SupportsRetrieve, check_retriever
 from s3_retriever.search.filters import Filters
 from s3_retriever.search.hits import Hit
-from s3_retriever.search.settings import Mode
+from s3_retriever.search.settings import Mode, Order
+
+__all__ = [
+    "RemoteRetriever",
+    "SupportsRetrieve",
+    "hit_from_json",
+    "hit_to_json",
+    "make_server",
+    "running",
+]
 
 _MAX_REQUEST_BYTES = 1 << 20
-
-
-class SupportsRetrieve(Protocol):
-    """What the server and the framework adapters need: ``S3Retriever.retrieve``'s signature."""
-
-    def retrieve(
-        self,
-        query: str,
-        top_k: int | None = None,
-        token_budget: int = 1024,
-        mode: Mode = "hybrid",
-        filters: Filters | None = None,
-    ) -> list[Hit]: ...
-
-    def __len__(self) -> int: ...
 
 
 def hit_to_json(hit: Hit) -> dict[str, Any]:
@@ -64,13 +64,14 @@ def hit_from_json(data: dict[str, Any]) -> Hit:
     )
 
 
-_FIELDS = ("query", "top_k", "token_budget", "mode", "filters")
+_FIELDS = ("query", *RETRIEVE_KEYWORDS)
 
 
 def make_server(
     retriever: SupportsRetrieve, host: str = "127.0.0.1", port: int = 8000
 ) -> ThreadingHTTPServer:
     """An HTTP server answering the API above from ``retriever`` (call ``serve_forever``)."""
+    check_retriever(retriever)
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: dict[str, Any]) -> None:
@@ -120,6 +121,21 @@ def make_server(
     return ThreadingHTTPServer((host, port), Handler)
 
 
+@contextmanager
+def running(retriever: SupportsRetrieve, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``retriever`` from a thread of this process while the block runs; yields the URL
+    (``port=0``: a free port). For tests and notebooks; ``s3-retriever serve`` is the server."""
+    server = make_server(retriever, host, port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 class RemoteRetriever:
     """``retrieve`` against a running ``s3-retriever serve`` endpoint, e.g.
     ``RemoteRetriever("http://127.0.0.1:8000")``."""
@@ -135,14 +151,22 @@ class RemoteRetriever:
         token_budget: int = 1024,
         mode: Mode = "hybrid",
         filters: Filters | None = None,
+        *,
+        order: Order = "document",
     ) -> list[Hit]:
-        """:meth:`S3Retriever.retrieve`, answered by the server; its errors are raised here as
-        ValueError with the server's message."""
+        """:meth:`S3Retriever.retrieve`, answered by the server. Arguments are checked here as
+        the retriever checks them; the server's errors are raised as ValueError with its
+        message."""
+        checked = retrieve_arguments(query, top_k, token_budget, mode, order)
+        if checked is None:
+            return []
+        top_k, token_budget = checked
         body: dict[str, Any] = {
             "query": query,
             "top_k": top_k,
             "token_budget": token_budget,
             "mode": mode,
+            "order": order,
         }
         if filters is not None:
             body["filters"] = dict(filters)

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "search": 5,
     "config": 6,
     "inputs": 6,
+    "protocols": 6,
     "heads": 6,
     "schema": 7,
     "header": 8,

@@ -12,8 +12,9 @@ index. Ranking ties break by it, as they break by position in one index, which i
 sharded search return exactly what one index over the same documents returns.
 
 A shard is written to a staging folder and swapped in with renames; the manifest is replaced
-atomically after it. Its checksum covers the shard index's manifest (which holds the sha256 of
-every file of that index) and ``order.npy``.
+atomically after it (both with :mod:`s3_retriever.files.atomic`, as a single index is saved).
+Its checksum covers the shard index's manifest (which holds the sha256 of every file of that
+index) and ``order.npy``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +30,7 @@ import numpy as np
 
 from s3_retriever.distributed.routing import ROUTING
 from s3_retriever.errors import IndexLoadError
+from s3_retriever.files.atomic import remove_stale_siblings, staged_folder, write_json_atomic
 from s3_retriever.files.hashing import sha256_file
 
 if TYPE_CHECKING:
@@ -132,12 +131,7 @@ def write_manifest(root: Path, manifest: ShardedManifest) -> None:
     data: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
     data.update(asdict(manifest))
     root.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=root)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(data, out, indent=1)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, root / MANIFEST)
+    write_json_atomic(root / MANIFEST, data)
 
 
 def shard_checksum(folder: Path) -> str:
@@ -155,30 +149,16 @@ def write_shard(root: Path, index: int, retriever: S3Retriever, order: np.ndarra
         raise ValueError(f"{len(order)} sequence numbers for {len(retriever)} documents")
     name = shard_name(index)
     final = root / name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.saving-{os.getpid()}-", dir=root))
-    try:
+    # A crash between the swap's renames leaves only the backup; shard_folder() falls back to it.
+    with staged_folder(final) as staging:
         retriever.save(staging / "index")
         with open(staging / "order.npy", "wb") as out:
             np.save(out, order, allow_pickle=False)
             out.flush()
             os.fsync(out.fileno())
         checksum = shard_checksum(staging)
-        _swap_in(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    remove_stale_siblings(final)
     return ShardEntry(name, len(retriever), retriever.index.n_positions, checksum)
-
-
-def _swap_in(staging: Path, final: Path) -> None:
-    if not final.exists():
-        os.replace(staging, final)
-        return
-    backup = final.with_name(f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.replace(final, backup)
-    # A crash between these renames leaves only the backup; shard_folder() falls back to it.
-    os.replace(staging, final)
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def shard_folder(root: Path, index: int) -> Path | None:

@@ -37,7 +37,7 @@ from s3_retriever.distributed.query_state import PEAK_LIMIT
 from s3_retriever.distributed.routing import shard_of
 from s3_retriever.distributed.shard import ShardWorker
 from s3_retriever.errors import IndexLoadError
-from s3_retriever.inputs import new_documents, retrieve_arguments
+from s3_retriever.inputs import check_ids_free, new_documents, retrieve_arguments
 from s3_retriever.model.scan import tokenize
 from s3_retriever.retriever import S3Retriever
 from s3_retriever.search.filters import Filters
@@ -151,20 +151,21 @@ class ShardedRetriever:
         texts: Sequence[str],
         ids: Sequence[str] | None = None,
         metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        replace: bool = False,
     ) -> list[str]:
         """Scan and index ``texts`` on the shards that own their ids; returns the ids.
 
-        Every shard scans first and commits only when all scans succeeded, so a failed call
-        leaves the index as it was.
+        As :meth:`S3Retriever.add_documents`: an id that is already indexed is refused, unless
+        ``replace=True``; then that document is replaced by the new text and metadata (an
+        upsert), on the shard that owns the id, and it comes after every document already
+        indexed, as in one index. Every shard scans first and commits (deleting what it
+        replaces) only when all scans succeeded, so a failed scan leaves the index as it was.
         """
         texts_list, ids_list, metas = new_documents(texts, ids, metadatas, [])
         with self._lock:
-            clash = [i for i in ids_list if i in self._ids]
-            if clash:
-                raise ValueError(
-                    f"ids already indexed: {clash[:5]}; delete them first to replace those "
-                    f"documents"
-                )
+            if not replace:
+                check_ids_free(ids_list, list(self._ids))
             if not texts_list:
                 return []
             per_shard: dict[int, tuple[list[str], list[str], list[dict[str, Any]], list[int]]] = {}
@@ -182,7 +183,10 @@ class ShardedRetriever:
             except BaseException:
                 self._shards.each("discard_staged", dict.fromkeys(per_shard, ()))
                 raise
-            self._shards.each("commit_staged", dict.fromkeys(per_shard, ()))
+            self._shards.each(
+                "commit_staged",
+                {s: ([i for i in part[1] if i in self._ids],) for s, part in per_shard.items()},
+            )
             self.manifest.next_seq += len(texts_list)
             self._ids.update(ids_list)
         return ids_list

@@ -111,12 +111,15 @@ class ShardWorker:
         self._staged = (scanned, ids, metadatas, seqs)
         return sum(len(t) for t in scanned.tokenized)
 
-    def commit_staged(self) -> None:
-        """Index what :meth:`stage` scanned (every shard stages first, so a failed scan on any
-        shard leaves the whole index as it was)."""
+    def commit_staged(self, replaced: Sequence[str] = ()) -> None:
+        """Index what :meth:`stage` scanned, after deleting the documents ``replaced`` (ids
+        being added again); every shard stages first, so a failed scan on any shard leaves the
+        whole index as it was."""
         if self._staged is None:
             return
         scanned, ids, metadatas, seqs = self._staged
+        if replaced:
+            self.delete(replaced)
         self.retriever.add_scanned(scanned, ids, metadatas)
         self.order = np.concatenate([self.order, np.asarray(seqs, np.int64)])
         self._staged = None

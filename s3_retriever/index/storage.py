@@ -14,8 +14,9 @@ Layout::
                          compact postings (see :mod:`s3_retriever.index`)
     sae/                 a copy of the SAE bundle the index was built with
 
-A save is written to a sibling staging folder and swapped in with renames, so a crash at any
-moment leaves either the old or the new complete index. It holds the folder's writer lock
+A save is written to a sibling staging folder and swapped in with renames
+(:func:`s3_retriever.files.atomic.staged_folder`), so a crash at any moment leaves either the old
+or the new complete index. It holds the folder's writer lock
 (:mod:`s3_retriever.index.writer_lock`) and refuses to replace anything s3-retriever did not write
 (:func:`s3_retriever.index.folder.check_save_target`). A load reads one generation of the folder
 even while saves replace it (:mod:`s3_retriever.index.folder`).
@@ -29,9 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from s3_retriever.errors import IndexLoadError, S3RetrieverError, SaveTargetError
+from s3_retriever.files.atomic import fsync_tree, remove_stale_siblings, staged_folder
 from s3_retriever.files.hashing import sha256_file
 from s3_retriever.files.untrusted import UntrustedFileError, read_json_file
 from s3_retriever.index.arrays import load_npy
@@ -52,13 +51,6 @@ from s3_retriever.sae.bundle import SAEBundle
 
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
 
 
 def index_key(path: str | os.PathLike[str]) -> Path:
@@ -91,19 +83,13 @@ def save_index(
     with writer_lock(path):
         check_save_target(path)
         _check_unchanged(index, path)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{path.name}.saving-{os.getpid()}-", dir=path.parent)
-        )
-        try:
+        with staged_folder(path) as staging:
             _write_contents(index, header, bundle, staging, keep_clusters_above)
-            _fsync_tree(staging)
+            fsync_tree(staging)
             digest = sha256_file(staging / "manifest.json")
-            _swap_in(staging, path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         index.versions[str(path)] = digest
-        _remove_stale_siblings(path)
+        # The index at path is newer than any backup a killed save left, so none is needed.
+        remove_stale_siblings(path)
 
 
 def _check_unchanged(index: Index, path: Path) -> None:
@@ -119,31 +105,6 @@ def _check_unchanged(index: Index, path: Path) -> None:
             f"would drop that writer's documents. Load the index again, add your documents, "
             f"and save."
         )
-
-
-def _remove_stale_siblings(path: Path) -> None:
-    """Delete staging folders and backups left beside ``path`` by killed processes.
-
-    Only folders whose process is gone are removed: a live one may be another saver mid-way.
-    The index at ``path`` is newer than any backup, so none of them is needed any more.
-    """
-    for sibling in path.parent.glob(f".{path.name}.*"):
-        kind, _, rest = sibling.name[len(path.name) + 2 :].partition("-")
-        pid = rest.split("-")[0]
-        if kind in ("saving", "old") and pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(sibling, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _write_contents(
@@ -169,19 +130,6 @@ def _write_contents(
         "files": files,
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
-
-
-def _swap_in(staging: Path, path: Path) -> None:
-    """Replace ``path`` by ``staging`` with renames only."""
-    if not path.exists():
-        os.replace(staging, path)
-        return
-    # Unique even when a restarted process gets the pid of one that crashed here before.
-    backup = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.replace(path, backup)
-    # A crash between these two renames leaves only the backup; load() falls back to it.
-    os.replace(staging, path)
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 _RESOLVE_ROUNDS = 5

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from s3_retriever import RetrieverConfig, S3Retriever, SAEBundle
-from s3_retriever.distributed.testing import sharded_corpus
-from s3_retriever.model.scan import ScanConfig
+from s3_retriever.distributed.testing import EXACT_SCAN, sharded_corpus
 from s3_retriever.models import LoadedModel
 from s3_retriever.search.hits import Hit
 from s3_retriever.search.spans import SpanConfig
@@ -36,7 +35,7 @@ def shard_config() -> RetrieverConfig:
     """One chunk per forward pass: a chunk's keys then do not depend on which other documents
     shared its batch, so a sharded build stores the very keys one index stores. The relevance
     floor keeps its default (spans.min_relevance = 0.05)."""
-    config = tiny_config(scan=ScanConfig(chunk_size=32, batch_size=1, show_progress=False))
+    config = tiny_config(scan=EXACT_SCAN)
     assert config.spans.min_relevance == SpanConfig().min_relevance > 0
     return config
 

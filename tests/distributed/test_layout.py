@@ -85,6 +85,22 @@ def test_shards_are_checksummed(
         layout.write_shard(tmp_path, 0, shard, np.arange(2))
 
 
+def test_a_shard_write_clears_what_killed_writes_left_and_keeps_a_crash_backup_readable(
+    tmp_path: Path, loaded: LoadedModel, bundle: SAEBundle, shard_config: Any, rows: Any
+) -> None:
+    shard = reference(loaded, bundle, shard_config, rows[:2])
+    layout.write_shard(tmp_path, 0, shard, np.arange(2))
+    # A killed write of shard 0 left its staging folder; a crash mid-swap left only a backup.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    (tmp_path / f".shard-00000.saving-{child.pid}-x").mkdir()
+    (tmp_path / "shard-00000").rename(tmp_path / f".shard-00000.old-{child.pid}-y")
+    assert layout.shard_folder(tmp_path, 0) == tmp_path / f".shard-00000.old-{child.pid}-y"
+    (tmp_path / "notes").mkdir()
+    layout.write_shard(tmp_path, 0, shard, np.arange(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "shard-00000"]
+
+
 def test_damaged_manifests_and_foreign_folders_are_refused(tmp_path: Path) -> None:
     with pytest.raises(IndexLoadError, match="no sharded index"):
         layout.read_manifest(tmp_path)

@@ -126,9 +126,36 @@ def test_other_fusion_rules_are_refused_clearly(
 
 def test_add_refuses_ids_held_by_any_shard(pair: Any, rows: list[dict[str, Any]]) -> None:
     _, sharded = pair
-    with pytest.raises(ValueError, match="already indexed"):
+    with pytest.raises(ValueError, match="already indexed.*replace=True"):
         sharded.add_documents(["x"], ids=[rows[5]["id"]])
     assert len(sharded) == len(rows)
+
+
+def test_replace_upserts_on_the_owning_shard_as_one_index_does(
+    loaded: LoadedModel, bundle: SAEBundle, shard_config: Any, rows: list[dict[str, Any]]
+) -> None:
+    """``replace=True`` swaps a document's text and metadata and moves it after every other
+    document, in one index and across shards alike; a new id in the same call is added."""
+    few = rows[:8]
+    single = reference(loaded, bundle, shard_config, few)
+    sharded = local_sharded(reference(loaded, bundle, shard_config, []), few, 2)
+    texts = [rows[20]["text"], rows[21]["text"], rows[22]["text"]]
+    ids = [few[2]["id"], "new-doc", few[5]["id"]]
+    metas = [{"group": "z", "n": -1}, None, {"group": "a", "n": 99}]
+    for target in (single, sharded):
+        assert target.add_documents(texts, ids, metas, replace=True) == ids
+    assert len(sharded) == len(single) == 9
+    assert sorted(sharded.doc_ids) == sorted(single.doc_ids)
+    held = sharded._shards.all("doc_ids")
+    assert all(i in held[shard_of(i, 2)] for i in ids)
+    assert sum(map(len, held)) == 9
+    for question in (*QUESTIONS, texts[0][:80]):
+        for case in ({"mode": "s3", "token_budget": 3000}, {"mode": "hybrid", "top_k": 4}):
+            assert_same_hits(sharded.retrieve(question, **case), single.retrieve(question, **case))
+    case = {"mode": "bm25", "filters": {"group": "z"}, "order": "score"}
+    want = single.retrieve(texts[0][:80], **case)
+    assert want and {h.doc_id for h in want} == {few[2]["id"]}
+    assert_same_hits(sharded.retrieve(texts[0][:80], **case), want)
 
 
 def test_the_aligned_scorer_merges_exactly_too(

@@ -219,21 +219,16 @@ def test_a_killed_driver_resumes_to_the_same_index(
 def test_the_http_endpoint_serves_a_sharded_index(
     sharded: ShardedRetriever, single: S3Retriever
 ) -> None:
-    import threading
+    from s3_retriever.serving import RemoteRetriever, running
 
-    from s3_retriever.serving import RemoteRetriever, make_server
-
-    server = make_server(sharded, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        remote = RemoteRetriever(f"http://127.0.0.1:{server.server_port}")
+    with running(sharded) as url:
+        remote = RemoteRetriever(url)
         assert len(remote) == len(single)
         for mode in ("s3", "hybrid", "bm25"):
-            got = remote.retrieve(QUESTIONS[1], token_budget=256, mode=mode)
-            assert_same_hits(got, single.retrieve(QUESTIONS[1], token_budget=256, mode=mode))
-    finally:
-        server.shutdown()
-        server.server_close()
+            for order in ("document", "score"):
+                got = remote.retrieve(QUESTIONS[1], token_budget=256, mode=mode, order=order)
+                want = single.retrieve(QUESTIONS[1], token_budget=256, mode=mode, order=order)
+                assert_same_hits(got, want)
 
 
 def test_deletes_re_adds_and_save_stay_exact(

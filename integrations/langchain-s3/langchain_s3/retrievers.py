@@ -1,4 +1,6 @@
-"""LangChain retriever over :class:`s3_retriever.S3Retriever`.
+"""LangChain retriever over any s3-retriever search backend: an :class:`s3_retriever.S3Retriever`, a
+``ShardedRetriever`` (shards on Ray actors) or a ``RemoteRetriever`` (an ``s3-retriever serve``
+endpoint); see :mod:`s3_retriever.protocols`.
 
 Each result is one evidence span, not a whole document: ``page_content`` is the exact slice
 ``source[start_index:end_index]`` of the document it comes from.
@@ -19,8 +21,9 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 from s3_retriever import Hit, S3Retriever
+from s3_retriever.protocols import SupportsRetrieve, check_retriever, check_writable
 
 Mode = Literal["hybrid", "s3", "bm25"]
 
@@ -83,7 +86,8 @@ class S3AttentionRetriever(BaseRetriever):
 
             retriever = S3AttentionRetriever.from_texts(texts, k=4)
             # or: S3AttentionRetriever.from_index("path/to/index")
-            # or: S3AttentionRetriever(retriever=my_s3_retriever)
+            # or: S3AttentionRetriever(retriever=my_s3_retriever), where my_s3_retriever is
+            # an S3Retriever, a ShardedRetriever or a RemoteRetriever("http://host:8000")
 
     Invoke:
         .. code-block:: python
@@ -101,8 +105,11 @@ class S3AttentionRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    retriever: S3Retriever
-    """The core :class:`s3_retriever.S3Retriever` that holds the index and the model."""
+    retriever: SupportsRetrieve
+    """The core retriever that answers: an :class:`s3_retriever.S3Retriever`, a
+    ``ShardedRetriever`` or a ``RemoteRetriever`` (any :class:`s3_retriever.protocols.
+    SupportsRetrieve`). Adding and deleting documents needs one that holds the index (the first
+    two)."""
     k: int = Field(default=4, ge=1)
     """Maximum number of spans to return; override per call with ``invoke(query, k=...)``."""
     token_budget: int = Field(default=1024, ge=1)
@@ -114,6 +121,14 @@ class S3AttentionRetriever(BaseRetriever):
     (``s3_retriever/search/filters.py``): ``{"key": value}``, ``{"key": [v1, v2]}`` (any of),
     ``{"year": {"$gte": 2020}}`` and the other ``$`` operators, ``{"$or": [...]}``; ``doc_id``
     filters on document ids."""
+
+    @field_validator("retriever", mode="before")
+    @classmethod
+    def _is_a_retriever(cls, value: Any) -> SupportsRetrieve:
+        try:
+            return check_retriever(value)
+        except TypeError as exc:  # pydantic reports ValueError, not TypeError, as invalid input
+            raise ValueError(str(exc)) from None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -143,7 +158,7 @@ class S3AttentionRetriever(BaseRetriever):
         metadatas: Sequence[Mapping[str, Any] | None] | None = None,
         ids: Sequence[str | None] | None = None,
         *,
-        retriever: S3Retriever | None = None,
+        retriever: SupportsRetrieve | None = None,
         retriever_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> S3AttentionRetriever:
@@ -154,8 +169,9 @@ class S3AttentionRetriever(BaseRetriever):
             metadatas: one JSON-serialisable dict (or ``None``) per text.
             ids: one id per text (``None`` or omitted: a new UUID); an id already indexed in
                 ``retriever`` is replaced.
-            retriever: an existing core retriever to add the texts to; by default a new one is
-                built with ``S3Retriever.from_pretrained()`` (the bundled model and SAEs).
+            retriever: an existing core retriever to add the texts to (an ``S3Retriever`` or a
+                ``ShardedRetriever``); by default a new ``S3Retriever.from_pretrained()`` (the
+                bundled model and SAEs).
             retriever_kwargs: keyword arguments for ``S3Retriever.from_pretrained`` (for example
                 ``model_path``, ``sae_path``, ``device``) when no ``retriever`` is given.
             **kwargs: fields of this class (``k``, ``token_budget``, ``mode``, ``filters``).
@@ -178,7 +194,7 @@ class S3AttentionRetriever(BaseRetriever):
         documents: Sequence[Document],
         *,
         ids: Sequence[str | None] | None = None,
-        retriever: S3Retriever | None = None,
+        retriever: SupportsRetrieve | None = None,
         retriever_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> S3AttentionRetriever:
@@ -205,10 +221,12 @@ class S3AttentionRetriever(BaseRetriever):
 
         Each document's id is ``ids[i]`` when given, else its ``Document.id``, else a new UUID;
         the ids given are kept even when other documents have none. The metadata is kept; it
-        may not use the key ``"s3"``, which results use for the span's fields.
+        may not use the key ``"s3"``, which results use for the span's fields. A retriever that
+        only searches (a ``RemoteRetriever``) refuses with a TypeError.
 
         Returns the ids of the indexed documents, in order.
         """
+        core = check_writable(self.retriever)
         documents = list(documents)
         if ids is not None and len(ids) != len(documents):
             raise ValueError(f"got {len(documents)} documents but {len(ids)} ids")
@@ -220,7 +238,7 @@ class S3AttentionRetriever(BaseRetriever):
                     f"document {doc_id!r} uses the metadata key {RESERVED_KEY!r}, which results "
                     f"use for the span's fields; rename that key"
                 )
-        return self.retriever.add_documents(
+        return core.add_documents(
             [doc.page_content for doc in documents],
             ids=chosen,
             metadatas=[dict(doc.metadata) for doc in documents],
@@ -231,7 +249,7 @@ class S3AttentionRetriever(BaseRetriever):
         """Remove documents (all their spans) by id; True when any of them was indexed."""
         if isinstance(ids, str):
             raise TypeError("delete takes a list of ids; wrap a single id in [ ]")
-        return self.retriever.delete(list(ids)) > 0
+        return check_writable(self.retriever).delete(list(ids)) > 0
 
     # ------------------------------------------------------------------ retrieval
     def _search_kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:

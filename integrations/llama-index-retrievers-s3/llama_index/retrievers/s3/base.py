@@ -1,4 +1,6 @@
-"""LlamaIndex retriever over :class:`s3_retriever.S3Retriever`.
+"""LlamaIndex retriever over any s3-retriever search backend: an :class:`s3_retriever.S3Retriever`,
+a ``ShardedRetriever`` (shards on Ray actors) or a ``RemoteRetriever`` (an ``s3-retriever serve``
+endpoint); see :mod:`s3_retriever.protocols`.
 
 Every result is one evidence span: a ``TextNode`` whose text is exactly
 ``source[start_char_idx:end_char_idx]`` of the indexed document named by its ``SOURCE``
@@ -11,7 +13,6 @@ import asyncio
 import itertools
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from llama_index.core.schema import (
 )
 from llama_index.core.vector_stores import MetadataFilters
 from s3_retriever import Hit, S3Retriever
+from s3_retriever.files.atomic import write_json_atomic
+from s3_retriever.protocols import SupportsRetrieve, check_retriever, check_writable
 
 from llama_index.retrievers.s3.filters import to_core_filters
 
@@ -90,9 +93,7 @@ def link_neighbours(results: Sequence[NodeWithScore]) -> None:
         nodes.sort(key=lambda node: node.start_char_idx or 0)
         for before, after in itertools.pairwise(nodes):
             before.relationships[NodeRelationship.NEXT] = RelatedNodeInfo(node_id=after.node_id)
-            after.relationships[NodeRelationship.PREVIOUS] = RelatedNodeInfo(
-                node_id=before.node_id
-            )
+            after.relationships[NodeRelationship.PREVIOUS] = RelatedNodeInfo(node_id=before.node_id)
 
 
 class S3AttentionRetriever(BaseRetriever):
@@ -102,7 +103,11 @@ class S3AttentionRetriever(BaseRetriever):
     ranking, so ``similarity_top_k`` spans come from the documents that pass them.
 
     Args:
-        retriever: the core :class:`s3_retriever.S3Retriever` holding the index and the model.
+        retriever: the core retriever that answers: an :class:`s3_retriever.S3Retriever`, a
+            ``ShardedRetriever`` or a ``RemoteRetriever`` (any
+            :class:`s3_retriever.protocols.SupportsRetrieve`). Inserting and deleting documents
+            needs one that holds the index (the first two); :meth:`persist` needs an
+            ``S3Retriever``.
         similarity_top_k: maximum number of spans per query.
         token_budget: total model tokens of the returned spans.
         mode: ``hybrid`` (attention + BM25), ``s3`` (attention only) or ``bm25``.
@@ -114,7 +119,7 @@ class S3AttentionRetriever(BaseRetriever):
 
     def __init__(
         self,
-        retriever: S3Retriever,
+        retriever: SupportsRetrieve,
         similarity_top_k: int = 4,
         token_budget: int = 1024,
         mode: Mode = "hybrid",
@@ -122,9 +127,7 @@ class S3AttentionRetriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
-        if not isinstance(retriever, S3Retriever):
-            raise TypeError(f"retriever must be an s3_retriever.S3Retriever, got {type(retriever)}")
-        self.retriever = retriever
+        self.retriever = check_retriever(retriever)
         self.similarity_top_k = similarity_top_k
         self.token_budget = token_budget
         self.mode = mode
@@ -138,7 +141,7 @@ class S3AttentionRetriever(BaseRetriever):
         cls,
         documents: Sequence[BaseNode],
         *,
-        retriever: S3Retriever | None = None,
+        retriever: SupportsRetrieve | None = None,
         retriever_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> S3AttentionRetriever:
@@ -146,8 +149,9 @@ class S3AttentionRetriever(BaseRetriever):
 
         Args:
             documents: whole documents; S3 picks spans itself, so there is no need to chunk.
-            retriever: an existing core retriever to add to; by default a new one is built with
-                ``S3Retriever.from_pretrained()`` (the bundled model and its SAEs).
+            retriever: an existing core retriever to add to (an ``S3Retriever`` or a
+                ``ShardedRetriever``); by default a new ``S3Retriever.from_pretrained()`` (the
+                bundled model and its SAEs).
             retriever_kwargs: keyword arguments for ``S3Retriever.from_pretrained`` (for
                 example ``model_path``, ``sae_path``, ``device``) when no ``retriever`` is given.
             **kwargs: the other constructor arguments (``similarity_top_k``, ``filters``, ...).
@@ -160,16 +164,16 @@ class S3AttentionRetriever(BaseRetriever):
         instance.add_documents(documents)
         return instance
 
-    def add_documents(
-        self, documents: Sequence[BaseNode], *, replace: bool = False
-    ) -> list[str]:
+    def add_documents(self, documents: Sequence[BaseNode], *, replace: bool = False) -> list[str]:
         """Index ``Document``s or ``TextNode``s; returns the document ids used.
 
         A node's document id is its ``ref_doc_id`` when it has a ``SOURCE`` relationship, else
         its ``id_``. Its metadata is kept (it must be JSON-serialisable and may not use the key
         ``"s3"``, which results use for scores). With ``replace=True`` documents whose ids are
-        already indexed are replaced (an upsert); otherwise such ids are refused.
+        already indexed are replaced (an upsert); otherwise such ids are refused. A retriever
+        that only searches (a ``RemoteRetriever``) refuses with a TypeError.
         """
+        core = check_writable(self.retriever)
         nodes = list(documents)
         ids = [node.ref_doc_id or node.id_ for node in nodes]
         seen: dict[str, int] = {}
@@ -188,9 +192,7 @@ class S3AttentionRetriever(BaseRetriever):
             seen[doc_id] = position
         texts = [node.get_content(metadata_mode=MetadataMode.NONE) for node in nodes]
         metadatas = [dict(node.metadata) for node in nodes]
-        return self.retriever.add_documents(
-            texts, ids=ids, metadatas=metadatas, replace=replace
-        )
+        return core.add_documents(texts, ids=ids, metadatas=metadatas, replace=replace)
 
     insert_nodes = add_documents
 
@@ -204,7 +206,7 @@ class S3AttentionRetriever(BaseRetriever):
         ``delete_kwargs`` (``BaseIndex``'s ``delete_from_docstore``) are accepted and ignored:
         the index keeps no separate docstore.
         """
-        return self.retriever.delete([ref_doc_id]) > 0
+        return check_writable(self.retriever).delete([ref_doc_id]) > 0
 
     def update_ref_doc(self, document: BaseNode, **update_kwargs: Any) -> None:
         """Replace the indexed document with ``document``'s id by ``document`` (added if new)."""
@@ -213,6 +215,12 @@ class S3AttentionRetriever(BaseRetriever):
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_dir: str | os.PathLike[str]) -> None:
         """Save the index (``s3_index/``) and these settings (a JSON file) under ``persist_dir``."""
+        if not isinstance(self.retriever, S3Retriever):
+            raise TypeError(
+                f"persist saves an S3Retriever's index; this retriever is a "
+                f"{type(self.retriever).__name__} (save a ShardedRetriever with its own save(), "
+                f"a served index where it is served)"
+            )
         root = Path(persist_dir)
         root.mkdir(parents=True, exist_ok=True)
         self.retriever.save(root / INDEX_DIR)
@@ -222,10 +230,7 @@ class S3AttentionRetriever(BaseRetriever):
             "mode": self.mode,
             "filters": None if self.filters is None else self.filters.model_dump(mode="json"),
         }
-        handle, staging = tempfile.mkstemp(prefix=f".{SETTINGS_FILE}.", dir=root)
-        with os.fdopen(handle, "w") as out:
-            json.dump(settings, out, indent=1)
-        os.replace(staging, root / SETTINGS_FILE)
+        write_json_atomic(root / SETTINGS_FILE, settings)
 
     @classmethod
     def from_persist_dir(
