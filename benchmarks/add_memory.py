@@ -11,7 +11,7 @@ throwaway add of a short text runs first, so weight pages and first-call buffers
 baseline too. The index's bytes are :meth:`Index.nbytes` (postings, keys and token tables, what
 a save writes for them). ``--paths plain`` also measures the staging that ``scan_texts`` and
 ``add_scanned`` keep (every chunk until the commit, the path ``add_documents`` took before),
-on the same document in the same run.
+on the same document in the same run, with the peak of its scan alone (before its commit).
 
     python -m benchmarks.add_memory --tokens 50000 200000 1000000 --plain-up-to 200000
 """
@@ -80,8 +80,12 @@ def measure(n_tokens: int, path: str, folder: Path) -> dict[str, Any]:
     before = _status_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     start = time.perf_counter()
+    phases = {}
     if path == "plain":
-        retriever.add_scanned(retriever.scan_texts([text]), ["doc"])
+        scanned = retriever.scan_texts([text])
+        phases["scan_peak_bytes"] = _status_bytes("VmHWM") - before
+        retriever.add_scanned(scanned, ["doc"])
+        del scanned
     else:
         retriever.add_documents([text], ids=["doc"])
     seconds = time.perf_counter() - start
@@ -101,6 +105,7 @@ def measure(n_tokens: int, path: str, folder: Path) -> dict[str, Any]:
         "index_bytes_per_token": round(index_bytes / tokens, 1),
         "peak_over_index": round(peak / index_bytes, 2),
         "peak_minus_twice_index_mib": round((peak - 2 * index_bytes) / 2**20, 1),
+        **phases,
     }
 
 
@@ -169,6 +174,7 @@ def main() -> None:
             "index B/token",
             "peak / index",
             "peak - 2x index (MiB)",
+            "scan-only peak MiB",
         ],
         [
             [
@@ -180,6 +186,7 @@ def main() -> None:
                 round(r["index_bytes_per_token"]),
                 f"{r['peak_over_index']:.2f}",
                 r["peak_minus_twice_index_mib"],
+                round(r["scan_peak_bytes"] / 2**20, 1) if "scan_peak_bytes" in r else "",
             ]
             for r in rows
         ],
