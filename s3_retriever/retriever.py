@@ -27,7 +27,7 @@ from s3_retriever.header import build_header, check_heads_match, open_saved
 from s3_retriever.heads import check_heads, check_saes, fallback_heads, fields_of
 from s3_retriever.index.index import Index
 from s3_retriever.index.key_encoding import KeyEncoder
-from s3_retriever.index.scanned import ScannedTexts, commit_scanned, scan_texts
+from s3_retriever.index.scanned import ScannedTexts, commit_scanned, scan_texts, stage_texts
 from s3_retriever.index.storage import fill_index, save_index
 from s3_retriever.inputs import check_id_type, check_ids_free, new_documents, retrieve_arguments
 from s3_retriever.model.loading import LoadedModel, attention_shape, load_model
@@ -188,8 +188,10 @@ class S3Retriever(PositionScoring):
         texts, ids_list, metas = new_documents(texts, ids, metadatas, existing)
         if not texts:
             return []
-        scanned = scan_texts(
-            self.scanner, self._encoder, self.model.tokenizer, self.fields, texts, progress
+        # Staged in the index's own encodings as the scan goes, so the call's peak follows
+        # the index it adds (docs/performance.md, "Memory of an add").
+        staged = stage_texts(
+            self.scanner, self._encoder, self.model.tokenizer, self.index, texts, progress
         )
         # Scanned without the lock (queries keep running), at positions counted from this
         # call's first document; the commit moves them after what the index holds.
@@ -202,7 +204,7 @@ class S3Retriever(PositionScoring):
             else:
                 # Checked again under the lock: another thread may have added these ids.
                 check_ids_free(ids_list, self.index.corpus.doc_ids)
-            commit_scanned(self.index, scanned, ids_list, metas)
+            self.index.commit_staged(staged.texts, ids_list, metas, staged.tokenized, staged.staged)
         return ids_list
 
     def scan_texts(self, texts: Sequence[str], *, progress: Progress = None) -> ScannedTexts:

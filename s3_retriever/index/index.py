@@ -21,8 +21,10 @@ from s3_retriever.index.clusters import read_clusters, save_clusters
 from s3_retriever.index.corpus import Corpus
 from s3_retriever.index.key_encoding import NewCodes, NewKeys
 from s3_retriever.index.key_store import KeyStore
+from s3_retriever.index.posting_merge import splice_pieces
 from s3_retriever.index.postings import Field, Postings
 from s3_retriever.index.segment import SegmentConfig, segment
+from s3_retriever.index.staging import Staged
 from s3_retriever.index.threads import run_in_threads
 from s3_retriever.model.scan import TokenizedText
 
@@ -105,10 +107,7 @@ class Index:
     ) -> None:
         """Add scanned documents with their keys and codes, whose global positions follow the
         :attr:`n_positions` already indexed."""
-        first_unit = self.corpus.n_units
-        for text, doc_id, meta, tokens in zip(texts, ids, metadatas, tokenized, strict=True):
-            units = segment(text, tokens.starts, self.segment_config)
-            self.corpus.append(doc_id, text, meta, tokens.ends, units)
+        first_unit = self._append_documents(texts, ids, metadatas, tokenized)
         n_positions = self.corpus.n_positions
 
         def commit_keys(f: Field) -> None:
@@ -128,6 +127,59 @@ class Index:
         run_in_threads(tasks)
         if self.bm25.ready:
             self.bm25.add(self._unit_texts(first_unit))
+
+    def stage(self, n_positions: int, piece_tokens: int | None = None) -> Staged:
+        """Empty stages, one per stored field, for a call of ``n_positions`` tokens
+        (:mod:`s3_retriever.index.staging`); :meth:`commit_staged` commits them."""
+        postings = {f: (p.n_latents, p.exact_activations) for f, p in self.postings.items()}
+        head_dims = {s.head_dim for s in self.key_stores.values()}
+        return Staged.for_call(
+            n_positions, list(self.key_stores), max(head_dims, default=0), postings, piece_tokens
+        )
+
+    def commit_staged(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str],
+        metadatas: Sequence[dict[str, Any]],
+        tokenized: Sequence[TokenizedText],
+        staged: Staged,
+    ) -> None:
+        """Add scanned documents whose keys and codes were staged by :meth:`stage`, at
+        positions counted from their first token: they follow the ones already indexed."""
+        n_new = sum(len(t) for t in tokenized)
+        if n_new != staged.n_positions:
+            raise ValueError(f"{n_new} tokens to commit but {staged.n_positions} staged")
+        staged.check()
+        pieces = {f: stage.pieces() for f, stage in staged.postings.items()}
+        base = self.corpus.n_positions
+        first_unit = self._append_documents(texts, ids, metadatas, tokenized)
+
+        def commit_keys(f: Field) -> None:
+            self.key_stores[f].extend(staged.keys[f].codes, staged.keys[f].scales)
+
+        def commit_postings(f: Field) -> None:
+            splice_pieces(self.postings[f], pieces[f], base)
+
+        tasks = [partial(commit_keys, f) for f in self.key_stores]
+        tasks += [partial(commit_postings, f) for f in self.postings]
+        run_in_threads(tasks)
+        if self.bm25.ready:
+            self.bm25.add(self._unit_texts(first_unit))
+
+    def _append_documents(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str],
+        metadatas: Sequence[dict[str, Any]],
+        tokenized: Sequence[TokenizedText],
+    ) -> int:
+        """Segment and append documents to the corpus; returns the first new unit."""
+        first_unit = self.corpus.n_units
+        for text, doc_id, meta, tokens in zip(texts, ids, metadatas, tokenized, strict=True):
+            units = segment(text, tokens.starts, self.segment_config)
+            self.corpus.append(doc_id, text, meta, tokens.ends, units)
+        return first_unit
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove documents by id; returns how many were removed (unknown ids are ignored)."""

@@ -10,8 +10,9 @@ batch happen while the GPU already runs the next: the scan never waits for the i
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,6 +28,21 @@ NewKeys = dict[Field, list[tuple[np.ndarray, QuantizedKeys | np.ndarray]]]
 committed."""
 NewCodes = dict[Field, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 """field -> (global positions, latent ids, activations) per chunk, waiting to be committed."""
+
+
+class KeySink(Protocol):
+    """Where a field's chunks of keys go: a list (:data:`NewKeys`) or a bounded stage
+    (:class:`s3_retriever.index.staging.KeyStage`)."""
+
+    def append(self, item: tuple[np.ndarray, QuantizedKeys | np.ndarray], /) -> None: ...
+
+
+class CodeSink(Protocol):
+    """Where a field's chunks of SAE codes go: a list (:data:`NewCodes`) or a bounded stage
+    (:class:`s3_retriever.index.staging.PostingsStage`)."""
+
+    def append(self, item: tuple[np.ndarray, np.ndarray, np.ndarray], /) -> None: ...
+
 
 # Pre-activations of one encoding slice hold this many floats at most (64 MiB in float32): the
 # dense (vectors x latents) matrix is the largest tensor of the encoding, and on a GPU it would
@@ -90,8 +106,8 @@ class KeyEncoder:
         self,
         batches: Iterable[BatchCapture],
         doc_base: np.ndarray,
-        new_keys: NewKeys,
-        new_codes: NewCodes,
+        new_keys: Mapping[Field, KeySink],
+        new_codes: Mapping[Field, CodeSink],
     ) -> None:
         """Encode every batch; each batch is stored while the next one is on the device."""
         pending: _HostBatch | None = None
@@ -171,8 +187,8 @@ class KeyEncoder:
         self,
         batch: _HostBatch,
         doc_base: np.ndarray,
-        new_keys: NewKeys,
-        new_codes: NewCodes,
+        new_keys: Mapping[Field, KeySink],
+        new_codes: Mapping[Field, CodeSink],
     ) -> None:
         """Wait for one batch's results and append them, chunk by chunk, at global positions."""
         if batch.ready is not None:

@@ -73,6 +73,17 @@ class KeyStore:
         self.codes, self.scales = codes, scales
         self._derived = {}
 
+    def extend(self, codes: np.ndarray, scales: np.ndarray) -> None:
+        """Place keys of the positions right after the stored ones, in order (one staged call's,
+        :mod:`s3_retriever.index.staging`): the same arrays :meth:`flush` would build, and an
+        empty store takes them without a copy."""
+        self.flush(len(self.scales))
+        if len(self.scales):
+            codes = np.concatenate([self.codes, codes])
+            scales = np.concatenate([self.scales, scales])
+        self.codes, self.scales = codes, scales
+        self._derived = {}
+
     def dequantize(self, start: int, stop: int) -> np.ndarray:
         """float32 keys of positions [start, stop)."""
         return self.codes[start:stop].astype(np.float32) * self.scales[start:stop, None]

@@ -48,6 +48,19 @@ def _list_ids(indptr: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(indptr) - 1, dtype=np.int32), np.diff(indptr))
 
 
+def sort_by_latent(
+    ids: np.ndarray, positions: np.ndarray, codes: np.ndarray, n_latents: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR ``indptr`` and the positions and codes of postings given in position order, sorted by
+    latent (a stable sort, so each list stays in position order: a radix sort for 16-bit ids)."""
+    order = np.argsort(
+        ids.astype(np.int16 if n_latents <= 1 << 15 else np.int32, copy=False), kind="stable"
+    )
+    counts = np.bincount(ids, minlength=n_latents)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, positions[order], codes[order]
+
+
 def _gaps(positions: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     """Per-list gaps; each list's first entry keeps its absolute position."""
     gaps = np.diff(positions.astype(np.int64), prepend=np.int64(0))
@@ -147,13 +160,7 @@ class Postings:
         if len(positions) > 1 and not bool(np.all(positions[1:] >= positions[:-1])):
             by_position = np.argsort(positions, kind="stable")
             ids, positions, codes = ids[by_position], positions[by_position], codes[by_position]
-        order = np.argsort(
-            ids.astype(np.int16 if self.n_latents <= 1 << 15 else np.int32, copy=False),
-            kind="stable",
-        )
-        counts = np.bincount(ids, minlength=self.n_latents)
-        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._store_coded(indptr, positions[order], codes[order])
+        self._store_coded(*sort_by_latent(ids, positions, codes, self.n_latents))
 
     def _last_positions(self) -> np.ndarray:
         """Last position of every list (-1 when empty), cached until the lists change."""

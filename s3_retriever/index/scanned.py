@@ -16,6 +16,7 @@ from s3_retriever.console import Progress
 from s3_retriever.index.index import Index
 from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys
 from s3_retriever.index.postings import Field
+from s3_retriever.index.staging import Staged
 from s3_retriever.model.scan import Scanner, TokenizedText, tokenize_many
 
 
@@ -41,12 +42,43 @@ def scan_texts(
 ) -> ScannedTexts:
     """Tokenize, scan and code ``texts``; positions count from the first text's first token."""
     tokenized = tokenize_many(tokenizer, texts)
-    doc_base = np.concatenate([[0], np.cumsum([len(t) for t in tokenized])[:-1]]).astype(np.int64)
     new_keys: NewKeys = {f: [] for f in fields}
     new_codes: NewCodes = {f: [] for f in fields}
     batches = scanner.scan_batches(tokenized, progress=progress)
-    encoder.run(batches, doc_base, new_keys, new_codes)
+    encoder.run(batches, _doc_base(tokenized), new_keys, new_codes)
     return ScannedTexts(list(texts), tokenized, new_keys, new_codes)
+
+
+def _doc_base(tokenized: Sequence[TokenizedText]) -> np.ndarray:
+    """First position of each text, counted from the first text's first token."""
+    return np.concatenate([[0], np.cumsum([len(t) for t in tokenized])[:-1]]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class StagedTexts:
+    """Texts with their tokens, and their keys and codes staged in bounded memory
+    (:mod:`s3_retriever.index.staging`) for one index's :meth:`~Index.commit_staged`."""
+
+    texts: list[str]
+    tokenized: list[TokenizedText]
+    staged: Staged
+
+
+def stage_texts(
+    scanner: Scanner,
+    encoder: KeyEncoder,
+    tokenizer: Any,
+    index: Index,
+    texts: Sequence[str],
+    progress: Progress = None,
+) -> StagedTexts:
+    """Tokenize, scan and code ``texts`` into stages of ``index``'s fields (read, not changed:
+    the call needs no lock), at positions counted from the first text's first token."""
+    tokenized = tokenize_many(tokenizer, texts)
+    staged = index.stage(sum(len(t) for t in tokenized))
+    batches = scanner.scan_batches(tokenized, progress=progress)
+    encoder.run(batches, _doc_base(tokenized), staged.keys, staged.postings)
+    return StagedTexts(list(texts), tokenized, staged)
 
 
 def commit_scanned(
