@@ -66,7 +66,7 @@ def minilm_chunks(dense: DenseBaseline, texts: list[str]) -> list[str]:
     inner = MINILM_CHUNK - 2
     chunks = []
     for text in texts:
-        enc = dense._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = dense.embedder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = enc["offset_mapping"]
         for lo in range(0, len(offsets), inner):
             piece = offsets[lo : lo + inner]
@@ -110,7 +110,7 @@ def s3_flops_per_token(retriever: S3Retriever) -> float:
 
 
 def minilm_flops_per_token(dense: DenseBaseline) -> float:
-    cfg = dense._model.config
+    cfg = dense.embedder.model.config
     hidden = int(cfg.hidden_size)
     # Bidirectional attention over the whole 128-token chunk.
     return matmul_flops_per_token(
@@ -166,7 +166,7 @@ def main() -> None:
     dense.embed(["warm-up"])  # loads the model outside the timing
     dense_bf16 = DenseBaseline(batch_size=MINILM_BATCH)
     dense_bf16.embed(["warm-up"])
-    dense_bf16._model.to(torch.bfloat16)
+    dense_bf16.embedder.model.to(torch.bfloat16)
 
     def s3_side() -> int:
         fresh = S3Retriever(retriever.model, retriever.bundle, retriever.config)
@@ -190,7 +190,7 @@ def main() -> None:
     for side in list(sides)[1:]:
         sides[side]()
     minilm_pieces = sum(
-        len(dense._tokenizer(c, add_special_tokens=True)["input_ids"])
+        len(dense.embedder.tokenizer(c, add_special_tokens=True)["input_ids"])
         for c in minilm_chunks(dense, texts)
     )
     runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}

