@@ -32,6 +32,12 @@ from s3_retriever.index.posting_merge import CodedPiece, code_piece
 from s3_retriever.index.postings import Field
 
 PIECE_TOKENS = 1 << 16
+STAGE_ABOVE_CHARS = 1 << 22
+"""``add_documents`` stages calls of more characters than this (about a million tokens);
+smaller calls take the plain path, whose peak this bounds to a constant. Staging codes postings
+in the scan loop, one field after another: on an H200 with Llama-3.1-8B it cut a 132k-token add
+from 0.62 to 0.28 of the direct scan (docs/results/bench_gpu_user_path_staged.md), while the
+plain path commits fields in parallel threads after the scan."""
 """Positions per postings piece: a piece's sort widens 65,536 x k postings to about 20 bytes
 each (40 MiB at k=32) whatever the document's length, and a 1M-token call keeps 16 pieces."""
 

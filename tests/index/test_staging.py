@@ -127,6 +127,7 @@ def test_add_documents_equals_the_plain_path(
     """A real scan (tiny model): the saved index of ``add_documents`` with 40-token pieces is
     the saved index of ``scan_texts`` + ``add_scanned``, file for file, and searches alike."""
     monkeypatch.setattr(staging, "PIECE_TOKENS", 40)
+    monkeypatch.setattr(staging, "STAGE_ABOVE_CHARS", 0)
     long_text = " ".join(TRAINING_TEXT) + "\n\n" + " ".join(reversed(TRAINING_TEXT))
     calls = [([long_text], ["long"]), (list(TRAINING_TEXT[:3]), ["a", "b", "c"])]
     bounded, plain = make_retriever(), make_retriever()
