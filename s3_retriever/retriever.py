@@ -25,10 +25,15 @@ from s3_retriever.console import Progress
 from s3_retriever.errors import SAEError
 from s3_retriever.header import build_header, check_heads_match, open_saved
 from s3_retriever.heads import check_heads, check_saes, fallback_heads, fields_of
-from s3_retriever.index import staging
 from s3_retriever.index.index import Index
 from s3_retriever.index.key_encoding import KeyEncoder
-from s3_retriever.index.scanned import ScannedTexts, commit_scanned, scan_texts, stage_texts
+from s3_retriever.index.scanned import (
+    ScannedTexts,
+    commit_read,
+    commit_scanned,
+    read_texts,
+    scan_texts,
+)
 from s3_retriever.index.storage import fill_index, save_index
 from s3_retriever.inputs import check_id_type, check_ids_free, new_documents, retrieve_arguments
 from s3_retriever.model.loading import LoadedModel, attention_shape, load_model
@@ -190,17 +195,16 @@ class S3Retriever(PositionScoring):
         if not texts:
             return []
         # Long calls are staged in the index's own encodings as the scan goes, so their peak
-        # follows the index they add (docs/performance.md, "Memory of an add").
-        staged = None
-        scanned = None
-        if sum(len(t) for t in texts) > staging.STAGE_ABOVE_CHARS:
-            staged = stage_texts(
-                self.scanner, self._encoder, self.model.tokenizer, self.index, texts, progress
-            )
-        else:
-            scanned = scan_texts(
-                self.scanner, self._encoder, self.model.tokenizer, self.fields, texts, progress
-            )
+        # follows the index they add (docs/performance.md, "Staged adds are slower on a GPU").
+        read = read_texts(
+            self.scanner,
+            self._encoder,
+            self.model.tokenizer,
+            self.index,
+            self.fields,
+            texts,
+            progress,
+        )
         # Scanned without the lock (queries keep running), at positions counted from this
         # call's first document; the commit moves them after what the index holds.
         with self._lock.write():
@@ -212,13 +216,7 @@ class S3Retriever(PositionScoring):
             else:
                 # Checked again under the lock: another thread may have added these ids.
                 check_ids_free(ids_list, self.index.corpus.doc_ids)
-            if staged is not None:
-                self.index.commit_staged(
-                    staged.texts, ids_list, metas, staged.tokenized, staged.staged
-                )
-            else:
-                assert scanned is not None
-                commit_scanned(self.index, scanned, ids_list, metas)
+            commit_read(self.index, read, ids_list, metas)
         return ids_list
 
     def scan_texts(self, texts: Sequence[str], *, progress: Progress = None) -> ScannedTexts:

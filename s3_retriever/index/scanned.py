@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from s3_retriever.console import Progress
+from s3_retriever.index import staging
 from s3_retriever.index.index import Index
 from s3_retriever.index.key_encoding import KeyEncoder, NewCodes, NewKeys
 from s3_retriever.index.postings import Field
@@ -27,7 +28,7 @@ class ScannedTexts:
     texts: list[str]
     tokenized: list[TokenizedText]
     keys: NewKeys
-    """Key field -> ``(positions, float32 keys)`` chunks; positions from the first text's start."""
+    """Key field -> ``(positions, int8 keys)`` chunks; positions from the first text's start."""
     codes: NewCodes
     """Key field -> ``(positions, latent ids, activations)`` chunks, positioned like ``keys``."""
 
@@ -89,3 +90,33 @@ def commit_scanned(
     keys: NewKeys = {f: [(p + base, v) for p, v in c] for f, c in scanned.keys.items()}
     codes: NewCodes = {f: [(p + base, i, a) for p, i, a in c] for f, c in scanned.codes.items()}
     index.commit(scanned.texts, ids, metadatas, scanned.tokenized, keys, codes)
+
+
+def read_texts(
+    scanner: Scanner,
+    encoder: KeyEncoder,
+    tokenizer: Any,
+    index: Index,
+    fields: Sequence[Field],
+    texts: Sequence[str],
+    progress: Progress = None,
+) -> ScannedTexts | StagedTexts:
+    """What ``add_documents`` reads before it commits: calls past
+    :data:`~s3_retriever.index.staging.STAGE_ABOVE_CHARS` are staged (bounded memory), smaller
+    ones scanned plainly (their fields commit in parallel threads, faster on a GPU)."""
+    if sum(len(t) for t in texts) > staging.STAGE_ABOVE_CHARS:
+        return stage_texts(scanner, encoder, tokenizer, index, texts, progress)
+    return scan_texts(scanner, encoder, tokenizer, fields, texts, progress)
+
+
+def commit_read(
+    index: Index,
+    read: ScannedTexts | StagedTexts,
+    ids: Sequence[str],
+    metadatas: Sequence[dict[str, Any]],
+) -> None:
+    """Commit what :func:`read_texts` read (ids and metadata already checked)."""
+    if isinstance(read, StagedTexts):
+        index.commit_staged(read.texts, ids, metadatas, read.tokenized, read.staged)
+    else:
+        commit_scanned(index, read, ids, metadatas)
